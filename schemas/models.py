@@ -1,0 +1,153 @@
+"""Frozen event models, one per topic. Each mirrors its Avro schema field for field.
+
+``tests/unit/test_schemas.py`` checks that every model field matches its schema (name, nullability,
+default), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utc_millis(value: datetime) -> datetime:
+    """Avro timestamp-millis keeps milliseconds in UTC; normalise so a round trip is exact.
+
+    A naive datetime is taken as UTC (mail servers and parsers hand us both kinds).
+    """
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc_millis)]
+
+
+class Event(BaseModel):
+    """Base for every topic's payload: frozen, no unknown fields, named by its Avro schema."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    schema_name: ClassVar[str]
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str | None = None
+    email: str
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    filename: str | None = None
+    content_type: str
+    size: int
+    sha256: str
+    content_id: str | None = None
+
+
+FolderRole = Literal["inbox", "sent", "other"]
+MessageEventType = Literal["message.new", "message.flags", "message.expunged"]
+
+
+class MessageEvent(Event):
+    """``inbox.messages``: envelope and triage headers of one message in one folder."""
+
+    schema_name: ClassVar[str] = "inbox.messages"
+
+    event_id: str
+    event_type: MessageEventType = "message.new"
+    inbox_id: str
+    folder: str
+    folder_role: FolderRole = "other"
+    uidvalidity: int
+    uid: int
+    modseq: int | None = None
+    message_id: str
+    message_id_synthetic: bool = False
+    in_reply_to: list[str] = Field(default_factory=list)
+    references: list[str] = Field(default_factory=list)
+    subject: str | None = None
+    from_: Address | None = Field(default=None, alias="from")
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list)
+    reply_to: list[Address] = Field(default_factory=list)
+    date: Timestamp | None = None
+    internal_date: Timestamp | None = None
+    size: int
+    flags: list[str] = Field(default_factory=list)
+    has_attachments: bool = False
+    raw_headers: bytes
+    parse_error: str | None = None
+    observed_at: Timestamp
+    producer: str = ""
+
+
+class BodyEvent(Event):
+    """``inbox.bodies``: decoded text/html and attachment metadata (7-day retention)."""
+
+    schema_name: ClassVar[str] = "inbox.bodies"
+
+    event_id: str
+    inbox_id: str
+    folder: str
+    uidvalidity: int
+    uid: int
+    message_id: str
+    text: str | None = None
+    html: str | None = None
+    attachments: list[Attachment] = Field(default_factory=list)
+    attachments_logged: bool = True
+    attachments_skipped_reason: str | None = None
+    size: int
+    date: Timestamp | None = None
+    internal_date: Timestamp | None = None
+    parse_error: str | None = None
+    observed_at: Timestamp
+
+
+InboxState = Literal["connected", "syncing", "idle", "disconnected", "resync"]
+
+
+class StatusEvent(Event):
+    """``inbox.status``: connection state changes of one inbox."""
+
+    schema_name: ClassVar[str] = "inbox.status"
+
+    event_id: str
+    inbox_id: str
+    state: InboxState
+    reason: str | None = None
+    error_kind: str | None = None
+    retriable: bool | None = None
+    folder: str | None = None
+    progress_done: int | None = None
+    progress_total: int | None = None
+    server: str | None = None
+    at: Timestamp
+
+
+OutboundKind = Literal["sent", "logged", "sequence"]
+
+
+class OutboundEvent(Event):
+    """``crm.outbound``: a mail the CRM sent or had BCC-logged."""
+
+    schema_name: ClassVar[str] = "crm.outbound"
+
+    event_id: str
+    message_id: str
+    kind: OutboundKind = "sent"
+    inbox_id: str | None = None
+    contact_email: str | None = None
+    contact_name: str | None = None
+    subject: str | None = None
+    sequence_id: str | None = None
+    crm_ref: str | None = None
+    sent_at: Timestamp
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (MessageEvent, BodyEvent, StatusEvent, OutboundEvent)
