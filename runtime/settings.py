@@ -74,8 +74,16 @@ class TopicSettings(_Frozen):
     dead_letter: TopicSpec = TopicSpec(name="inboxstream.dead-letter", retention_ms=30 * DAY_MS)
 
     def all(self) -> list[TopicSpec]:
-        return [self.messages, self.bodies, self.status, self.crm_outbound, self.threads,
-                self.engagements, self.checkpoints, self.dead_letter]
+        return [
+            self.messages,
+            self.bodies,
+            self.status,
+            self.crm_outbound,
+            self.threads,
+            self.engagements,
+            self.checkpoints,
+            self.dead_letter,
+        ]
 
     def with_prefix(self, prefix: str) -> TopicSettings:
         """The same topics under a prefix: tests and replays get their own names."""
@@ -119,7 +127,10 @@ class Settings(BaseSettings):
     """Everything inboxstream reads at start."""
 
     model_config = SettingsConfigDict(
-        env_prefix="INBOXSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid",
+        env_prefix="INBOXSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
     )
 
     kafka: KafkaSettings = KafkaSettings()

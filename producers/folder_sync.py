@@ -1,0 +1,98 @@
+"""Copy one folder's messages into Kafka, in bounded UID-range batches.
+
+Memory stays flat however large the folder: we walk UID ranges of ``batch_size`` from a start
+UID up to UIDNEXT instead of listing every UID first, hold one batch at a time, and wait for
+Kafka's acks before moving the high-water mark on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from producers.fetch import parse_fetch_lines
+from producers.imap import ImapConnection, SelectedFolder
+from producers.parse import FetchedMessage, parse_message
+from producers.publish import EventPublisher
+from schemas.models import FolderRole
+
+log = logging.getLogger(__name__)
+
+FETCH_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])"
+FETCH_ITEMS_CONDSTORE = "(UID FLAGS INTERNALDATE RFC822.SIZE MODSEQ BODY.PEEK[])"
+
+
+@dataclass(frozen=True)
+class FolderProgress:
+    folder: str
+    done: int
+    total: int
+    last_uid: int
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    folder: SelectedFolder
+    published: int
+    last_uid: int
+
+
+async def sync_folder(
+    conn: ImapConnection,
+    publisher: EventPublisher,
+    *,
+    inbox_id: str,
+    folder: str,
+    role: FolderRole,
+    after_uid: int = 0,
+    batch_size: int = 200,
+    log_attachments: bool = True,
+    producer_name: str = "",
+    on_progress: Callable[[FolderProgress], Awaitable[None] | None] | None = None,
+) -> SyncResult:
+    """Publish every message with UID > after_uid; return the highest UID acked by Kafka."""
+    selected = await conn.select(folder)
+    items = FETCH_ITEMS_CONDSTORE if conn.has("CONDSTORE") else FETCH_ITEMS
+    last_uid = after_uid
+    published = 0
+    lo = after_uid + 1
+    # UIDNEXT may be absent on old servers: then fetch lo:* once per batch until empty.
+    while selected.uidnext == 0 or lo < selected.uidnext:
+        hi = lo + batch_size - 1
+        uid_set = f"{lo}:{hi}" if selected.uidnext else f"{lo}:*"
+        response = await conn.uid_fetch(uid_set, items)
+        fetched = [f for f in parse_fetch_lines(response.lines) if f.uid >= lo]
+        acks = []
+        for item in fetched:
+            message, body = parse_message(
+                FetchedMessage(
+                    inbox_id=inbox_id,
+                    folder=folder,
+                    folder_role=role,
+                    uidvalidity=selected.uidvalidity,
+                    uid=item.uid,
+                    raw=item.raw or b"",
+                    flags=item.flags,
+                    internal_date=item.internal_date,
+                    size=item.size,
+                    modseq=item.modseq,
+                ),
+                log_attachments=log_attachments,
+                producer=producer_name,
+            )
+            acks.append(await publisher.send(message, inbox_id))
+            acks.append(await publisher.send(body, inbox_id))
+        await asyncio.gather(*acks)  # the checkpoint may move only past acked events
+        if fetched:
+            last_uid = max(last_uid, max(f.uid for f in fetched))
+            published += len(fetched)
+        if on_progress is not None:
+            maybe = on_progress(FolderProgress(folder, published, selected.exists, last_uid))
+            if maybe is not None:
+                await maybe
+        if not selected.uidnext and not fetched:
+            break
+        lo = hi + 1
+    return SyncResult(selected, published, last_uid)

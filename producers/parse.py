@@ -1,0 +1,314 @@
+"""Raw RFC 5322 bytes → ``MessageEvent`` + ``BodyEvent``. Pure logic, no I/O.
+
+Mail in the wild is broken in every way: missing or duplicated headers, bad charsets, bad dates,
+truncated MIME. Nothing here raises for bad input: each field falls back to a safe value and the
+first problem is recorded in ``parse_error``, so the event is still published (never dropped).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.header import decode_header
+from email.message import Message
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import TypeVar
+
+from schemas.models import Address, Attachment, BodyEvent, FolderRole, MessageEvent
+
+ATTACHMENT_LOG_LIMIT = 50 * 1024 * 1024  # the source documents: "less than 50 MB"
+
+T = TypeVar("T")
+_MSGID_RE = re.compile(rb"<([^<>\s]+)>")
+_HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """What the IMAP layer hands over for one message."""
+
+    inbox_id: str
+    folder: str
+    folder_role: FolderRole
+    uidvalidity: int
+    uid: int
+    raw: bytes
+    flags: tuple[str, ...] = ()
+    internal_date: datetime | None = None
+    size: int | None = None
+    modseq: int | None = None
+
+
+def event_id(
+    inbox_id: str,
+    folder: str,
+    uidvalidity: int,
+    uid: int,
+    event_type: str = "message.new",
+    modseq: int | None = None,
+) -> str:
+    """Stable idempotency key: the same message seen again gets the same id.
+
+    ``message.new`` leaves modseq out on purpose: refetching a message whose flags changed must
+    not look like a new message. Flag events include it, so each change is its own event.
+    """
+    parts = [inbox_id, folder, str(uidvalidity), str(uid), event_type]
+    if event_type != "message.new":
+        parts.append(str(modseq or 0))
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+def split_header_block(raw: bytes) -> bytes:
+    """The header block as the server sent it, including the blank line's first CRLF."""
+    match = _HEADER_END_RE.search(raw)
+    return raw[: match.start()] + b"\r\n" if match else raw
+
+
+def parse_msg_ids(value: str | bytes | None) -> list[str]:
+    """Message-IDs from a Message-ID / In-Reply-To / References value, leniently.
+
+    Angle-bracketed ids are taken in order, duplicates dropped. A value with no brackets at all
+    (seen from broken mailers) falls back to its whitespace-separated tokens that contain '@'.
+    """
+    if not value:
+        return []
+    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    found = [m.decode("utf-8", "replace") for m in _MSGID_RE.findall(data)]
+    if not found:
+        found = [t.decode("utf-8", "replace").strip("<>,;\"'") for t in data.split() if b"@" in t]
+    seen: set[str] = set()
+    out = []
+    for mid in found:
+        if mid and mid not in seen:
+            seen.add(mid)
+            out.append(mid)
+    return out
+
+
+def synthetic_message_id(header_block: bytes) -> str:
+    """A deterministic id for mail without Message-ID: the same bytes give the same id,
+    so the copy in INBOX and the copy in another folder still thread together."""
+    digest = hashlib.sha256(header_block.replace(b"\r\n", b"\n").strip()).hexdigest()[:40]
+    return f"{digest}@synthetic.inboxstream.invalid"
+
+
+def _decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode with the declared charset; an unknown or lying charset falls back to UTF-8,
+    then Latin-1 (which never fails), so text is never lost, only possibly mis-decoded."""
+    for candidate in (charset, "utf-8"):
+        if not candidate:
+            continue
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def decode_text(value: str | None) -> str | None:
+    """Decode RFC 2047 encoded words, chunk by chunk, never raising."""
+    if value is None:
+        return None
+    try:
+        chunks = decode_header(value)
+    except (ValueError, email.errors.HeaderParseError):
+        return value
+    out = []
+    for chunk, charset in chunks:
+        out.append(_decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk)
+    # decode_header drops the whitespace between an encoded word and plain text only when
+    # both sides are encoded; joining plain chunks keeps their own spacing.
+    return "".join(out).strip() if len(out) > 1 else (out[0] if out else "")
+
+
+def _addresses(msg: Message, name: str) -> list[Address]:
+    values = [str(v) for v in msg.get_all(name, [])]
+    out = []
+    for display, addr in getaddresses(values):
+        addr = addr.strip()
+        if not addr:
+            continue
+        out.append(Address(name=decode_text(display) or None, email=addr))
+    return out
+
+
+def _date(msg: Message) -> datetime | None:
+    value = msg.get("Date")
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    # Dates before 1970 or absurdly far ahead are garbage from broken mailers.
+    if not 1970 <= parsed.year <= 9999:
+        return None
+    return parsed
+
+
+def _decode_part(part: Message) -> str | None:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return None
+    return _decode_bytes(payload, part.get_content_charset())
+
+
+def _attachments(msg: Message) -> list[Attachment]:
+    out = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        disposition = (part.get_content_disposition() or "").lower()
+        filename = part.get_filename()
+        if disposition != "attachment" and not filename:
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        content_ids = parse_msg_ids(str(part.get("Content-ID") or ""))
+        out.append(
+            Attachment(
+                filename=decode_text(filename) if filename else None,
+                content_type=part.get_content_type(),
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                content_id=content_ids[0] if content_ids else None,
+            )
+        )
+    return out
+
+
+def _bodies(msg: Message) -> tuple[str | None, str | None]:
+    text = html = None
+    for part in msg.walk():
+        if part.is_multipart() or (part.get_content_disposition() or "") == "attachment":
+            continue
+        ctype = part.get_content_type()
+        if ctype == "text/plain" and text is None:
+            text = _decode_part(part)
+        elif ctype == "text/html" and html is None:
+            html = _decode_part(part)
+    return text, html
+
+
+def parse_message(
+    fetched: FetchedMessage,
+    *,
+    log_attachments: bool = True,
+    producer: str = "",
+    now: datetime | None = None,
+) -> tuple[MessageEvent, BodyEvent]:
+    """Build both events for one fetched message. Never raises for malformed mail."""
+    observed = now or datetime.now(UTC)
+    raw = fetched.raw
+    size = fetched.size if fetched.size is not None else len(raw)
+    header_block = split_header_block(raw)
+    errors: list[str] = []
+
+    msg: Message | None
+    try:
+        # compat32 keeps headers as raw strings: we decode them ourselves and never trip on
+        # the lazy header objects of the modern policy.
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        for defect in msg.defects:
+            errors.append(f"MIME defect: {type(defect).__name__}")
+    except Exception as exc:  # the stdlib parser is lenient, but be certain
+        msg = None
+        errors.append(f"unparseable message: {type(exc).__name__}: {exc}")
+
+    def header(name: str) -> str | None:
+        if msg is None:
+            return None
+        try:
+            value = msg.get(name)
+        except Exception as exc:
+            errors.append(f"bad {name} header: {exc}")
+            return None
+        return None if value is None else str(value)
+
+    ids = parse_msg_ids(header("Message-ID"))
+    synthetic = not ids
+    message_id = ids[0] if ids else synthetic_message_id(header_block)
+
+    def safe(what: str, fn: Callable[[Message], T], default: T) -> T:
+        """Run one extraction; a failure is recorded and the field falls back to default."""
+        if msg is None:
+            return default
+        try:
+            return fn(msg)
+        except Exception as exc:
+            errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            return default
+
+    no_addresses: list[Address] = []
+    no_bodies: tuple[str | None, str | None] = (None, None)
+
+    def addresses(name: str) -> list[Address]:
+        return safe(name, lambda m: _addresses(m, name), no_addresses)
+
+    from_list = addresses("From")
+    attachments = safe("attachments", _attachments, list[Attachment]())
+    text, html = safe("body", _bodies, no_bodies)
+    eid = event_id(fetched.inbox_id, fetched.folder, fetched.uidvalidity, fetched.uid)
+    date = safe("Date", _date, None)
+    parse_error = "; ".join(dict.fromkeys(errors)) or None
+
+    message_event = MessageEvent(
+        event_id=eid,
+        inbox_id=fetched.inbox_id,
+        folder=fetched.folder,
+        folder_role=fetched.folder_role,
+        uidvalidity=fetched.uidvalidity,
+        uid=fetched.uid,
+        modseq=fetched.modseq,
+        message_id=message_id,
+        message_id_synthetic=synthetic,
+        in_reply_to=parse_msg_ids(header("In-Reply-To")),
+        references=parse_msg_ids(header("References")),
+        subject=decode_text(header("Subject")),
+        from_=from_list[0] if from_list else None,
+        to=addresses("To"),
+        cc=addresses("Cc"),
+        bcc=addresses("Bcc"),
+        reply_to=addresses("Reply-To"),
+        date=date,
+        internal_date=fetched.internal_date,
+        size=size,
+        flags=list(fetched.flags),
+        has_attachments=bool(attachments),
+        raw_headers=header_block,
+        parse_error=parse_error,
+        observed_at=observed,
+        producer=producer,
+    )
+
+    skipped: str | None = None
+    if not log_attachments:
+        skipped = "attachment logging is off for this inbox"
+    elif size >= ATTACHMENT_LOG_LIMIT:
+        skipped = f"message is {size} bytes, not under the 50 MB attachment limit"
+    body_event = BodyEvent(
+        event_id=eid,
+        inbox_id=fetched.inbox_id,
+        folder=fetched.folder,
+        uidvalidity=fetched.uidvalidity,
+        uid=fetched.uid,
+        message_id=message_id,
+        text=text,
+        html=html,
+        attachments=[] if skipped else attachments,
+        attachments_logged=skipped is None,
+        attachments_skipped_reason=skipped,
+        size=size,
+        date=date,
+        internal_date=fetched.internal_date,
+        parse_error=parse_error,
+        observed_at=observed,
+    )
+    return message_event, body_event

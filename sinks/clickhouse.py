@@ -1,0 +1,171 @@
+"""One small interface over the two ClickHouse backends: embedded chDB and a server.
+
+The same SQL runs on both. Rows go in as JSONEachRow on both backends, so the parsing rules
+(defaults, DateTime64 text, nullable handling) are identical wherever the projection lives.
+
+chDB is in-process and only one process may open a data path, so the process that runs the
+sink owns the path; other readers (analytics while the sink runs) go through that process or
+wait for it (see README). Calls are blocking: async callers use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from runtime.settings import ClickHouseSettings
+from sinks.exceptions import ClickHouseError, PathLockedError
+
+
+class ClickHouse(Protocol):
+    """What the sinks and the analytics need from ClickHouse."""
+
+    database: str
+
+    def command(self, sql: str) -> None: ...
+
+    def query(self, sql: str) -> list[dict[str, Any]]: ...
+
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        # DateTime64(3, 'UTC') columns parse this text exactly on both backends.
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot write {type(value).__name__} to ClickHouse")
+
+
+def json_each_row(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    return "".join(
+        json.dumps(row, default=_json_default, ensure_ascii=False) + "\n" for row in rows
+    ).encode()
+
+
+class EmbeddedClickHouse:
+    """chDB at a path on disk. One instance per path per process (chDB's own rule)."""
+
+    _open: dict[Path, EmbeddedClickHouse] = {}
+    _open_lock = threading.Lock()
+
+    def __init__(self, path: Path, database: str) -> None:
+        from chdb import session  # imported lazily: it is a large native module
+
+        self.path = path
+        self.database = database
+        self._lock = threading.Lock()
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._session = session.Session(str(path))
+        except Exception as exc:
+            if "lock" in str(exc).lower():
+                raise PathLockedError(
+                    f"the embedded ClickHouse at {path} is open in another process; stop it "
+                    "(or point clickhouse.path elsewhere) and try again"
+                ) from exc
+            raise ClickHouseError(f"cannot open embedded ClickHouse at {path}: {exc}") from exc
+
+    @classmethod
+    def open(cls, path: Path, database: str) -> EmbeddedClickHouse:
+        """Reuse this process's session for the path: chDB allows one per process."""
+        key = path.resolve()
+        with cls._open_lock:
+            existing = cls._open.get(key)
+            if existing is None:
+                existing = cls._open[key] = cls(key, database)
+            return existing
+
+    def _run(self, sql: str, fmt: str = "CSV") -> Any:
+        with self._lock:
+            try:
+                return self._session.query(sql, fmt)
+            except Exception as exc:
+                raise ClickHouseError(f"ClickHouse (embedded): {exc}") from exc
+
+    def command(self, sql: str) -> None:
+        self._run(sql)
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        result = self._run(sql, "JSONEachRow")
+        text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        payload = json_each_row(rows).decode()
+        self._run(f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}")
+
+    def close(self) -> None:
+        with self._open_lock:
+            self._open.pop(self.path, None)
+        with self._lock:
+            self._session.close()
+
+
+class ServerClickHouse:
+    """A ClickHouse server through clickhouse-connect (HTTP)."""
+
+    def __init__(self, url: str, database: str) -> None:
+        import clickhouse_connect
+        from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+
+        self.database = database
+        self._driver_error = DriverError
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url)
+        except DriverError as exc:
+            # The DSN may carry a password: name the failure, never the URL.
+            raise ClickHouseError(
+                f"cannot reach the ClickHouse server: {type(exc).__name__}", retriable=True
+            ) from None
+
+    def _wrap(self, exc: Exception) -> ClickHouseError:
+        retriable = "Connection" in type(exc).__name__ or "timed out" in str(exc)
+        return ClickHouseError(f"ClickHouse (server): {exc}", retriable=retriable)
+
+    def command(self, sql: str) -> None:
+        try:
+            self._client.command(sql)
+        except self._driver_error as exc:
+            raise self._wrap(exc) from exc
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        try:
+            # JSONEachRow through the raw path keeps types identical to the embedded backend.
+            raw = self._client.raw_query(sql, fmt="JSONEachRow")
+        except self._driver_error as exc:
+            raise self._wrap(exc) from exc
+        return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            self._client.raw_insert(
+                f"{self.database}.{table}", insert_block=json_each_row(rows), fmt="JSONEachRow"
+            )
+        except self._driver_error as exc:
+            raise self._wrap(exc) from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def connect(settings: ClickHouseSettings) -> ClickHouse:
+    """The backend the settings ask for: a server when ``url`` is set, else embedded chDB."""
+    if settings.url is not None:
+        return ServerClickHouse(settings.url.get_secret_value(), settings.database)
+    return EmbeddedClickHouse.open(settings.path, settings.database)

@@ -1,0 +1,134 @@
+"""A batching Kafka → ClickHouse sink.
+
+At-least-once by construction: records are decoded and mapped, inserted in one batch, and only
+then are their offsets committed. A crash between insert and commit redelivers the batch, which
+the ReplacingMergeTree tables collapse by event id, so counts never double.
+
+A record that cannot be decoded or mapped goes to the dead-letter topic with the reason and the
+batch goes on. A ClickHouse failure is not the record's fault: the sink keeps the batch, backs
+off and retries the insert, never committing past rows that are not in the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from runtime.kafka import send_to_dead_letter
+from schemas.models import Event
+from schemas.serde import AvroSerde
+from sinks.clickhouse import ClickHouse
+from sinks.exceptions import ClickHouseError
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+
+@dataclass
+class SinkStats:
+    consumed: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    insert_retries: int = 0
+
+
+@dataclass
+class TableSink(Generic[E]):
+    """Maps one topic's events to rows of one table."""
+
+    topic: str
+    table: str
+    serde: AvroSerde[E]
+    to_rows: Callable[[E], list[Mapping[str, Any]]]
+
+
+@dataclass
+class BatchingSink:
+    consumer: AIOKafkaConsumer
+    dlq_producer: AIOKafkaProducer
+    dlq_topic: str
+    clickhouse: ClickHouse
+    tables: dict[str, TableSink[Any]]
+    batch_size: int = 5_000
+    batch_timeout_s: float = 1.0
+    max_backoff_s: float = 30.0
+    stats: SinkStats = field(default_factory=SinkStats)
+
+    async def run_once(self) -> int:
+        """Consume, insert and commit one batch; return the number of records consumed."""
+        batches = await self.consumer.getmany(
+            timeout_ms=int(self.batch_timeout_s * 1000), max_records=self.batch_size
+        )
+        records = [r for part in batches.values() for r in part]
+        if not records:
+            return 0
+        rows: dict[str, list[Mapping[str, Any]]] = {}
+        for record in records:
+            sink = self.tables.get(record.topic)
+            if sink is None:
+                continue
+            try:
+                event = sink.serde.decode(record.value, record.headers)
+                rows.setdefault(sink.table, []).extend(sink.to_rows(event))
+            except Exception as exc:
+                self.stats.dead_lettered += 1
+                await send_to_dead_letter(self.dlq_producer, self.dlq_topic, record, "sink", exc)
+        for table, table_rows in rows.items():
+            await self._insert_with_retry(table, table_rows)
+        # position() is past the last record handed out and past any transaction markers
+        # behind it, so a transactional input topic can be committed to its very end.
+        offsets = {tp: await self.consumer.position(tp) for tp in batches}
+        await self.consumer.commit(offsets)
+        self.stats.consumed += len(records)
+        self.stats.batches += 1
+        return len(records)
+
+    async def _insert_with_retry(self, table: str, rows: list[Mapping[str, Any]]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.to_thread(self.clickhouse.insert, table, rows)
+                self.stats.inserted += len(rows)
+                return
+            except ClickHouseError as exc:
+                if not exc.retriable:
+                    raise
+                self.stats.insert_retries += 1
+                log.warning("insert into %s failed, retrying in %.1fs: %s", table, delay, exc)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.max_backoff_s)
+
+    async def run(
+        self, stop: asyncio.Event | None = None, idle_exit_s: float | None = None
+    ) -> None:
+        """Run until ``stop`` is set, or until nothing arrived for ``idle_exit_s`` seconds."""
+        last = time.monotonic()
+        while stop is None or not stop.is_set():
+            if await self.run_once():
+                last = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                return
+
+    async def wait_caught_up(self, timeout: float = 60.0) -> None:
+        """Consume until committed offsets reach the end of every assigned partition."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await self.run_once()
+            assigned = self.consumer.assignment()
+            if not assigned:
+                continue
+            ends = await self.consumer.end_offsets(list(assigned))
+            positions = {tp: await self.consumer.position(tp) for tp in assigned}
+            if all(positions[tp] >= ends[tp] for tp in assigned):
+                await self.consumer.commit(positions)
+                return
+        raise TimeoutError("sink did not catch up with the topic in time")
