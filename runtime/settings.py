@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config = os.environ.get("INBOXSTREAM_CONFIG")
+        config = getattr(settings_cls, "config_file", None) or os.environ.get("INBOXSTREAM_CONFIG")
         if config:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
@@ -158,12 +158,15 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build Settings, turning a validation failure into one readable SettingsError."""
-    if config_file is not None:
-        if not config_file.is_file():
-            raise SettingsError(f"config file {config_file} does not exist")
-        os.environ["INBOXSTREAM_CONFIG"] = str(config_file)
+    path = config_file or (Path(p) if (p := os.environ.get("INBOXSTREAM_CONFIG")) else None)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        config_file: ClassVar[Path | None] = path
+
     try:
-        return Settings(**overrides)
+        return _FromFile(**overrides)
     except ValidationError as exc:
         raise SettingsError(describe_validation_error(exc)) from None
 

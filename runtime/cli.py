@@ -1,0 +1,348 @@
+"""The ``inboxstream`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.common import InfraError
+from runtime.errors import InboxstreamError
+from runtime.settings import Settings, SettingsError, load_settings
+
+console = Console(stderr=True)
+out = Console()
+
+SERVICES = ("kafka", "dovecot", "clickhouse")
+
+
+def _service(name: str) -> ModuleType:
+    import importlib
+
+    return importlib.import_module(f"infra.{name}")
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]()
+    return settings
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="INBOXSTREAM_CONFIG",
+    help="TOML config file (env vars INBOXSTREAM_* override it).",
+)
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, log_level: str) -> None:
+    """inboxstream: connected inboxes as Kafka events, projected into ClickHouse."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cache: dict[str, Settings] = {}
+
+    def settings() -> Settings:
+        if "s" not in cache:
+            try:
+                cache["s"] = load_settings(config)
+            except SettingsError as exc:
+                _fail(str(exc))
+        return cache["s"]
+
+    ctx.obj = {"settings": settings}
+
+
+# --- infra -----------------------------------------------------------------------------------
+
+
+@main.group()
+def infra() -> None:
+    """Install, start, stop and inspect the local services (no systemd, no Docker)."""
+
+
+def _each(services: tuple[str, ...], action: Callable[[ModuleType, str], None]) -> None:
+    for name in services or SERVICES:
+        try:
+            action(_service(name), name)
+        except InfraError as exc:
+            _fail(f"{name}: {exc}")
+
+
+_service_arg = click.argument("services", nargs=-1, type=click.Choice(SERVICES))
+
+
+@infra.command("install")
+@_service_arg
+def infra_install(services: tuple[str, ...]) -> None:
+    """Install what is missing (apt, Maven Central); a second run changes nothing."""
+
+    def act(mod: ModuleType, name: str) -> None:
+        t0 = time.monotonic()
+        did = mod.install()
+        state = "installed" if did else "already installed"
+        console.print(f"{name}: {state} ({time.monotonic() - t0:.1f}s)")
+
+    _each(services, act)
+
+
+@infra.command("start")
+@_service_arg
+def infra_start(services: tuple[str, ...]) -> None:
+    """Install if needed, then start and wait until healthy (idempotent)."""
+
+    def act(mod: ModuleType, name: str) -> None:
+        t0 = time.monotonic()
+        mod.install()
+        did = mod.start()
+        state = "started" if did else "already running"
+        console.print(f"{name}: {state} ({time.monotonic() - t0:.1f}s)")
+
+    _each(services, act)
+
+
+@infra.command("stop")
+@_service_arg
+def infra_stop(services: tuple[str, ...]) -> None:
+    """Stop the services this project started, waiting for them to exit."""
+
+    def act(mod: ModuleType, name: str) -> None:
+        mod.stop()
+        console.print(f"{name}: stopped")
+
+    _each(services, act)
+
+
+@infra.command("status")
+@_service_arg
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def infra_status(services: tuple[str, ...], as_json: bool) -> None:
+    """Show whether each service is installed and running, and where it listens."""
+    rows = [_service(name).status() for name in services or SERVICES]
+    if as_json:
+        out.print_json(json.dumps([r.__dict__ for r in rows], default=str))
+        return
+    table = Table("service", "installed", "running", "pid", "endpoints", "detail")
+    for r in rows:
+        endpoints = ", ".join(f"{k}={v}" for k, v in r.endpoints.items())
+        table.add_row(
+            r.name, str(r.installed), str(r.running), str(r.pid or ""), endpoints, r.detail
+        )
+    out.print(table)
+
+
+# --- topics and database ---------------------------------------------------------------------
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics."""
+
+
+@topics.command("create")
+@click.pass_context
+def topics_create(ctx: click.Context) -> None:
+    """Create the topics that are missing, with their retention and compaction."""
+    from runtime.kafka import ensure_topics
+
+    s = _settings(ctx)
+    created = asyncio.run(ensure_topics(s.kafka, s.topics))
+    console.print(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
+
+
+@main.group()
+def db() -> None:
+    """The ClickHouse projections."""
+
+
+@db.command("migrate")
+@click.pass_context
+def db_migrate(ctx: click.Context) -> None:
+    """Apply the schema migrations not applied yet (re-runnable)."""
+    from sinks.clickhouse import connect
+    from sinks.migrate import migrate
+
+    ch = connect(_settings(ctx).clickhouse)
+    applied = migrate(ch)
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+    console.print(f"applied: {names}" if applied else "schema is up to date")
+
+
+@main.command("query")
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.pass_context
+def query(ctx: click.Context, sql: str, fmt: str) -> None:
+    """Run one SQL statement against the projections and print the rows."""
+    from sinks.clickhouse import connect
+
+    rows = connect(_settings(ctx).clickhouse).query(sql)
+    _print_rows(rows, fmt)
+
+
+def _print_rows(rows: list[dict[str, Any]], fmt: str = "table", title: str | None = None) -> None:
+    if fmt == "json":
+        for row in rows:
+            out.print_json(json.dumps(row, default=str))
+        return
+    if not rows:
+        out.print(f"{title}: (no rows)" if title else "(no rows)")
+        return
+    table = Table(*rows[0].keys(), title=title, title_justify="left")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+# --- pipeline --------------------------------------------------------------------------------
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+@main.command("sync")
+@click.option("--inbox", "inbox_ids", multiple=True, help="Only these inbox ids (default all).")
+@click.pass_context
+def sync(ctx: click.Context, inbox_ids: tuple[str, ...]) -> None:
+    """Publish every message of the configured inboxes to Kafka, once."""
+    from runtime.pipeline import sync_inbox_once
+
+    s = _settings(ctx)
+    inboxes = [i for i in s.inboxes if not inbox_ids or i.id in inbox_ids]
+    if not inboxes:
+        _fail("no inboxes configured (set [[inboxes]] in the config file)")
+    for inbox in inboxes:
+        report = _run_sync(s, inbox, sync_inbox_once)
+        console.print(f"{inbox.id}: {report.published} messages published")
+
+
+def _run_sync(s: Settings, inbox: Any, fn: Any) -> Any:
+    with _progress() as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(p: Any) -> None:
+            if p.folder not in tasks:
+                tasks[p.folder] = progress.add_task(f"{inbox.id} {p.folder}", total=p.total)
+            progress.update(tasks[p.folder], completed=p.done, total=max(p.total, p.done))
+
+        try:
+            return asyncio.run(fn(s, inbox, on_progress=on_progress))
+        except InboxstreamError as exc:
+            _fail(f"{inbox.id}: {exc}")
+
+
+@main.command("sink")
+@click.option("--until-caught-up", is_flag=True, help="Exit once the topic is fully projected.")
+@click.pass_context
+def sink(ctx: click.Context, until_caught_up: bool) -> None:
+    """Project inbox events into ClickHouse (runs until Ctrl-C)."""
+    from runtime.pipeline import open_clickhouse, run_sink
+
+    s = _settings(ctx)
+    ch = open_clickhouse(s)
+    try:
+        result = asyncio.run(run_sink(s, ch, until_caught_up=until_caught_up))
+    except KeyboardInterrupt:
+        return
+    console.print(
+        f"consumed {result.stats.consumed}, inserted {result.stats.inserted}, "
+        f"dead-lettered {result.stats.dead_lettered}"
+    )
+
+
+@main.command("demo")
+@click.option("--threads", default=80, show_default=True, help="Conversations to generate.")
+@click.pass_context
+def demo(ctx: click.Context, threads: int) -> None:
+    """Start the services, fill a real mailbox, sync it end to end, print what landed."""
+    from infra import dovecot, kafka
+    from runtime import demo as d
+    from runtime.mailgen import generate_mailbox
+    from runtime.pipeline import open_clickhouse, run_sink, sync_inbox_once
+
+    t0 = time.monotonic()
+    for name, mod in (("kafka", kafka), ("dovecot", dovecot)):
+        try:
+            mod.install()
+            started = mod.start()
+        except InfraError as exc:
+            _fail(f"{name}: {exc}")
+        console.print(f"{name}: {'started' if started else 'already running'}")
+    password = d.demo_password()
+    dovecot.add_user(d.DEMO_USER, password)
+    if d.message_count(d.DEMO_USER, password) == 0:
+        counts = d.fill_mailbox(
+            d.DEMO_USER, password, generate_mailbox(d.DEMO_USER, threads=threads)
+        )
+        console.print(f"filled {d.DEMO_USER}: {counts}")
+    else:
+        console.print(f"{d.DEMO_USER} already has mail; syncing it again (idempotent)")
+    s = _settings(ctx)
+    inbox = d.demo_inbox(password)
+    report = _run_sync(s, inbox, sync_inbox_once)
+    console.print(f"published {report.published} messages from {len(report.folders)} folders")
+    ch = open_clickhouse(s)
+    result = asyncio.run(run_sink(s, ch, until_caught_up=True))
+    console.print(f"sink: consumed {result.stats.consumed}, inserted {result.stats.inserted}")
+    db_name = s.clickhouse.database
+    where = f"inbox_id = '{d.DEMO_USER}'"
+    queries = {
+        "Messages per folder": (
+            f"SELECT folder, folder_role, count() AS messages, sum(has_attachments) AS "
+            f"with_attachments, formatReadableSize(sum(size)) AS size "
+            f"FROM {db_name}.email_metadata FINAL WHERE {where} GROUP BY folder, folder_role "
+            f"ORDER BY messages DESC"
+        ),
+        "Top sender domains": (
+            f"SELECT from_domain, count() AS messages FROM {db_name}.email_metadata FINAL "
+            f"WHERE {where} GROUP BY from_domain ORDER BY messages DESC LIMIT 8"
+        ),
+        "Conversations by length": (
+            f"SELECT length, count() AS threads FROM (SELECT "
+            f"if(empty(references), message_id, references[1]) AS root, count() AS length "
+            f"FROM {db_name}.email_metadata FINAL WHERE {where} GROUP BY root) "
+            f"GROUP BY length ORDER BY length"
+        ),
+        "Latest messages": (
+            f"SELECT received_at, folder, from_email, subject, length(references) AS refs "
+            f"FROM {db_name}.email_metadata FINAL WHERE {where} "
+            f"ORDER BY received_at DESC LIMIT 8"
+        ),
+        "Malformed mail (published, never dropped)": (
+            f"SELECT message_id, message_id_synthetic, subject, parse_error "
+            f"FROM {db_name}.email_metadata FINAL WHERE {where} "
+            f"AND (message_id_synthetic OR parse_error IS NOT NULL)"
+        ),
+    }
+    for title, sql in queries.items():
+        _print_rows(ch.query(sql), title=title)
+    console.print(f"demo done in {time.monotonic() - t0:.1f}s")
