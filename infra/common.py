@@ -55,12 +55,17 @@ def log_dir() -> Path:
     return path
 
 
-def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 600,
-        check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing output; on failure raise InfraError with its stderr tail."""
     proc = subprocess.run(
-        list(cmd), env=env, timeout=timeout, cwd=cwd, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        list(cmd), env=env, timeout=timeout, cwd=cwd, text=True, capture_output=True
     )
     if check and proc.returncode != 0:
         tail = (proc.stderr or proc.stdout)[-2000:]
@@ -90,13 +95,19 @@ def apt_install(packages: Sequence[str]) -> None:
         if not lists or not update_stamp.exists():
             run(["apt-get", "update", "-q"], env=env, timeout=900)
         try:
-            run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-                env=env, timeout=1200)
+            run(
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                env=env,
+                timeout=1200,
+            )
         except InfraError:
             # A stale package list is the usual cause; refresh once and try again.
             run(["apt-get", "update", "-q"], env=env, timeout=900)
-            run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-                env=env, timeout=1200)
+            run(
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                env=env,
+                timeout=1200,
+            )
     finally:
         if created:
             policy.unlink(missing_ok=True)
@@ -104,8 +115,10 @@ def apt_install(packages: Sequence[str]) -> None:
 
 def dpkg_installed(package: str) -> bool:
     proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", package], text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        ["dpkg-query", "-W", "-f=${Status}", package],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     return proc.returncode == 0 and "install ok installed" in proc.stdout
 
@@ -116,7 +129,9 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     return False
 
 
-def wait_for_port(host: str, port: int, timeout: float, *, what: str, log: Path | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, *, what: str, log: Path | None = None
+) -> None:
     """Block until something accepts on host:port; raise InfraError naming the log otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -169,8 +184,9 @@ def stop_pid(pid: int, *, timeout: float = 30, what: str = "process") -> None:
     raise InfraError(f"{what} (pid {pid}) did not exit after SIGKILL")
 
 
-def spawn(cmd: Sequence[str], *, log: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> int:
+def spawn(
+    cmd: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
     """Start a long-running daemon detached from our process group, output appended to log.
 
     start_new_session keeps it alive past the CLI that started it, and keeps a Ctrl-C in the
@@ -179,7 +195,12 @@ def spawn(cmd: Sequence[str], *, log: Path, env: dict[str, str] | None = None,
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            list(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
     return proc.pid

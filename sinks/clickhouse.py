@@ -54,21 +54,21 @@ def json_each_row(rows: Iterable[Mapping[str, Any]]) -> bytes:
     ).encode()
 
 
-class EmbeddedClickHouse:
-    """chDB at a path on disk. One instance per path per process (chDB's own rule)."""
+class _EmbeddedEngine:
+    """The one chDB engine of this process. chDB allows a single data path per process, so
+    every handle shares it; a second path is refused with a clear error, not a crash."""
 
-    _open: dict[Path, EmbeddedClickHouse] = {}
-    _open_lock = threading.Lock()
+    _instance: _EmbeddedEngine | None = None
+    _guard = threading.Lock()
 
-    def __init__(self, path: Path, database: str) -> None:
+    def __init__(self, path: Path) -> None:
         from chdb import session  # imported lazily: it is a large native module
 
         self.path = path
-        self.database = database
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         path.mkdir(parents=True, exist_ok=True)
         try:
-            self._session = session.Session(str(path))
+            self.session = session.Session(str(path))
         except Exception as exc:
             if "lock" in str(exc).lower():
                 raise PathLockedError(
@@ -78,19 +78,46 @@ class EmbeddedClickHouse:
             raise ClickHouseError(f"cannot open embedded ClickHouse at {path}: {exc}") from exc
 
     @classmethod
+    def get(cls, path: Path) -> _EmbeddedEngine:
+        with cls._guard:
+            if cls._instance is None:
+                cls._instance = cls(path.resolve())
+            elif cls._instance.path != path.resolve():
+                raise ClickHouseError(
+                    f"this process already has the embedded ClickHouse open at "
+                    f"{cls._instance.path}; chDB allows one path per process, not also {path}"
+                )
+            return cls._instance
+
+    @classmethod
+    def shutdown(cls) -> None:
+        with cls._guard:
+            if cls._instance is not None:
+                with cls._instance.lock:
+                    cls._instance.session.close()
+                cls._instance = None
+
+
+class EmbeddedClickHouse:
+    """chDB at a path on disk, addressing one database. Handles are cheap; they share the
+    process's single engine, so a test can use a fresh database per test on one path."""
+
+    def __init__(self, path: Path, database: str) -> None:
+        self.database = database
+        self._engine = _EmbeddedEngine.get(path)
+
+    @classmethod
     def open(cls, path: Path, database: str) -> EmbeddedClickHouse:
-        """Reuse this process's session for the path: chDB allows one per process."""
-        key = path.resolve()
-        with cls._open_lock:
-            existing = cls._open.get(key)
-            if existing is None:
-                existing = cls._open[key] = cls(key, database)
-            return existing
+        return cls(path, database)
+
+    @property
+    def path(self) -> Path:
+        return self._engine.path
 
     def _run(self, sql: str, fmt: str = "CSV") -> Any:
-        with self._lock:
+        with self._engine.lock:
             try:
-                return self._session.query(sql, fmt)
+                return self._engine.session.query(sql, fmt)
             except Exception as exc:
                 raise ClickHouseError(f"ClickHouse (embedded): {exc}") from exc
 
@@ -109,10 +136,8 @@ class EmbeddedClickHouse:
         self._run(f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}")
 
     def close(self) -> None:
-        with self._open_lock:
-            self._open.pop(self.path, None)
-        with self._lock:
-            self._session.close()
+        """Release the engine so another process may open the path."""
+        _EmbeddedEngine.shutdown()
 
 
 class ServerClickHouse:
