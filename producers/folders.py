@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from schemas.models import FolderRole
 
 _LIST_RE = re.compile(
-    rb'^(?:LIST|XLIST) \((?P<flags>[^)]*)\) (?P<delim>"(?:\\.|[^"])*"|NIL) (?P<name>.+)$',
+    rb'^(?:(?:LIST|XLIST) )?\((?P<flags>[^)]*)\) (?P<delim>"(?:\\.|[^"])*"|NIL) (?P<name>.+)$',
     re.IGNORECASE,
 )
 _UNSELECTABLE = {"\\NOSELECT", "\\NONEXISTENT"}
@@ -68,7 +68,8 @@ def _unquote(token: bytes) -> str:
 
 
 def parse_list_lines(lines: list[bytes | bytearray]) -> list[Folder]:
-    """LIST responses as aioimaplib hands them (``LIST (...) "/" name``), literals included."""
+    """LIST responses, with or without the ``LIST`` keyword (aioimaplib strips it), literals
+    included: ``(\\HasNoChildren) "/" name``."""
     folders = []
     items = [bytes(x) for x in lines]
     for i, line in enumerate(items):

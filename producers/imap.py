@@ -240,6 +240,8 @@ class ImapConnection:
         response = await self._execute("EXAMINE" if readonly else "SELECT", _quote(folder))
         if response.result != "OK":
             raise ProtocolError(f"cannot open folder {folder!r}: {_text(response)}")
+        # aioimaplib tracks SELECTED only through its own select(); EXAMINE is ours.
+        self.protocol.state = aioimaplib.SELECTED
         codes: dict[str, int] = {}
         exists = 0
         for line in response.lines:

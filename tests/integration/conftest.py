@@ -7,12 +7,26 @@ A service that cannot start fails the tests loudly: it is never a skip.
 
 from __future__ import annotations
 
+import os
+import secrets
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from infra import dovecot, kafka
+from runtime.settings import (
+    ClickHouseSettings,
+    InboxSettings,
+    KafkaSettings,
+    Settings,
+    SinkSettings,
+    TopicSettings,
+    load_settings,
+)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +55,54 @@ def dovecot_server() -> Iterator[dovecot.DovecotEndpoints]:
 def unique() -> str:
     """A short random suffix for topic names, users and mailboxes owned by one test."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded ClickHouse path for the whole run (chDB allows one per process);
+    each test gets its own database inside it."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def clickhouse_settings(chdb_path: Path, unique: str) -> ClickHouseSettings:
+    """Embedded by default; the same tests run against a server when CLICKHOUSE_URL is set."""
+    url = os.environ.get("CLICKHOUSE_URL")
+    return ClickHouseSettings(
+        path=chdb_path, url=SecretStr(url) if url else None, database=f"test_{unique}"
+    )
+
+
+@pytest.fixture
+def settings(
+    kafka_bootstrap: str, clickhouse_settings: ClickHouseSettings, unique: str
+) -> Settings:
+    """Settings pointing at the real services, with topics and groups of this test only."""
+    return load_settings(
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        topics=TopicSettings().with_prefix(f"t{unique}."),
+        clickhouse=clickhouse_settings,
+        sink=SinkSettings(group_id=f"sink-{unique}", batch_timeout_s=0.3),
+    )
+
+
+@dataclass(frozen=True)
+class MailUser:
+    name: str
+    password: str = field(repr=False)
+
+    def inbox(self) -> InboxSettings:
+        from runtime.demo import demo_inbox
+
+        return demo_inbox(self.password, self.name)
+
+
+@pytest.fixture
+def mail_user(dovecot_server: dovecot.DovecotEndpoints, unique: str) -> Iterator[MailUser]:
+    """A fresh Dovecot user (own mailbox) for one test; removed afterwards."""
+    user = MailUser(f"u{unique}@inboxstream.test", secrets.token_urlsafe(12))
+    dovecot.add_user(user.name, user.password)
+    try:
+        yield user
+    finally:
+        dovecot.remove_user(user.name)

@@ -38,7 +38,7 @@ def test_internaldate_junk_is_none() -> None:
 def test_list_parsing_quoting_literals_and_mutf7() -> None:
     lines: list[bytes | bytearray] = [
         b'LIST (\\HasNoChildren) "/" INBOX',
-        b'LIST (\\HasNoChildren \\Sent) "/" "Sent"',
+        b'(\\HasNoChildren \\Sent) "/" "Sent"',
         b'LIST (\\HasNoChildren) "." "Sent Items"',
         b'LIST (\\Noselect \\HasChildren) "/" "Projects"',
         b'LIST () "/" "Entw&APw-rfe"',
