@@ -150,4 +150,66 @@ class OutboundEvent(Event):
     sent_at: Timestamp
 
 
-ALL_EVENTS: tuple[type[Event], ...] = (MessageEvent, BodyEvent, StatusEvent, OutboundEvent)
+ThreadEventType = Literal["thread.assigned", "thread.merged"]
+
+
+class ThreadEvent(Event):
+    """``inbox.threads``: which conversation a message belongs to, or a merge of two."""
+
+    schema_name: ClassVar[str] = "inbox.threads"
+
+    event_id: str
+    event_type: ThreadEventType = "thread.assigned"
+    inbox_id: str
+    message_event_id: str | None = None
+    message_id: str | None = None
+    thread_id: str
+    merged_thread_ids: list[str] = Field(default_factory=list)
+    root_message_id: str | None = None
+    base_subject: str | None = None
+    algorithm: Literal["rfc5256", "references"] = "rfc5256"
+    occurred_at: Timestamp
+
+
+class AttachmentRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    filename: str | None = None
+    content_type: str
+    size: int
+    sha256: str
+
+
+EngagementEventType = Literal["engagement.created", "engagement.deleted", "body.expired"]
+
+
+class EngagementEvent(Event):
+    """``crm.engagements``: a reply to CRM mail, or a lifecycle change of one."""
+
+    schema_name: ClassVar[str] = "crm.engagements"
+
+    event_id: str
+    event_type: EngagementEventType = "engagement.created"
+    engagement_id: str
+    inbox_id: str
+    message_id: str
+    thread_id: str | None = None
+    crm_message_id: str
+    matched_by: Literal["in_reply_to", "references"] = "in_reply_to"
+    crm_kind: OutboundKind = "sent"
+    crm_ref: str | None = None
+    contact_email: str | None = None
+    contact_name: str | None = None
+    subject: str | None = None
+    body_text: str | None = None
+    attachments: list[AttachmentRef] = Field(default_factory=list)
+    occurred_at: Timestamp
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    MessageEvent,
+    BodyEvent,
+    StatusEvent,
+    OutboundEvent,
+    ThreadEvent,
+    EngagementEvent,
+)

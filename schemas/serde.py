@@ -4,7 +4,8 @@
   what we write, and every older version stays on disk so old records stay readable.
 * Each record carries the writer schema's CRC-64-AVRO fingerprint in a Kafka header; the reader
   resolves it against its own (newest) schema, Avro rules applied (new fields take defaults).
-* fastavro and pydantic errors become our ``DecodeError``/``EncodeError``, raised ``from`` the cause.
+* fastavro and pydantic errors become our ``DecodeError``/``EncodeError``, raised ``from``
+  the cause.
 """
 
 from __future__ import annotations
@@ -109,8 +110,12 @@ class AvroSerde(Generic[E]):
     newest. Reading always resolves the record's writer schema to this process's newest schema.
     """
 
-    def __init__(self, model: type[E], registry: SchemaRegistry | None = None,
-                 writer_version: int | None = None) -> None:
+    def __init__(
+        self,
+        model: type[E],
+        registry: SchemaRegistry | None = None,
+        writer_version: int | None = None,
+    ) -> None:
         self.model = model
         self.registry = registry or default_registry()
         self.writer = self.registry.version(model.schema_name, writer_version)
@@ -128,8 +133,10 @@ class AvroSerde(Generic[E]):
         try:
             fastavro.schemaless_writer(buf, self.writer.parsed, dict(record))
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
-            raise EncodeError(f"{self.model.schema_name}: record does not fit schema "
-                              f"v{self.writer.version}: {exc}") from exc
+            raise EncodeError(
+                f"{self.model.schema_name}: record does not fit schema "
+                f"v{self.writer.version}: {exc}"
+            ) from exc
         return buf.getvalue()
 
     def headers(self, event_type: str | None = None) -> list[tuple[str, bytes]]:
@@ -144,8 +151,10 @@ class AvroSerde(Generic[E]):
             raise DecodeError(f"{self.model.schema_name}: record has no value (tombstone)")
         fp_raw = header(headers, HEADER_FINGERPRINT)
         if fp_raw is None:
-            raise DecodeError(f"{self.model.schema_name}: record has no "
-                              f"{HEADER_FINGERPRINT} header; cannot know its writer schema")
+            raise DecodeError(
+                f"{self.model.schema_name}: record has no "
+                f"{HEADER_FINGERPRINT} header; cannot know its writer schema"
+            )
         try:
             writer = self.registry.by_fingerprint(fp_raw.decode("ascii"))
         except (UnknownSchemaError, UnicodeDecodeError) as exc:
@@ -153,10 +162,13 @@ class AvroSerde(Generic[E]):
         if writer.name != self.model.schema_name:
             raise DecodeError(f"expected a {self.model.schema_name} record, got {writer.name}")
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(value), writer.parsed, self.reader.parsed)
+            record = fastavro.schemaless_reader(
+                io.BytesIO(value), writer.parsed, self.reader.parsed
+            )
         except Exception as exc:  # fastavro raises many types for corrupt bytes
-            raise DecodeError(f"{self.model.schema_name}: corrupt Avro payload "
-                              f"({type(exc).__name__}: {exc})") from exc
+            raise DecodeError(
+                f"{self.model.schema_name}: corrupt Avro payload ({type(exc).__name__}: {exc})"
+            ) from exc
         if not isinstance(record, dict):
             raise DecodeError(f"{self.model.schema_name}: payload is not a record")
         return record
@@ -166,8 +178,10 @@ class AvroSerde(Generic[E]):
         try:
             return self.model.model_validate(record)
         except ValidationError as exc:
-            raise DecodeError(f"{self.model.schema_name}: record does not fit the model: "
-                              f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}") from exc
+            raise DecodeError(
+                f"{self.model.schema_name}: record does not fit the model: "
+                f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}"
+            ) from exc
 
 
 @cache

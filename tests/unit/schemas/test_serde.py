@@ -16,11 +16,14 @@ from schemas.models import (
     ALL_EVENTS,
     Address,
     Attachment,
+    AttachmentRef,
     BodyEvent,
+    EngagementEvent,
     Event,
     MessageEvent,
     OutboundEvent,
     StatusEvent,
+    ThreadEvent,
 )
 from schemas.serde import (
     HEADER_FINGERPRINT,
@@ -87,6 +90,25 @@ SAMPLES: list[Event] = [
         at=NOW,
     ),
     OutboundEvent(event_id="o1", message_id="m@x", kind="sent", contact_email="c@x", sent_at=NOW),
+    ThreadEvent(
+        event_id="t1",
+        event_type="thread.merged",
+        inbox_id="i",
+        thread_id="th1",
+        merged_thread_ids=["th2"],
+        occurred_at=NOW,
+    ),
+    EngagementEvent(
+        event_id="g1",
+        engagement_id="eg1",
+        inbox_id="i",
+        message_id="r@x",
+        crm_message_id="m@x",
+        matched_by="references",
+        body_text="thanks",
+        attachments=[AttachmentRef(content_type="text/csv", size=1, sha256="ab" * 32)],
+        occurred_at=NOW,
+    ),
 ]
 
 
