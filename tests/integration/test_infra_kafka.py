@@ -38,16 +38,25 @@ async def _create_topics(bootstrap: str, topics: Iterable[NewTopic]) -> None:
         await admin.close()
 
 
-async def _read(bootstrap: str, topic: str, expected: int, *, isolation: str = "read_committed",
-                timeout: float = 30) -> list[tuple[bytes | None, bytes | None]]:
+async def _read(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    *,
+    isolation: str = "read_committed",
+    timeout: float = 30,
+) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every record of ``topic`` visible at ``isolation``, group-less.
 
     Reads until ``expected`` records arrived, then drains for a moment more so a record that
     should not be visible (an aborted one) would show up as an extra.
     """
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, isolation_level=isolation,
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        topic,
+        bootstrap_servers=bootstrap,
+        isolation_level=isolation,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     records: list[tuple[bytes | None, bytes | None]] = []
@@ -66,22 +75,26 @@ async def _read(bootstrap: str, topic: str, expected: int, *, isolation: str = "
 def _listening_addresses(port: int) -> set[str]:
     """Local addresses listening on ``port``; Java's dual-stack ::ffff:127.0.0.1 is 127.0.0.1."""
     return {
-        c.laddr.ip.removeprefix("::ffff:") for c in psutil.net_connections(kind="tcp")
+        c.laddr.ip.removeprefix("::ffff:")
+        for c in psutil.net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
     }
 
 
 async def test_health(kafka_bootstrap: str) -> None:
     port = int(os.environ.get("INBOXSTREAM_KAFKA_PORT") or kafka.DEFAULT_PORT)
-    controller = int(os.environ.get("INBOXSTREAM_KAFKA_CONTROLLER_PORT")
-                     or kafka.DEFAULT_CONTROLLER_PORT)
+    controller = int(
+        os.environ.get("INBOXSTREAM_KAFKA_CONTROLLER_PORT") or kafka.DEFAULT_CONTROLLER_PORT
+    )
     assert kafka_bootstrap == kafka.bootstrap_servers() == f"127.0.0.1:{port}"
 
     status = kafka.status()
     assert status.name == "kafka"
     assert status.installed and status.running and status.pid
-    assert status.endpoints == {"bootstrap": f"127.0.0.1:{port}",
-                                "controller": f"127.0.0.1:{controller}"}
+    assert status.endpoints == {
+        "bootstrap": f"127.0.0.1:{port}",
+        "controller": f"127.0.0.1:{controller}",
+    }
     assert "serving" in status.detail and kafka.KAFKA_VERSION in status.detail
 
     # Loopback only, for both listeners.
@@ -100,7 +113,8 @@ async def test_health(kafka_bootstrap: str) -> None:
     finally:
         await admin.close()
     assert [(b["node_id"], b["host"], b["port"]) for b in cluster["brokers"]] == [
-        (1, "127.0.0.1", port)]
+        (1, "127.0.0.1", port)
+    ]
     assert cluster["controller_id"] == 1
 
 
@@ -118,26 +132,36 @@ async def test_version_and_aiokafka_compat(kafka_bootstrap: str, unique: str) ->
     source, sink, group = f"compat-src-{unique}", f"compat-out-{unique}", f"compat-{unique}"
 
     # Admin: a compacted topic (as our state topics are) and a plain one.
-    await _create_topics(kafka_bootstrap, [
-        NewTopic(source, num_partitions=3, replication_factor=1,
-                 topic_configs={"cleanup.policy": "compact"}),
-        NewTopic(sink, num_partitions=1, replication_factor=1),
-    ])
+    await _create_topics(
+        kafka_bootstrap,
+        [
+            NewTopic(
+                source,
+                num_partitions=3,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"},
+            ),
+            NewTopic(sink, num_partitions=1, replication_factor=1),
+        ],
+    )
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
         described = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, source, {"cleanup.policy": None})])
+            [ConfigResource(ConfigResourceType.TOPIC, source, {"cleanup.policy": None})]
+        )
         entries = described[0].to_object()["resources"][0]["config_entries"]
         assert {e["config_names"]: e["config_value"] for e in entries} == {
-            "cleanup.policy": "compact"}
+            "cleanup.policy": "compact"
+        }
     finally:
         await admin.close()
 
     # Idempotent producer.
     keyed = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(6)]
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True,
-                                acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all"
+    )
     await producer.start()
     try:
         for key, value in keyed:
@@ -147,8 +171,11 @@ async def test_version_and_aiokafka_compat(kafka_bootstrap: str, unique: str) ->
 
     # read_committed consumer in a consumer group (group coordinator, manual offsets).
     consumer = AIOKafkaConsumer(
-        source, bootstrap_servers=kafka_bootstrap, group_id=group,
-        isolation_level="read_committed", auto_offset_reset="earliest",
+        source,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
     await consumer.start()
@@ -186,8 +213,9 @@ async def test_version_and_aiokafka_compat(kafka_bootstrap: str, unique: str) ->
     committed_view = await _read(kafka_bootstrap, sink, len(expected))
     assert sorted(committed_view) == expected
     # The aborted record is in the log (read_uncommitted sees it) but not for read_committed.
-    uncommitted_view = await _read(kafka_bootstrap, sink, len(expected) + 1,
-                                   isolation="read_uncommitted")
+    uncommitted_view = await _read(
+        kafka_bootstrap, sink, len(expected) + 1, isolation="read_uncommitted"
+    )
     assert sorted(uncommitted_view) == sorted(expected + [(b"plain", b"aborted")])
 
     # The group's offsets were committed by the transaction. The commit markers are written
@@ -209,11 +237,11 @@ async def test_version_and_aiokafka_compat(kafka_bootstrap: str, unique: str) ->
 
 async def test_restart_keeps_log(kafka_bootstrap: str, unique: str) -> None:
     topic = f"restart-{unique}"
-    await _create_topics(kafka_bootstrap, [NewTopic(topic, num_partitions=3,
-                                                    replication_factor=1)])
+    await _create_topics(kafka_bootstrap, [NewTopic(topic, num_partitions=3, replication_factor=1)])
     records = [(f"k{i}".encode(), f"before-restart-{i}".encode()) for i in range(20)]
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True,
-                                acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all"
+    )
     await producer.start()
     try:
         for key, value in records:
