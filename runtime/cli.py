@@ -281,8 +281,14 @@ def sink(ctx: click.Context, until_caught_up: bool) -> None:
 
 @main.command("demo")
 @click.option("--threads", default=80, show_default=True, help="Conversations to generate.")
+@click.option(
+    "--user",
+    default="demo@inboxstream.test",
+    show_default=True,
+    help="The demo mailbox (created in the local Dovecot).",
+)
 @click.pass_context
-def demo(ctx: click.Context, threads: int) -> None:
+def demo(ctx: click.Context, threads: int, user: str) -> None:
     """Start the services, fill a real mailbox, sync it end to end, print what landed."""
     from infra import dovecot, kafka
     from runtime import demo as d
@@ -298,23 +304,21 @@ def demo(ctx: click.Context, threads: int) -> None:
             _fail(f"{name}: {exc}")
         console.print(f"{name}: {'started' if started else 'already running'}")
     password = d.demo_password()
-    dovecot.add_user(d.DEMO_USER, password)
-    if d.message_count(d.DEMO_USER, password) == 0:
-        counts = d.fill_mailbox(
-            d.DEMO_USER, password, generate_mailbox(d.DEMO_USER, threads=threads)
-        )
-        console.print(f"filled {d.DEMO_USER}: {counts}")
+    dovecot.add_user(user, password)
+    if d.message_count(user, password) == 0:
+        counts = d.fill_mailbox(user, password, generate_mailbox(user, threads=threads))
+        console.print(f"filled {user}: {counts}")
     else:
-        console.print(f"{d.DEMO_USER} already has mail; syncing it again (idempotent)")
+        console.print(f"{user} already has mail; syncing it again (idempotent)")
     s = _settings(ctx)
-    inbox = d.demo_inbox(password)
+    inbox = d.demo_inbox(password, user)
     report = _run_sync(s, inbox, sync_inbox_once)
     console.print(f"published {report.published} messages from {len(report.folders)} folders")
     ch = open_clickhouse(s)
     result = asyncio.run(run_sink(s, ch, until_caught_up=True))
     console.print(f"sink: consumed {result.stats.consumed}, inserted {result.stats.inserted}")
     db_name = s.clickhouse.database
-    where = f"inbox_id = '{d.DEMO_USER}'"
+    where = f"inbox_id = '{user}'"
     queries = {
         "Messages per folder": (
             f"SELECT folder, folder_role, count() AS messages, sum(has_attachments) AS "
