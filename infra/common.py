@@ -123,6 +123,20 @@ def dpkg_installed(package: str) -> bool:
     return proc.returncode == 0 and "install ok installed" in proc.stdout
 
 
+def env_port(env: str, default: int) -> int:
+    """A port from an environment variable (so two checkouts can run side by side)."""
+    value = os.environ.get(env)
+    if not value:
+        return default
+    try:
+        port = int(value)
+    except ValueError as exc:
+        raise InfraError(f"{env}={value!r} is not a port number") from exc
+    if not 0 < port < 65536:
+        raise InfraError(f"{env}={value!r} is not a port number (1-65535)")
+    return port
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True

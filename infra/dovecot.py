@@ -33,6 +33,7 @@ from infra.common import (
     ServiceStatus,
     apt_install,
     dpkg_installed,
+    env_port,
     log_dir,
     port_open,
     read_pid,
@@ -146,23 +147,13 @@ def _log() -> Path:
     return log_dir() / "dovecot.log"
 
 
-def _port(env: str, default: int) -> int:
-    value = os.environ.get(env)
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise InfraError(f"{env}={value!r} is not a port number") from exc
-
-
 def endpoints() -> DovecotEndpoints:
     """The addresses, ports and CA file of our instance (whether or not it is running)."""
     return DovecotEndpoints(
         host=HOST,
-        imap_port=_port("INBOXSTREAM_IMAP_PORT", DEFAULT_IMAP_PORT),
-        imaps_port=_port("INBOXSTREAM_IMAPS_PORT", DEFAULT_IMAPS_PORT),
-        lmtp_port=_port("INBOXSTREAM_LMTP_PORT", DEFAULT_LMTP_PORT),
+        imap_port=env_port("INBOXSTREAM_IMAP_PORT", DEFAULT_IMAP_PORT),
+        imaps_port=env_port("INBOXSTREAM_IMAPS_PORT", DEFAULT_IMAPS_PORT),
+        lmtp_port=env_port("INBOXSTREAM_LMTP_PORT", DEFAULT_LMTP_PORT),
         ca_cert=_tls_dir() / "ca.pem",
         limited_host=LIMITED_HOST,
         wrong_cert_host=WRONG_CERT_HOST,

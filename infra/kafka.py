@@ -37,6 +37,7 @@ from infra.common import (
     InfraError,
     ServiceStatus,
     apt_install,
+    env_port,
     log_dir,
     pid_alive,
     port_open,
@@ -66,8 +67,11 @@ DEFAULT_CONTROLLER_PORT = 19093
 HEAP_OPTS = ("-Xmx1g", "-Xms256m")
 #: The GC settings of Kafka's own kafka-run-class.sh.
 JVM_OPTS = (
-    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent", "-XX:+ExitOnOutOfMemoryError",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 )
 
@@ -81,6 +85,7 @@ _VERSION_RE = re.compile(r"Kafka version: (\S+)")
 
 
 # --- paths and settings ----------------------------------------------------------------------
+
 
 def _dir() -> Path:
     return service_dir(NAME)
@@ -120,25 +125,12 @@ def _log() -> Path:
     return log_dir() / "kafka.log"
 
 
-def _port(env: str, default: int) -> int:
-    value = os.environ.get(env)
-    if not value:
-        return default
-    try:
-        port = int(value)
-    except ValueError as exc:
-        raise InfraError(f"{env}={value!r} is not a port number") from exc
-    if not 0 < port < 65536:
-        raise InfraError(f"{env}={value!r} is not a port number")
-    return port
-
-
 def broker_port() -> int:
-    return _port("INBOXSTREAM_KAFKA_PORT", DEFAULT_PORT)
+    return env_port("INBOXSTREAM_KAFKA_PORT", DEFAULT_PORT)
 
 
 def controller_port() -> int:
-    return _port("INBOXSTREAM_KAFKA_CONTROLLER_PORT", DEFAULT_CONTROLLER_PORT)
+    return env_port("INBOXSTREAM_KAFKA_CONTROLLER_PORT", DEFAULT_CONTROLLER_PORT)
 
 
 def bootstrap_servers() -> str:
@@ -164,6 +156,7 @@ def _locked() -> Iterator[None]:
 
 # --- install ---------------------------------------------------------------------------------
 
+
 def installed() -> bool:
     return _complete_marker().exists()
 
@@ -188,20 +181,31 @@ def install() -> bool:
             .replace("@KAFKA_VERSION@", KAFKA_VERSION)
             .replace("@LOG4J2_VERSION@", LOG4J2_VERSION)
         )
-        print(f"kafka: resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central ...",
-              flush=True)
+        print(
+            f"kafka: resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central ...", flush=True
+        )
         started = time.monotonic()
-        run(["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-             f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-            cwd=_dir(), timeout=1200)
+        run(
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ],
+            cwd=_dir(),
+            timeout=1200,
+        )
         jars = sorted(p.name for p in staging.glob("*.jar"))
         if f"kafka_2.13-{KAFKA_VERSION}.jar" not in jars:
             raise InfraError(f"mvn did not produce kafka_2.13-{KAFKA_VERSION}.jar in {staging}")
         shutil.rmtree(libs, ignore_errors=True)
         staging.rename(libs)
         _complete_marker().write_text("\n".join(jars) + "\n")
-        print(f"kafka: {len(jars)} jars in {libs} ({time.monotonic() - started:.0f}s)",
-              flush=True)
+        print(f"kafka: {len(jars)} jars in {libs} ({time.monotonic() - started:.0f}s)", flush=True)
         return True
 
 
@@ -216,8 +220,10 @@ def _ensure_tools() -> None:
         try:
             apt_install(missing)
         except (FileNotFoundError, InfraError) as exc:
-            raise InfraError(f"Kafka needs Java {MIN_JAVA}+ and Maven (mvn) on PATH; "
-                             f"installing {', '.join(missing)} failed: {exc}") from exc
+            raise InfraError(
+                f"Kafka needs Java {MIN_JAVA}+ and Maven (mvn) on PATH; "
+                f"installing {', '.join(missing)} failed: {exc}"
+            ) from exc
     major = _java_major()
     if major < MIN_JAVA:
         raise InfraError(f"Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+, but `java` is {major}")
@@ -242,6 +248,7 @@ def _java() -> str:
 
 # --- configuration and storage ---------------------------------------------------------------
 
+
 def _render_properties() -> Path:
     """Write server.properties for the current ports; done on every start (cheap, idempotent)."""
     text = string.Template(_PROPERTIES_TEMPLATE.read_text()).substitute(
@@ -259,14 +266,20 @@ def _classpath() -> str:
     return f"{_libs_dir()}/*"
 
 
-def _java_cmd(main_class: str, *args: str, heap: tuple[str, ...] = HEAP_OPTS,
-              root_level: str = "INFO") -> list[str]:
+def _java_cmd(
+    main_class: str, *args: str, heap: tuple[str, ...] = HEAP_OPTS, root_level: str = "INFO"
+) -> list[str]:
     return [
-        _java(), *heap, *JVM_OPTS,
+        _java(),
+        *heap,
+        *JVM_OPTS,
         f"-Dlog4j2.configurationFile={_LOG4J2_CONFIG}",
         f"-Dinboxstream.kafka.loglevel={root_level}",
         f"-Dkafka.logs.dir={log_dir()}",
-        "-cp", _classpath(), main_class, *args,
+        "-cp",
+        _classpath(),
+        main_class,
+        *args,
     ]
 
 
@@ -302,20 +315,31 @@ def _format_storage(properties: Path) -> None:
     ``--standalone``; ``--ignore-formatted`` makes a repeated call harmless.
     """
     _data_dir().mkdir(parents=True, exist_ok=True)
-    cmd = _java_cmd(_STORAGE_TOOL, "format", "--cluster-id", new_cluster_id(),
-                    "--config", str(properties), "--ignore-formatted",
-                    heap=("-Xmx256m",), root_level="WARN")
+    cmd = _java_cmd(
+        _STORAGE_TOOL,
+        "format",
+        "--cluster-id",
+        new_cluster_id(),
+        "--config",
+        str(properties),
+        "--ignore-formatted",
+        heap=("-Xmx256m",),
+        root_level="WARN",
+    )
     proc = run(cmd, timeout=300, check=False)
     with open(_log(), "a") as out:
         out.write(f"[inboxstream] {_STORAGE_TOOL} format (exit {proc.returncode}):\n")
         out.write(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not _formatted():
         tail = (proc.stderr or proc.stdout)[-1500:]
-        raise InfraError(f"formatting Kafka storage in {_data_dir()} failed "
-                         f"(exit {proc.returncode}): {tail}; see {_log()}")
+        raise InfraError(
+            f"formatting Kafka storage in {_data_dir()} failed "
+            f"(exit {proc.returncode}): {tail}; see {_log()}"
+        )
 
 
 # --- process control -------------------------------------------------------------------------
+
 
 def _is_ours(pid: int) -> bool:
     """The process is a Kafka broker started from our server.properties (not a reused pid)."""
@@ -402,7 +426,7 @@ def _metadata_brokers(port: int, timeout: float = 2.0) -> list[tuple[int, str, i
     for _ in range(count):
         node_id, host_len = struct.unpack_from(">ih", data, pos)
         pos += 6
-        host = data[pos:pos + host_len].decode()
+        host = data[pos : pos + host_len].decode()
         pos += host_len
         broker_port_, rack_len = struct.unpack_from(">ih", data, pos)
         pos += 6 + max(rack_len, 0)
@@ -446,12 +470,15 @@ def _wait_serving(pid: int, timeout: float, log_offset: int) -> None:
     port = broker_port()
     while True:
         if not pid_alive(pid):
-            raise InfraError(f"Kafka (pid {pid}) exited during startup; see {_log()}"
-                             f"{_log_hint(log_offset)}")
+            raise InfraError(
+                f"Kafka (pid {pid}) exited during startup; see {_log()}{_log_hint(log_offset)}"
+            )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise InfraError(f"Kafka (pid {pid}) did not serve metadata on {HOST}:{port} "
-                             f"within {timeout:.0f}s; see {_log()}{_log_hint(log_offset)}")
+            raise InfraError(
+                f"Kafka (pid {pid}) did not serve metadata on {HOST}:{port} "
+                f"within {timeout:.0f}s; see {_log()}{_log_hint(log_offset)}"
+            )
         try:
             # Short slices so a crashed JVM is noticed at once, not after the whole timeout.
             wait_for_port(HOST, port, min(1.0, remaining), what="Kafka broker", log=_log())
@@ -483,8 +510,10 @@ def start(timeout: float = 120) -> bool:
                     "other ports with INBOXSTREAM_KAFKA_PORT / INBOXSTREAM_KAFKA_CONTROLLER_PORT."
                 )
         if not installed():
-            raise InfraError(f"Kafka {KAFKA_VERSION} is not installed; run kafka.install() "
-                             "(or `inboxstream infra install`)")
+            raise InfraError(
+                f"Kafka {KAFKA_VERSION} is not installed; run kafka.install() "
+                "(or `inboxstream infra install`)"
+            )
         properties = _render_properties()
         if not _formatted():
             _format_storage(properties)
@@ -492,8 +521,7 @@ def start(timeout: float = 120) -> bool:
         log.touch()
         offset = log.stat().st_size
         _log_offset_file().write_text(f"{offset}\n")
-        pid = spawn(_java_cmd(_MAIN_CLASS, str(properties), heap=_heap_opts()), log=log,
-                    cwd=_dir())
+        pid = spawn(_java_cmd(_MAIN_CLASS, str(properties), heap=_heap_opts()), log=log, cwd=_dir())
         _pidfile().write_text(f"{pid}\n")
         try:
             _wait_serving(pid, timeout, offset)
@@ -531,6 +559,11 @@ def status() -> ServiceStatus:
         detail = f"Apache Kafka {running} (KRaft), {state}; data {_data_dir()}; log {_log()}"
         if libs and libs != _libs_dir().name:
             detail += f"; restart to run {KAFKA_VERSION}"
-    return ServiceStatus(name=NAME, installed=installed(), running=pid is not None, pid=pid,
-                         endpoints=endpoints, detail=detail)
-
+    return ServiceStatus(
+        name=NAME,
+        installed=installed(),
+        running=pid is not None,
+        pid=pid,
+        endpoints=endpoints,
+        detail=detail,
+    )
