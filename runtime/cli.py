@@ -24,7 +24,7 @@ from runtime.settings import Settings, SettingsError, load_settings
 console = Console(stderr=True)
 out = Console()
 
-SERVICES = ("kafka", "dovecot", "clickhouse")
+SERVICES = ("kafka", "dovecot", "postfix", "clickhouse")
 
 
 def _service(name: str) -> ModuleType:
