@@ -121,6 +121,11 @@ class InboxSettings(_Frozen):
     allow_unverified_certificate: bool = False
     ca_file: Path | None = None
     log_attachments: bool = True
+    # Sending through the inbox (producers/send.py): SMTP submission, authenticated with the
+    # same username/password; TLS rules as for IMAP. No host means the IMAP host.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=465, gt=0, lt=65536)
+    smtp_security: Literal["tls", "starttls"] = "tls"
 
 
 class Settings(BaseSettings):
