@@ -57,7 +57,8 @@ from producers.smtp import (
     submit,
 )
 from runtime.errors import InboxstreamError
-from runtime.settings import InboxSettings, TopicSettings
+from runtime.kafka import ensure_topics, make_producer
+from runtime.settings import InboxSettings, Settings, TopicSettings
 from schemas.models import OutboundEvent
 from schemas.serde import serde_for
 
@@ -507,3 +508,24 @@ def search_uids(lines: Sequence[bytes | bytearray]) -> list[int]:
         if _SEARCH_RE.fullmatch(raw):
             uids += [int(x) for x in raw.split()]
     return uids
+
+
+async def send_message(
+    settings: Settings,
+    inbox: InboxSettings,
+    draft: Draft,
+    *,
+    idempotency_key: str | None = None,
+    crm_ref: str | None = None,
+    budgets: BudgetRegistry | None = None,
+) -> SendResult:
+    """One send with its own Kafka producer (the CLI's path); long-lived services keep a
+    ``MailSender`` instead and share their ``BudgetRegistry`` with it."""
+    await ensure_topics(settings.kafka, settings.topics, [settings.topics.crm_outbound])
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        sender = MailSender(producer, settings.topics, budgets or BudgetRegistry())
+        return await sender.send(inbox, draft, idempotency_key=idempotency_key, crm_ref=crm_ref)
+    finally:
+        await producer.stop()
