@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from infra import dovecot, kafka
+from infra import dovecot, kafka, postfix
 from runtime.settings import (
     ClickHouseSettings,
     InboxSettings,
@@ -49,6 +49,20 @@ def dovecot_server() -> Iterator[dovecot.DovecotEndpoints]:
     finally:
         if started:
             dovecot.stop()
+
+
+@pytest.fixture(scope="session")
+def postfix_server(
+    dovecot_server: dovecot.DovecotEndpoints,
+) -> Iterator[postfix.PostfixEndpoints]:
+    """SMTP submission (AUTH via Dovecot, delivery into Dovecot over LMTP)."""
+    postfix.install()
+    started = postfix.start()
+    try:
+        yield postfix.endpoints()
+    finally:
+        if started:
+            postfix.stop()
 
 
 @pytest.fixture
