@@ -205,6 +205,20 @@ class EngagementEvent(Event):
     occurred_at: Timestamp
 
 
+class CheckpointEvent(Event):
+    """``inbox.checkpoints`` (compacted): how far one folder is in Kafka, for resume/takeover."""
+
+    schema_name: ClassVar[str] = "inbox.checkpoints"
+
+    inbox_id: str
+    folder: str
+    uidvalidity: int
+    last_uid: int
+    highestmodseq: int | None = None
+    owner: str = ""
+    updated_at: Timestamp
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     MessageEvent,
     BodyEvent,
@@ -212,4 +226,5 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     OutboundEvent,
     ThreadEvent,
     EngagementEvent,
+    CheckpointEvent,
 )

@@ -18,6 +18,7 @@ from schemas.models import (
     Attachment,
     AttachmentRef,
     BodyEvent,
+    CheckpointEvent,
     EngagementEvent,
     Event,
     MessageEvent,
@@ -108,6 +109,9 @@ SAMPLES: list[Event] = [
         body_text="thanks",
         attachments=[AttachmentRef(content_type="text/csv", size=1, sha256="ab" * 32)],
         occurred_at=NOW,
+    ),
+    CheckpointEvent(
+        inbox_id="i", folder="INBOX", uidvalidity=7, last_uid=42, highestmodseq=99, updated_at=NOW
     ),
 ]
 
