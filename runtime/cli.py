@@ -355,3 +355,4 @@ def demo(ctx: click.Context, threads: int, user: str) -> None:
 # --- commands that live with their packages ---------------------------------------------------
 # Each area registers its own click commands here, one line each, so the modules stay small.
 main.add_command(__import__("runtime.cli_send", fromlist=["send"]).send)
+main.add_command(__import__("runtime.cli_process", fromlist=["thread"]).thread)
