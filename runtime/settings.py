@@ -119,6 +119,8 @@ class InboxSettings(_Frozen):
     username: str
     password: SecretStr
     allow_unverified_certificate: bool = False
+    # TLS 1.0/1.1 for old servers: off unless the inbox opts in (TLS 1.2+ otherwise).
+    allow_legacy_tls: bool = False
     ca_file: Path | None = None
     log_attachments: bool = True
     # Sending through the inbox (producers/send.py): SMTP submission, authenticated with the
