@@ -130,6 +130,20 @@ class InboxSettings(_Frozen):
     smtp_security: Literal["tls", "starttls"] = "tls"
 
 
+class ProducerSettings(_Frozen):
+    """The long-running IMAP producer service (producers/service.py); see README for bounds."""
+
+    registry_dir: Path = Field(default_factory=lambda: state_dir() / "inboxes")
+    registry_poll_s: float = Field(default=2.0, gt=0)
+    batch_size: int = Field(default=200, ge=1, le=1000)
+    keepalive_s: float = Field(default=120.0, gt=0, le=25 * 60)
+    read_timeout_s: float = Field(default=15.0, gt=0)
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    other_folders_interval_s: float = Field(default=60.0, gt=0)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything inboxstream reads at start."""
 
@@ -144,6 +158,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     sink: SinkSettings = SinkSettings()
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
     inboxes: list[InboxSettings] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
