@@ -1,0 +1,62 @@
+"""``inboxstream thread FILE`` on a nasty generated mbox: every message exactly once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from runtime.cli import main
+from tests.unit.processors.mailboxes import to_mbox, tricky_mailbox
+
+NASTY = [
+    b"\x00\xff\xfe binary garbage with no headers at all\n\n\x80\x81",
+    b"Subject: =?bogus-charset?q?=FF=FE?=\nMessage-ID: <nasty1@x>\n"
+    b"References: <<<>>> <nasty0@x\n\n",
+    b"Message-ID: no brackets here@x\nIn-Reply-To: nasty1@x\nSubject: Re: \xff\xfe latin\n\n",
+    b"Message-ID: <nasty1@x>\nSubject: duplicate of nasty1\n\nFrom the body, a From line\n",
+    b"",
+    b"Subject: " + b"x" * 5000 + b"\nReferences: " + b"<r@x> " * 500 + b"\n\nlong\n",
+]
+
+
+def run(path: Path, *args: str) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(main, ["thread", *args, str(path)])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines()]
+
+
+def test_nasty_mbox_every_message_exactly_once(tmp_path: Path) -> None:
+    mails, rfc, refs_only = tricky_mailbox()
+    raws = [m.raw for m in mails] + NASTY
+    path = tmp_path / "nasty.mbox"
+    path.write_bytes(to_mbox(raws))
+    labels = [m.label for m in mails] + [f"n{i}" for i in range(len(NASTY))]
+    for algorithm, expected in (("rfc5256", rfc), ("references", refs_only)):
+        threads = run(path, "--algorithm", algorithm)
+        indexes = [m["index"] for t in threads for m in t["messages"]]
+        assert sorted(indexes) == list(range(len(raws)))
+        groups = {frozenset(labels[m["index"]] for m in t["messages"]) for t in threads}
+        # the tricky part groups exactly as RFC 5256 says, untouched by the garbage after it
+        assert {frozenset(e) for e in expected} <= groups
+        assert len({t["thread_id"] for t in threads}) == len(threads)
+    by_index = {m["index"]: m for t in run(path) for m in t["messages"]}
+    assert by_index[len(mails) + 1]["message_id"] == "nasty1@x"
+    # the duplicate keeps its id in the output but threads on its own
+    assert by_index[len(mails) + 3]["message_id"] == "nasty1@x"
+    assert by_index[len(mails)]["message_id"] is None
+    # lenient: bracket-less In-Reply-To still links n2 to n1
+    n1_thread = next(
+        t
+        for t in run(path, "--algorithm", "references")
+        if any(m["index"] == len(mails) + 1 for m in t["messages"])
+    )
+    assert {m["index"] for m in n1_thread["messages"]} >= {len(mails) + 1, len(mails) + 2}
+
+
+def test_empty_mbox_prints_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "empty.mbox"
+    path.write_bytes(b"")
+    assert run(path) == []
