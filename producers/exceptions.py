@@ -4,7 +4,13 @@ No message ever contains a password."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from runtime.errors import InboxstreamError
+
+TlsCheck = Literal[
+    "hostname", "self_signed", "untrusted_issuer", "expired", "protocol_version", "handshake"
+]
 
 
 class ImapError(InboxstreamError):
@@ -14,7 +20,7 @@ class ImapError(InboxstreamError):
 
 class DnsError(ImapError):
     kind = "dns"
-    retriable = True
+    retriable = True  # a typo never resolves, but DNS outages are transient: back off and retry
 
 
 class ConnectionRefusedByServerError(ImapError):
@@ -28,10 +34,17 @@ class ConnectTimeoutError(ImapError):
 
 
 class TlsError(ImapError):
-    """The TLS handshake failed; the message names the check (host name, issuer, protocol)."""
+    """The TLS handshake failed; ``check`` names the check that failed (and the message too):
+    host name, self-signed, untrusted issuer, expired, protocol version, or the handshake."""
 
     kind = "tls"
     retriable = False
+
+    def __init__(
+        self, message: str, *, check: TlsCheck = "handshake", retriable: bool | None = None
+    ) -> None:
+        super().__init__(message, retriable=retriable)
+        self.check: TlsCheck = check
 
 
 class AuthError(ImapError):
@@ -42,12 +55,14 @@ class AuthError(ImapError):
 
 
 class CapabilityError(ImapError):
+    """The server lacks something we cannot work without (IMAP4rev1, STARTTLS, LOGIN)."""
+
     kind = "capability"
     retriable = False
 
 
 class UnsupportedServerError(ImapError):
-    """Courier-IMAP, POP3, or something that is not IMAP4rev1 at all."""
+    """Courier-IMAP, POP3, or something that is not IMAP at all."""
 
     kind = "unsupported_server"
     retriable = False

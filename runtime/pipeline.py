@@ -14,18 +14,20 @@ from dataclasses import dataclass
 
 from producers.folder_sync import FolderProgress, SyncResult, sync_folder
 from producers.folders import assign_roles
-from producers.imap import ImapConnection, ImapEndpoint
+from producers.imap import ImapConnection, ImapEndpoint, endpoint_for_inbox
 from producers.publish import EventPublisher
 from runtime.kafka import ensure_topics, make_consumer, make_producer
 from runtime.settings import InboxSettings, Settings
-from schemas.models import MessageEvent
-from schemas.serde import serde_for
 from sinks.clickhouse import ClickHouse, connect
+from sinks.exceptions import ClickHouseError
 from sinks.migrate import migrate
-from sinks.rows import metadata_row
-from sinks.runner import BatchingSink, TableSink
+from sinks.retention import purge_deleted_engagements
+from sinks.runner import BatchingSink
+from sinks.tables import table_sinks
 
 log = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,7 @@ class InboxSyncReport:
 
 
 def endpoint_for(inbox: InboxSettings) -> ImapEndpoint:
-    return ImapEndpoint(
-        host=inbox.imap_host,
-        port=inbox.imap_port,
-        security=inbox.imap_security,
-        allow_unverified_certificate=inbox.allow_unverified_certificate,
-        ca_file=inbox.ca_file,
-    )
+    return endpoint_for_inbox(inbox)
 
 
 async def sync_inbox_once(
@@ -99,29 +95,33 @@ async def run_sink(
     stop: asyncio.Event | None = None,
     until_caught_up: bool = False,
     timeout: float = 120.0,
+    purge_every_s: float | None = PURGE_EVERY_S,
 ) -> BatchingSink:
-    """Project inbox.messages into email_metadata until stopped (or caught up)."""
+    """Project every sink topic into its table until stopped (or caught up).
+
+    inbox.messages, inbox.bodies, inbox.status, inbox.threads, crm.engagements and crm.outbound
+    are read by one consumer group (one commit covers them all). While it runs, the sink also
+    purges engagements deleted more than 90 days ago, once per ``purge_every_s``.
+    """
     await ensure_topics(settings.kafka, settings.topics)
-    topics = settings.topics
-    consumer = make_consumer(settings.kafka, topics.messages.name, group_id=settings.sink.group_id)
+    routes = table_sinks(settings.topics)
+    consumer = make_consumer(settings.kafka, *routes, group_id=settings.sink.group_id)
     dlq = make_producer(settings.kafka)
     await consumer.start()
     await dlq.start()
     sink = BatchingSink(
         consumer=consumer,
         dlq_producer=dlq,
-        dlq_topic=topics.dead_letter.name,
+        dlq_topic=settings.topics.dead_letter.name,
         clickhouse=clickhouse,
-        tables={
-            topics.messages.name: TableSink(
-                topics.messages.name,
-                "email_metadata",
-                serde_for(MessageEvent),
-                lambda e: [metadata_row(e)],
-            )
-        },
+        tables=routes,
         batch_size=settings.sink.batch_size,
         batch_timeout_s=settings.sink.batch_timeout_s,
+    )
+    purger = (
+        asyncio.create_task(_purge_periodically(clickhouse, purge_every_s))
+        if purge_every_s is not None and not until_caught_up
+        else None
     )
     try:
         if until_caught_up:
@@ -129,6 +129,17 @@ async def run_sink(
         else:
             await sink.run(stop)
     finally:
+        if purger is not None:
+            purger.cancel()
         await consumer.stop()
         await dlq.stop()
     return sink
+
+
+async def _purge_periodically(clickhouse: ClickHouse, every_s: float) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(purge_deleted_engagements, clickhouse)
+        except ClickHouseError as exc:  # an outage: the next round tries again
+            log.warning("engagement purge failed, will retry: %s", exc)
+        await asyncio.sleep(every_s)
