@@ -10,6 +10,7 @@ wait for it (see README). Calls are blocking: async callers use ``asyncio.to_thr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,7 +19,31 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.settings import ClickHouseSettings
-from sinks.exceptions import ClickHouseError, PathLockedError
+from sinks.exceptions import BadRowError, ClickHouseError, PathLockedError
+
+# ClickHouse error names that mean "this data", not "this server": the same rows would fail
+# again, so the sink isolates and dead-letters them instead of waiting.
+_DATA_ERRORS = (
+    "CANNOT_PARSE",
+    "TYPE_MISMATCH",
+    "INCORRECT_DATA",
+    "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    "VALUE_IS_OUT_OF_RANGE",
+    "ARGUMENT_OUT_OF_BOUND",
+    "TOO_LARGE_STRING_SIZE",
+    "DECIMAL_OVERFLOW",
+    "CANNOT_CONVERT_TYPE",
+    "ILLEGAL_TYPE_OF_ARGUMENT",
+)
+
+
+def insert_error(backend: str, exc: Exception) -> ClickHouseError:
+    """Classify a failed INSERT: bad data is BadRowError; anything else (table missing,
+    read-only, server down) is a retriable outage the sink waits out."""
+    text = str(exc)
+    if any(code in text for code in _DATA_ERRORS):
+        return BadRowError(f"ClickHouse ({backend}) refused the row: {text[:500]}")
+    return ClickHouseError(f"ClickHouse ({backend}): {text[:500]}", retriable=True)
 
 
 class ClickHouse(Protocol):
@@ -54,6 +79,23 @@ def json_each_row(rows: Iterable[Mapping[str, Any]]) -> bytes:
     ).encode()
 
 
+def _refuse_if_locked(path: Path) -> None:
+    """ClickHouse holds an flock on ``<path>/status`` while a process has the path open; chDB
+    reports a second opener only as a vague initialisation error, so probe the lock first."""
+    status = path / "status"
+    if not status.exists():
+        return
+    with status.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PathLockedError(
+                f"the embedded ClickHouse at {path} is open in another process (the sink owns "
+                "it while it runs); analytics reach it through the sink's query endpoint"
+            ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class _EmbeddedEngine:
     """The one chDB engine of this process. chDB allows a single data path per process, so
     every handle shares it; a second path is refused with a clear error, not a crash."""
@@ -67,6 +109,7 @@ class _EmbeddedEngine:
         self.path = path
         self.lock = threading.Lock()
         path.mkdir(parents=True, exist_ok=True)
+        _refuse_if_locked(path)
         try:
             self.session = session.Session(str(path))
         except Exception as exc:
@@ -133,7 +176,12 @@ class EmbeddedClickHouse:
         if not rows:
             return
         payload = json_each_row(rows).decode()
-        self._run(f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}")
+        sql = f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}"
+        with self._engine.lock:
+            try:
+                self._engine.session.query(sql, "CSV")
+            except Exception as exc:
+                raise insert_error("embedded", exc) from exc
 
     def close(self) -> None:
         """Release the engine so another process may open the path."""
@@ -183,7 +231,7 @@ class ServerClickHouse:
                 f"{self.database}.{table}", insert_block=json_each_row(rows), fmt="JSONEachRow"
             )
         except self._driver_error as exc:
-            raise self._wrap(exc) from exc
+            raise insert_error("server", exc) from exc
 
     def close(self) -> None:
         self._client.close()

@@ -11,3 +11,8 @@ class ClickHouseError(InboxstreamError):
 
 class PathLockedError(ClickHouseError):
     """Another process holds the embedded chDB path: only one process may open it."""
+
+
+class BadRowError(ClickHouseError):
+    """ClickHouse refused the data itself (a value it cannot parse or store). Retrying the same
+    rows cannot help; the sink isolates the offending row and dead-letters it."""

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from schemas.models import MessageEvent
+from schemas.models import (
+    BodyEvent,
+    EngagementEvent,
+    MessageEvent,
+    OutboundEvent,
+    StatusEvent,
+    ThreadEvent,
+)
 
 
 def _millis(event: MessageEvent) -> int:
@@ -42,4 +50,111 @@ def metadata_row(event: MessageEvent) -> dict[str, Any]:
         "parse_error": event.parse_error,
         "observed_at": event.observed_at,
         "version": _millis(event),
+    }
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def body_row(event: BodyEvent) -> dict[str, Any]:
+    """One ``bodies`` row; the 7-day clock starts at the server's date, like metadata."""
+    return {
+        "event_id": event.event_id,
+        "inbox_id": event.inbox_id,
+        "folder": event.folder,
+        "uidvalidity": event.uidvalidity,
+        "uid": event.uid,
+        "message_id": event.message_id,
+        "text": event.text,
+        "html": event.html,
+        "attachment_filenames": [a.filename or "" for a in event.attachments],
+        "attachment_content_types": [a.content_type for a in event.attachments],
+        "attachment_sizes": [a.size for a in event.attachments],
+        "attachment_sha256": [a.sha256 for a in event.attachments],
+        "attachments_logged": event.attachments_logged,
+        "attachments_skipped_reason": event.attachments_skipped_reason,
+        "size": event.size,
+        "date": event.date,
+        "internal_date": event.internal_date,
+        "received_at": event.internal_date or event.date or event.observed_at,
+        "parse_error": event.parse_error,
+        "observed_at": event.observed_at,
+        "version": _ms(event.observed_at),
+    }
+
+
+def status_row(event: StatusEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "inbox_id": event.inbox_id,
+        "state": event.state,
+        "reason": event.reason or "",
+        "error_kind": event.error_kind or "",
+        "retriable": event.retriable,
+        "folder": event.folder or "",
+        "progress_done": event.progress_done,
+        "progress_total": event.progress_total,
+        "server": event.server or "",
+        "at": event.at,
+        "version": _ms(event.at),
+    }
+
+
+def thread_row(event: ThreadEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "inbox_id": event.inbox_id,
+        "message_event_id": event.message_event_id or "",
+        "message_id": event.message_id or "",
+        "thread_id": event.thread_id,
+        "merged_thread_ids": event.merged_thread_ids,
+        "root_message_id": event.root_message_id or "",
+        "base_subject": event.base_subject or "",
+        "algorithm": event.algorithm,
+        "occurred_at": event.occurred_at,
+        "version": _ms(event.occurred_at),
+    }
+
+
+def engagement_row(event: EngagementEvent) -> dict[str, Any]:
+    """One ``engagements`` event-log row (created, deleted or body.expired)."""
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "engagement_id": event.engagement_id,
+        "inbox_id": event.inbox_id,
+        "message_id": event.message_id,
+        "thread_id": event.thread_id or "",
+        "crm_message_id": event.crm_message_id,
+        "matched_by": event.matched_by,
+        "crm_kind": event.crm_kind,
+        "crm_ref": event.crm_ref or "",
+        "contact_email": event.contact_email or "",
+        "contact_name": event.contact_name or "",
+        "subject": event.subject or "",
+        "body_text": event.body_text,
+        "attachment_filenames": [a.filename or "" for a in event.attachments],
+        "attachment_content_types": [a.content_type for a in event.attachments],
+        "attachment_sizes": [a.size for a in event.attachments],
+        "attachment_sha256": [a.sha256 for a in event.attachments],
+        "occurred_at": event.occurred_at,
+        "version": _ms(event.occurred_at),
+    }
+
+
+def outbound_row(event: OutboundEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "message_id": event.message_id,
+        "kind": event.kind,
+        "inbox_id": event.inbox_id or "",
+        "contact_email": event.contact_email or "",
+        "contact_name": event.contact_name or "",
+        "subject": event.subject or "",
+        "sequence_id": event.sequence_id or "",
+        "crm_ref": event.crm_ref or "",
+        "sent_at": event.sent_at,
+        "version": _ms(event.sent_at),
     }

@@ -4,9 +4,10 @@ At-least-once by construction: records are decoded and mapped, inserted in one b
 then are their offsets committed. A crash between insert and commit redelivers the batch, which
 the ReplacingMergeTree tables collapse by event id, so counts never double.
 
-A record that cannot be decoded or mapped goes to the dead-letter topic with the reason and the
-batch goes on. A ClickHouse failure is not the record's fault: the sink keeps the batch, backs
-off and retries the insert, never committing past rows that are not in the table.
+A record that cannot be decoded or mapped, or a row ClickHouse refuses as data, goes to the
+dead-letter topic with the reason and the batch goes on. Any other ClickHouse failure is not the
+record's fault: the sink keeps the batch, backs off and retries the insert, never committing
+past rows that are not in the table.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from runtime.kafka import send_to_dead_letter
 from schemas.models import Event
 from schemas.serde import AvroSerde
 from sinks.clickhouse import ClickHouse
-from sinks.exceptions import ClickHouseError
+from sinks.exceptions import BadRowError, ClickHouseError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ class SinkStats:
     dead_lettered: int = 0
     batches: int = 0
     insert_retries: int = 0
+    inserted_by_table: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """A row on its way to a table, with the record it came from (for the dead-letter)."""
+
+    record: ConsumerRecord[bytes, bytes]
+    row: Mapping[str, Any]
 
 
 @dataclass
@@ -71,19 +81,20 @@ class BatchingSink:
         records = [r for part in batches.values() for r in part]
         if not records:
             return 0
-        rows: dict[str, list[Mapping[str, Any]]] = {}
+        rows: dict[str, list[PendingRow]] = {}
         for record in records:
             sink = self.tables.get(record.topic)
             if sink is None:
                 continue
             try:
                 event = sink.serde.decode(record.value, record.headers)
-                rows.setdefault(sink.table, []).extend(sink.to_rows(event))
+                mapped = sink.to_rows(event)
             except Exception as exc:
-                self.stats.dead_lettered += 1
-                await send_to_dead_letter(self.dlq_producer, self.dlq_topic, record, "sink", exc)
+                await self._dead_letter(record, exc)
+                continue
+            rows.setdefault(sink.table, []).extend(PendingRow(record, row) for row in mapped)
         for table, table_rows in rows.items():
-            await self._insert_with_retry(table, table_rows)
+            await self._insert(table, table_rows)
         # position() is past the last record handed out and past any transaction markers
         # behind it, so a transactional input topic can be committed to its very end.
         offsets = {tp: await self.consumer.position(tp) for tp in batches}
@@ -92,16 +103,35 @@ class BatchingSink:
         self.stats.batches += 1
         return len(records)
 
-    async def _insert_with_retry(self, table: str, rows: list[Mapping[str, Any]]) -> None:
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
+        self.stats.dead_lettered += 1
+        await send_to_dead_letter(self.dlq_producer, self.dlq_topic, record, "sink", exc)
+
+    async def _insert(self, table: str, pending: list[PendingRow]) -> None:
+        """Return once every row is in the table or dead-lettered; never drop one silently.
+
+        An outage (table missing, read-only, server down) is waited out with capped, jittered
+        backoff: the batch is kept and its offsets stay uncommitted, so nothing is lost, and a
+        retry after a partial insert only re-adds rows the ReplacingMergeTree collapses.
+        Rows ClickHouse refuses as data are found by halving the batch and dead-lettered.
+        """
         delay = 0.5
         while True:
             try:
-                await asyncio.to_thread(self.clickhouse.insert, table, rows)
-                self.stats.inserted += len(rows)
+                await asyncio.to_thread(self.clickhouse.insert, table, [p.row for p in pending])
+                self.stats.inserted += len(pending)
+                by_table = self.stats.inserted_by_table
+                by_table[table] = by_table.get(table, 0) + len(pending)
+                return
+            except BadRowError as exc:
+                if len(pending) == 1:
+                    await self._dead_letter(pending[0].record, exc)
+                    return
+                mid = len(pending) // 2
+                await self._insert(table, pending[:mid])
+                await self._insert(table, pending[mid:])
                 return
             except ClickHouseError as exc:
-                if not exc.retriable:
-                    raise
                 self.stats.insert_retries += 1
                 log.warning("insert into %s failed, retrying in %.1fs: %s", table, delay, exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))

@@ -1,0 +1,64 @@
+"""Retention that a row-level TTL cannot express, and a way to apply the TTLs now.
+
+Bodies (7 days), metadata and threads (60 days) and inbox status (60 days) expire by TTL in
+their DDL. A deleted engagement must go 90 days after its delete, with every row of it at once;
+a TTL only sees one row, so the purge here deletes by engagement id (see 0002_projections.sql).
+Engagements replying to sequence mail are kept indefinitely.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sinks.clickhouse import ClickHouse
+
+log = logging.getLogger(__name__)
+
+ENGAGEMENT_PURGE_AFTER = timedelta(days=90)
+TTL_TABLES = ("email_metadata", "bodies", "threads", "inbox_status")
+_CHUNK = 500
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def purge_deleted_engagements(ch: ClickHouse, now: datetime | None = None) -> int:
+    """Delete every row of engagements deleted more than 90 days ago (sequence mail excepted);
+    return how many engagements were purged."""
+    cutoff = (now or datetime.now(UTC)) - ENGAGEMENT_PURGE_AFTER
+    rows = ch.query(
+        f"SELECT engagement_id FROM {ch.database}.engagements_current "
+        f"WHERE is_deleted AND crm_kind != 'sequence' "
+        f"AND deleted_at < toDateTime64('{_ts(cutoff)}', 3, 'UTC')"
+    )
+    ids = [str(r["engagement_id"]) for r in rows]
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ", ".join(_quote(i) for i in ids[start : start + _CHUNK])
+        # mutations_sync=2 waits until the rows are gone, so "purged" means purged.
+        ch.command(
+            f"ALTER TABLE {ch.database}.engagements DELETE WHERE engagement_id IN ({chunk}) "
+            "SETTINGS mutations_sync = 2"
+        )
+    if ids:
+        log.info("purged %d engagements deleted before %s", len(ids), _ts(cutoff))
+    return len(ids)
+
+
+def apply_ttl(ch: ClickHouse) -> None:
+    """Merge now, so expired rows go now rather than at the next background TTL merge.
+    OPTIMIZE ... FINAL rewrites every partition: an operator action, not a hot-path one."""
+    for table in TTL_TABLES:
+        ch.command(f"OPTIMIZE TABLE {ch.database}.{table} FINAL")
+
+
+def enforce_retention(ch: ClickHouse, now: datetime | None = None) -> int:
+    """Purge deleted engagements, then apply the TTLs; return the engagements purged."""
+    purged = purge_deleted_engagements(ch, now)
+    apply_ttl(ch)
+    return purged
