@@ -2,7 +2,9 @@
 
 Memory stays flat however large the folder: we walk UID ranges of ``batch_size`` from a start
 UID up to UIDNEXT instead of listing every UID first, hold one batch at a time, and wait for
-Kafka's acks before moving the high-water mark on.
+Kafka's acks before moving the high-water mark on. ``on_acked`` is called after each batch's
+acks with the folder and the new high-water mark: that is where the service writes its
+checkpoint, so a checkpoint never runs ahead of Kafka.
 """
 
 from __future__ import annotations
@@ -51,9 +53,16 @@ async def sync_folder(
     log_attachments: bool = True,
     producer_name: str = "",
     on_progress: Callable[[FolderProgress], Awaitable[None] | None] | None = None,
+    selected: SelectedFolder | None = None,
+    on_acked: Callable[[SelectedFolder, int], Awaitable[None]] | None = None,
 ) -> SyncResult:
-    """Publish every message with UID > after_uid; return the highest UID acked by Kafka."""
-    selected = await conn.select(folder)
+    """Publish every message with UID > after_uid; return the highest UID acked by Kafka.
+
+    Pass ``selected`` when the caller has just selected the folder (it read UIDVALIDITY to
+    check its checkpoint); otherwise the folder is selected here.
+    """
+    if selected is None:
+        selected = await conn.select(folder)
     items = FETCH_ITEMS_CONDSTORE if conn.has("CONDSTORE") else FETCH_ITEMS
     last_uid = after_uid
     published = 0
@@ -88,6 +97,8 @@ async def sync_folder(
         if fetched:
             last_uid = max(last_uid, max(f.uid for f in fetched))
             published += len(fetched)
+            if on_acked is not None:
+                await on_acked(selected, last_uid)
         if on_progress is not None:
             maybe = on_progress(FolderProgress(folder, published, selected.exists, last_uid))
             if maybe is not None:

@@ -1,0 +1,323 @@
+"""The producer service: one asyncio process keeping many inboxes in Kafka.
+
+Per inbox (``InboxWorker``), every connection is taken through the shared ``BudgetRegistry``
+(producers/budget.py), so together with a ``MailSender`` in the same process an inbox never
+has more than five connections:
+
+* "inbox" slot: INBOX, backfill from its checkpoint, then IDLE (or NOOP polling);
+* "sent" slot: the sent folder, the same way (absent when the mailbox has none);
+* "other" slot: one connection rotating through every other folder, every
+  ``other_folders_interval_s`` (absent when there are no other folders).
+
+The INBOX connection logs in first; the other two start only after it succeeded, so a wrong
+password costs one login attempt, not three. A non-retriable error (auth, TLS, unsupported
+server) stops the whole inbox with a ``disconnected`` status until its registry entry
+changes; anything else reconnects that one connection with full-jitter exponential backoff.
+Each inbox runs in its own task and catches its own errors, so one bad inbox never stalls
+the others.
+
+``ProducerService`` reconciles the running workers with the registry (producers/registry.py)
+every ``registry_poll_s``: new inboxes start, removed ones stop, changed ones restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from producers.budget import BudgetRegistry, ConnectionRole
+from producers.checkpoints import CheckpointStore, default_owner
+from producers.folder_sync import FolderProgress
+from producers.folders import assign_roles
+from producers.imap import ImapConnection, endpoint_for_inbox
+from producers.live import FolderWatch, LiveTimings, wait_for_change
+from producers.publish import EventPublisher
+from producers.registry import InboxRegistry, inbox_fingerprint
+from producers.status import StatusReporter
+from runtime.kafka import ensure_topics, make_producer
+from runtime.settings import InboxSettings, ProducerSettings, Settings
+from schemas.models import FolderRole
+
+log = logging.getLogger(__name__)
+
+_ROLE_TEXT: dict[ConnectionRole, str] = {
+    "inbox": "INBOX connection",
+    "sent": "sent-folder connection",
+    "other": "other-folders connection",
+    "send": "sending connection",
+}
+
+ProgressCallback = Callable[[str, FolderProgress], Awaitable[None] | None]
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Full jitter (AWS architecture blog): uniform in [0, min(max, initial * 2**attempt)].
+
+    Spreads reconnects of many inboxes after a server outage instead of synchronising them.
+    """
+    return rng.uniform(0, min(maximum, initial * 2 ** min(attempt, 30)))
+
+
+def _stops_inbox(exc: BaseException) -> bool:
+    """Only our own non-retriable errors stop an inbox; Kafka hiccups and bugs reconnect."""
+    from runtime.errors import InboxstreamError
+
+    return isinstance(exc, InboxstreamError) and not exc.retriable
+
+
+@dataclass
+class InboxWorker:
+    """Keeps one inbox in Kafka until cancelled or stopped by a non-retriable error."""
+
+    inbox: InboxSettings
+    config: ProducerSettings
+    publisher: EventPublisher
+    store: CheckpointStore
+    budgets: BudgetRegistry
+    producer_name: str = ""
+    on_progress: ProgressCallback | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    status: StatusReporter = field(init=False)
+    #: Why the worker stopped for good (auth, TLS...), or None while it runs.
+    stopped: str | None = field(default=None, init=False)
+    connects: int = field(default=0, init=False)
+    _watches: dict[str, FolderWatch] = field(default_factory=dict, init=False)
+    _logged_in: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self.status = StatusReporter(
+            self.publisher, self.inbox.id, f"{self.inbox.imap_host}:{self.inbox.imap_port}"
+        )
+
+    @property
+    def timings(self) -> LiveTimings:
+        return LiveTimings(
+            self.config.keepalive_s, self.config.read_timeout_s, self.config.poll_interval_s
+        )
+
+    async def run(self) -> None:
+        try:
+            await self._run_roles()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - only non-retriable errors get here
+            self.stopped = str(exc)
+            log.warning("%s: stopped until its settings change: %s", self.inbox.id, exc)
+            await self.status.emit("disconnected", error=exc)
+
+    async def _run_roles(self) -> None:
+        inbox_task = asyncio.create_task(self._role_loop("inbox"))
+        logged_in = asyncio.create_task(self._logged_in.wait())
+        await asyncio.wait({inbox_task, logged_in}, return_when=asyncio.FIRST_COMPLETED)
+        if inbox_task.done():
+            logged_in.cancel()
+            inbox_task.result()
+            return
+        tasks = {inbox_task}
+        tasks.add(asyncio.create_task(self._role_loop("sent")))
+        tasks.add(asyncio.create_task(self._role_loop("other")))
+        try:
+            while tasks:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # re-raises the stopping error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _role_loop(self, role: ConnectionRole) -> None:
+        """Connect, run the role, reconnect with backoff on retriable errors."""
+        budget = self.budgets.for_inbox(self.inbox.id)
+        attempt = 0
+        while True:
+            try:
+                async with budget.hold(role):
+                    conn = await ImapConnection.open(
+                        endpoint_for_inbox(self.inbox),
+                        self.inbox.username,
+                        self.inbox.password.get_secret_value(),
+                    )
+                    self.connects += 1
+                    try:
+                        attempt = 0
+                        self._logged_in.set()
+                        await self.status.emit("connected", reason=_ROLE_TEXT[role])
+                        if await self._run_role(role, conn):
+                            return
+                    finally:
+                        await conn.logout()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if _stops_inbox(exc):
+                    raise
+                delay = backoff_delay(
+                    attempt, self.config.backoff_initial_s, self.config.backoff_max_s, self.rng
+                )
+                attempt += 1
+                log.warning(
+                    "%s (%s): %s: %s; reconnecting in %.1fs",
+                    self.inbox.id,
+                    role,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await self.status.emit(
+                    "disconnected", reason=f"{_ROLE_TEXT[role]}: {exc}"[:500], error=exc
+                )
+                await asyncio.sleep(delay)
+
+    async def _run_role(self, role: ConnectionRole, conn: ImapConnection) -> bool:
+        """Run one role on a fresh connection; True when the role has nothing to do."""
+        roles = assign_roles(await conn.list_folders())
+        if role == "inbox":
+            await self._watch_live(conn, "INBOX")
+        elif role == "sent":
+            sent = [name for name, r in roles.items() if r == "sent"]
+            if not sent:
+                log.info("%s: no sent folder; the sent connection is not needed", self.inbox.id)
+                return True
+            await self._watch_live(conn, sent[0])
+        else:
+            if not any(r == "other" for r in roles.values()):
+                return True
+            await self._rotate_other(conn, roles)
+        return False
+
+    def _watch(self, folder: str, role: FolderRole) -> FolderWatch:
+        watch = self._watches.get(folder)
+        if watch is None:
+            watch = self._watches[folder] = FolderWatch(
+                inbox_id=self.inbox.id,
+                folder=folder,
+                role=role,
+                publisher=self.publisher,
+                store=self.store,
+                status=self.status,
+                log_attachments=self.inbox.log_attachments,
+                producer_name=self.producer_name,
+                batch_size=self.config.batch_size,
+                on_progress=self.on_progress,
+            )
+        return watch
+
+    async def _watch_live(self, conn: ImapConnection, folder: str) -> None:
+        watch = self._watch(folder, "inbox" if folder.upper() == "INBOX" else "sent")
+        first = not watch.caught_up
+        await watch.catch_up(conn)
+        if first:
+            await self.status.emit("idle", folder=folder)
+        while True:
+            await wait_for_change(conn, self.timings)
+            # Even without a reported change, a keepalive round re-checks cheaply (EXAMINE)
+            # so a missed push costs at most one keepalive interval.
+            await watch.catch_up(conn)
+
+    async def _rotate_other(self, conn: ImapConnection, roles: dict[str, FolderRole]) -> None:
+        announced = False
+        while True:
+            for folder, role in roles.items():
+                if role == "other":
+                    await self._watch(folder, "other").catch_up(conn)
+            if not announced:
+                announced = True
+                await self.status.emit("idle", folder="(other folders)")
+            await asyncio.sleep(self.config.other_folders_interval_s)
+            roles = assign_roles(await conn.list_folders())  # folders come and go
+
+
+@dataclass
+class _Running:
+    worker: InboxWorker
+    task: asyncio.Task[None]
+    fingerprint: str
+
+
+@dataclass
+class ProducerService:
+    """Many inboxes in one process; see the module docstring."""
+
+    settings: Settings
+    registry: InboxRegistry | None = None
+    budgets: BudgetRegistry = field(default_factory=BudgetRegistry)
+    on_progress: ProgressCallback | None = None
+    producer_name: str = field(default_factory=default_owner)
+    workers: dict[str, _Running] = field(default_factory=dict, init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    store: CheckpointStore | None = field(default=None, init=False)
+    publisher: EventPublisher | None = field(default=None, init=False)
+
+    def desired(self) -> dict[str, InboxSettings]:
+        inboxes = {i.id: i for i in self.settings.inboxes}
+        if self.registry is not None:
+            inboxes |= self.registry.load()
+        return inboxes
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_topics(self.settings.kafka, self.settings.topics)
+        producer = make_producer(self.settings.kafka)
+        await producer.start()
+        self.publisher = EventPublisher(producer, self.settings.topics)
+        self.store = CheckpointStore(
+            self.settings.kafka,
+            self.settings.topics.checkpoints.name,
+            producer,
+            owner=self.producer_name,
+        )
+        try:
+            await self.store.start()
+            self.ready.set()
+            while not stop.is_set():
+                await self.reconcile(self.desired())
+                try:
+                    await asyncio.wait_for(stop.wait(), self.settings.producer.registry_poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            for inbox_id in list(self.workers):
+                await self._stop_worker(inbox_id, "the producer service is shutting down")
+            await self.store.stop()
+            await producer.stop()
+
+    async def reconcile(self, desired: dict[str, InboxSettings]) -> None:
+        """Start new inboxes, stop removed ones, restart changed ones."""
+        for inbox_id in [i for i in self.workers if i not in desired]:
+            await self._stop_worker(inbox_id, "the inbox was removed from this producer")
+        for inbox_id, inbox in desired.items():
+            fingerprint = inbox_fingerprint(inbox)
+            running = self.workers.get(inbox_id)
+            if running is not None and running.fingerprint == fingerprint:
+                continue
+            if running is not None:
+                await self._stop_worker(inbox_id, "the inbox settings changed; reconnecting")
+            await self._start_worker(inbox, fingerprint)
+
+    async def _start_worker(self, inbox: InboxSettings, fingerprint: str) -> None:
+        assert self.store is not None and self.publisher is not None
+        await self.store.refresh()  # checkpoints another process wrote (takeover)
+        worker = InboxWorker(
+            inbox,
+            self.settings.producer,
+            self.publisher,
+            self.store,
+            self.budgets,
+            producer_name=self.producer_name,
+            on_progress=self.on_progress,
+        )
+        task = asyncio.create_task(worker.run(), name=f"inbox:{inbox.id}")
+        self.workers[inbox.id] = _Running(worker, task, fingerprint)
+        log.info("%s: started", inbox.id)
+
+    async def _stop_worker(self, inbox_id: str, reason: str) -> None:
+        running = self.workers.pop(inbox_id)
+        was_running = not running.task.done()
+        running.task.cancel()
+        await asyncio.gather(running.task, return_exceptions=True)
+        if was_running:
+            await running.worker.status.emit("disconnected", reason=reason)
+        log.info("%s: stopped (%s)", inbox_id, reason)

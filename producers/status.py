@@ -1,0 +1,84 @@
+"""``inbox.status`` events: what each inbox's connections are doing, for people and alerting.
+
+States: connected, syncing (n of m, per folder), idle (caught up, waiting for changes),
+disconnected (reason, error kind, retriable), resync (UIDVALIDITY changed). Reasons come from
+our typed errors, whose messages never contain a password.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from producers.publish import EventPublisher
+from runtime.errors import InboxstreamError
+from schemas.models import InboxState, StatusEvent
+
+log = logging.getLogger(__name__)
+
+#: A backfill reports progress at most this often per folder (plus its first and last batch).
+PROGRESS_INTERVAL_S = 1.0
+
+
+@dataclass
+class StatusReporter:
+    """Publishes one inbox's status events (key = inbox id, so they stay in order)."""
+
+    publisher: EventPublisher
+    inbox_id: str
+    server: str | None = None
+    _last_progress: dict[str, float] = field(default_factory=dict, init=False)
+    sent: int = field(default=0, init=False)
+
+    async def emit(
+        self,
+        state: InboxState,
+        *,
+        reason: str | None = None,
+        error: BaseException | None = None,
+        folder: str | None = None,
+        done: int | None = None,
+        total: int | None = None,
+    ) -> None:
+        kind = getattr(error, "kind", None) if error is not None else None
+        retriable = getattr(error, "retriable", None) if error is not None else None
+        if error is not None and not isinstance(error, InboxstreamError):
+            kind = kind or "internal"
+            retriable = True if retriable is None else retriable
+        event = StatusEvent(
+            event_id=uuid.uuid4().hex,
+            inbox_id=self.inbox_id,
+            state=state,
+            reason=reason if reason is not None else (str(error)[:500] if error else None),
+            error_kind=kind,
+            retriable=retriable,
+            folder=folder,
+            progress_done=done,
+            progress_total=total,
+            server=self.server,
+            at=datetime.now(UTC),
+        )
+        log.info(
+            "%s: %s%s%s",
+            self.inbox_id,
+            state,
+            f" {folder}" if folder else "",
+            f" ({event.reason})" if event.reason else "",
+        )
+        try:
+            await (await self.publisher.send(event, self.inbox_id))
+            self.sent += 1
+        except Exception as exc:  # noqa: BLE001 - status is best effort; sync must go on
+            log.warning("%s: could not publish %s status: %s", self.inbox_id, state, exc)
+
+    async def progress(self, folder: str, done: int, total: int, *, final: bool = False) -> None:
+        """``syncing`` n of m, throttled so a big backfill does not flood the topic."""
+        now = time.monotonic()
+        last = self._last_progress.get(folder)
+        if not final and last is not None and now - last < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress[folder] = now
+        await self.emit("syncing", folder=folder, done=done, total=total)
