@@ -172,33 +172,16 @@ def topics_create(ctx: click.Context) -> None:
     console.print(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
 
 
-@main.group()
-def db() -> None:
-    """The ClickHouse projections."""
-
-
-@db.command("migrate")
-@click.pass_context
-def db_migrate(ctx: click.Context) -> None:
-    """Apply the schema migrations not applied yet (re-runnable)."""
-    from sinks.clickhouse import connect
-    from sinks.migrate import migrate
-
-    ch = connect(_settings(ctx).clickhouse)
-    applied = migrate(ch)
-    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
-    console.print(f"applied: {names}" if applied else "schema is up to date")
-
-
 @main.command("query")
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 def query(ctx: click.Context, sql: str, fmt: str) -> None:
-    """Run one SQL statement against the projections and print the rows."""
-    from sinks.clickhouse import connect
+    """Run one SQL statement against the projections and print the rows (while a sink owns
+    the embedded path, read statements go through it)."""
+    from sinks.clickhouse import connect_for_reading
 
-    rows = connect(_settings(ctx).clickhouse).query(sql)
+    rows = connect_for_reading(_settings(ctx).clickhouse).query(sql)
     _print_rows(rows, fmt)
 
 
@@ -258,25 +241,6 @@ def _run_sync(s: Settings, inbox: Any, fn: Any) -> Any:
             return asyncio.run(fn(s, inbox, on_progress=on_progress))
         except InboxstreamError as exc:
             _fail(f"{inbox.id}: {exc}")
-
-
-@main.command("sink")
-@click.option("--until-caught-up", is_flag=True, help="Exit once the topic is fully projected.")
-@click.pass_context
-def sink(ctx: click.Context, until_caught_up: bool) -> None:
-    """Project inbox events into ClickHouse (runs until Ctrl-C)."""
-    from runtime.pipeline import open_clickhouse, run_sink
-
-    s = _settings(ctx)
-    ch = open_clickhouse(s)
-    try:
-        result = asyncio.run(run_sink(s, ch, until_caught_up=until_caught_up))
-    except KeyboardInterrupt:
-        return
-    console.print(
-        f"consumed {result.stats.consumed}, inserted {result.stats.inserted}, "
-        f"dead-lettered {result.stats.dead_lettered}"
-    )
 
 
 @main.command("demo")
@@ -356,3 +320,6 @@ def demo(ctx: click.Context, threads: int, user: str) -> None:
 # Each area registers its own click commands here, one line each, so the modules stay small.
 main.add_command(__import__("runtime.cli_send", fromlist=["send"]).send)
 main.add_command(__import__("runtime.cli_process", fromlist=["thread"]).thread)
+main.add_command(__import__("runtime.cli_db", fromlist=["db"]).db)
+main.add_command(__import__("runtime.cli_sink", fromlist=["sink"]).sink)
+main.add_command(__import__("runtime.cli_analytics", fromlist=["analytics"]).analytics)

@@ -57,6 +57,10 @@ class ClickHouse(Protocol):
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
+    def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
+        """The engine's own output in ``fmt`` (CSVWithNames, Parquet, ...): for exports."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -168,9 +172,12 @@ class EmbeddedClickHouse:
         self._run(sql)
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        result = self._run(sql, "JSONEachRow")
-        text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
+        text = self.query_bytes(sql).decode()
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
+        result = self._run(sql, fmt)
+        return bytes(result.bytes()) if hasattr(result, "bytes") else str(result).encode()
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -223,6 +230,12 @@ class ServerClickHouse:
             raise self._wrap(exc) from exc
         return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
 
+    def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
+        try:
+            return bytes(self._client.raw_query(sql, fmt=fmt))
+        except self._driver_error as exc:
+            raise self._wrap(exc) from exc
+
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
@@ -235,6 +248,19 @@ class ServerClickHouse:
 
     def close(self) -> None:
         self._client.close()
+
+
+def connect_for_reading(settings: ClickHouseSettings) -> ClickHouse:
+    """A handle for readers. A server is shared, so just connect. An embedded path that a
+    running sink owns is read through that sink's query endpoint (sinks/endpoint.py); a free
+    path is opened here, as usual."""
+    if settings.url is None:
+        from sinks.endpoint import EndpointInfo, RemoteEmbeddedClickHouse
+
+        info = EndpointInfo.read(settings.path)
+        if info is not None and info.alive():
+            return RemoteEmbeddedClickHouse(info, settings.database)
+    return connect(settings)
 
 
 def connect(settings: ClickHouseSettings) -> ClickHouse:
