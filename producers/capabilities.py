@@ -85,8 +85,11 @@ def parse_id_response(lines: Iterable[bytes | bytearray]) -> dict[str, str]:
     """``ID ("name" "Dovecot" "version" "2.3")`` → {"name": "Dovecot", ...}; NIL → {}."""
     out: dict[str, str] = {}
     for line in lines:
-        raw = bytes(line)
-        if not raw.upper().lstrip(b"* ").startswith(b"ID "):
+        raw = bytes(line).lstrip(b"* ")
+        # aioimaplib hands over the untagged ID response without its "ID " keyword.
+        if raw[:3].upper() == b"ID ":
+            raw = raw[3:].lstrip()
+        if not raw.startswith(b"("):
             continue
         for match in _ID_PAIR_RE.finditer(raw):
             key, value = match.group(1), match.group(2)

@@ -102,6 +102,7 @@ def test_id_response() -> None:
     assert fields["support-url"] == 'http://x/"q"'
     assert check_id(fields) is None
     assert parse_id_response([b"ID NIL"]) == {}
+    assert parse_id_response([b'("name" "Dovecot")']) == {"name": "Dovecot"}  # as aioimaplib
     courier = parse_id_response([b'* ID ("NAME" "Courier-IMAP" "vendor" "Double Precision")'])
     assert courier["name"] == "Courier-IMAP"
     assert "Courier-IMAP is not supported" in (check_id(courier) or "")
