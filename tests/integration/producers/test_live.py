@@ -86,3 +86,108 @@ async def test_idle_delivers_new_mail_and_sent_append(
         assert all(c.inbox_id == mail_user.name for c in got)
     finally:
         await cps.close()
+
+
+def store_and_expunge(user: MailUser, flag_uid: int, expunge_uid: int) -> None:
+    client = imap_client(user.name, user.password)
+    try:
+        client.select("INBOX")
+        assert client.uid("STORE", str(flag_uid), "+FLAGS", "(\\Flagged)")[0] == "OK"
+        assert client.uid("STORE", str(expunge_uid), "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert client.expunge()[0] == "OK"
+    finally:
+        client.logout()
+
+
+def flagged(events: list[MessageEvent], uid: int) -> bool:
+    return any(
+        e.event_type == "message.flags" and e.uid == uid and "\\Flagged" in e.flags for e in events
+    )
+
+
+def expunged(events: list[MessageEvent], uid: int) -> bool:
+    return any(e.event_type == "message.expunged" and e.uid == uid for e in events)
+
+
+async def test_flag_change_and_expunge_with_condstore_qresync(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    for i in range(3):
+        dovecot.deliver(mail_user.name, mail(f"m {i}", mail_user.name))
+    s = fast_settings(settings, tmp_path / "inboxes")
+    InboxRegistry(s.producer.registry_dir).add(mail_user.inbox())
+    async with readers(s) as (messages, status), running_service(s):
+        await status.wait_for(idle_on("INBOX"), what="INBOX idle")
+        await asyncio.to_thread(store_and_expunge, mail_user, 1, 2)
+        events = await messages.wait_for(
+            lambda ev: flagged(ev, 1) and expunged(ev, 2), what="flags + expunge events"
+        )
+    flag = next(e for e in events if e.event_type == "message.flags" and e.uid == 1)
+    new = next(e for e in new_messages(events) if e.uid == 1)
+    assert flag.message_id == new.message_id == "m-0@example.com"
+    assert flag.modseq is not None and new.modseq is not None and flag.modseq > new.modseq
+    assert flag.event_id != new.event_id
+    gone = next(e for e in events if e.event_type == "message.expunged")
+    assert (gone.uid, gone.folder, gone.uidvalidity) == (2, "INBOX", new.uidvalidity)
+    # The expunged message's flag change (\Deleted) may be reported, but never a third message.
+    assert not expunged(events, 1) and not expunged(events, 3)
+
+
+async def test_server_without_idle_or_condstore_is_polled(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    """127.0.0.2 advertises no IDLE, CONDSTORE, QRESYNC or SPECIAL-USE: NOOP polling finds
+    new mail, the "sent" name rule finds Sent, and UID SEARCH diffs find expunges."""
+    for i in range(2):
+        dovecot.deliver(mail_user.name, mail(f"p {i}", mail_user.name))
+    ep = dovecot.endpoints()
+    inbox = mail_user.inbox().model_copy(update={"imap_host": ep.limited_host})
+    s = fast_settings(settings, tmp_path / "inboxes")
+    InboxRegistry(s.producer.registry_dir).add(inbox)
+    async with readers(s) as (messages, status), running_service(s):
+        await status.wait_for(idle_on("INBOX"), what="INBOX idle")
+        await status.wait_for(idle_on("Sent"), what="Sent idle (found by name)")
+        await asyncio.to_thread(dovecot.deliver, mail_user.name, mail("polled", mail_user.name))
+        await messages.wait_for(lambda ev: "polled" in subjects(ev, "INBOX"), what="polled mail")
+        await asyncio.to_thread(store_and_expunge, mail_user, 1, 2)
+        events = await messages.wait_for(lambda ev: expunged(ev, 2), what="expunge by diff")
+    assert all(e.modseq is None for e in new_messages(events))
+    assert not [e for e in events if e.event_type == "message.flags"]  # no CONDSTORE: none
+
+
+async def test_uidvalidity_change_resyncs_the_folder(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    for i in range(2):
+        dovecot.deliver(mail_user.name, mail(f"v {i}", mail_user.name))
+    s = fast_settings(settings, tmp_path / "inboxes")
+    InboxRegistry(s.producer.registry_dir).add(mail_user.inbox())
+    async with readers(s) as (messages, status):
+        async with running_service(s):
+            await status.wait_for(idle_on("INBOX"), what="INBOX idle")
+        before = {e.uidvalidity for e in new_messages(await messages.poll(), "INBOX")}
+        assert len(before) == 1
+        new_validity = before.pop() + 1000
+        await asyncio.to_thread(
+            dovecot.doveadm,
+            "mailbox",
+            "update",
+            "-u",
+            mail_user.name,
+            "--uid-validity",
+            str(new_validity),
+            "INBOX",
+        )
+        async with running_service(s):
+            await status.wait_for(
+                lambda ev: any(e.state == "resync" and e.folder == "INBOX" for e in ev),
+                what="resync status",
+            )
+            await messages.wait_for(
+                lambda ev: (
+                    len({e.uid for e in new_messages(ev) if e.uidvalidity == new_validity}) == 2
+                ),
+                what="folder re-read under the new UIDVALIDITY",
+            )
+        resync = next(e for e in await status.poll() if e.state == "resync")
+    assert str(new_validity) in (resync.reason or "")
