@@ -22,7 +22,7 @@ from sinks.clickhouse import ClickHouse, connect
 from sinks.exceptions import ClickHouseError
 from sinks.migrate import migrate
 from sinks.retention import purge_deleted_engagements
-from sinks.runner import BatchingSink
+from sinks.runner import BatchingSink, SinkStats
 from sinks.tables import table_sinks
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,14 @@ async def run_sink(
     until_caught_up: bool = False,
     timeout: float = 120.0,
     purge_every_s: float | None = PURGE_EVERY_S,
+    stats: SinkStats | None = None,
 ) -> BatchingSink:
     """Project every sink topic into its table until stopped (or caught up).
 
     inbox.messages, inbox.bodies, inbox.status, inbox.threads, crm.engagements and crm.outbound
     are read by one consumer group (one commit covers them all). While it runs, the sink also
-    purges engagements deleted more than 90 days ago, once per ``purge_every_s``.
+    purges engagements deleted more than 90 days ago, once per ``purge_every_s``. Pass
+    ``stats`` to watch the counters while it runs.
     """
     await ensure_topics(settings.kafka, settings.topics)
     routes = table_sinks(settings.topics)
@@ -117,6 +119,7 @@ async def run_sink(
         tables=routes,
         batch_size=settings.sink.batch_size,
         batch_timeout_s=settings.sink.batch_timeout_s,
+        stats=stats or SinkStats(),
     )
     purger = (
         asyncio.create_task(_purge_periodically(clickhouse, purge_every_s))
