@@ -320,6 +320,8 @@ def demo(ctx: click.Context, threads: int, user: str) -> None:
 # Each area registers its own click commands here, one line each, so the modules stay small.
 main.add_command(__import__("runtime.cli_send", fromlist=["send"]).send)
 main.add_command(__import__("runtime.cli_process", fromlist=["thread"]).thread)
+main.add_command(__import__("runtime.cli_process", fromlist=["process"]).process)
+main.add_command(__import__("runtime.cli_process", fromlist=["replay"]).replay)
 main.add_command(__import__("runtime.cli_db", fromlist=["db"]).db)
 main.add_command(__import__("runtime.cli_sink", fromlist=["sink"]).sink)
 main.add_command(__import__("runtime.cli_analytics", fromlist=["analytics"]).analytics)

@@ -1,0 +1,600 @@
+"""The exactly-once stream processor: threads, CRM replies, retention.
+
+One loop per instance, all instances in one consumer group (range assignment, so partition N of
+every input topic goes to the same instance; see ``processors.topology``). Per batch:
+
+    async with producer.transaction():
+        handle every record (outputs, dead letters, state changes)
+        recompute the threads of the inboxes that got messages
+        emit ready engagements, run retention sweeps
+        write the state changes to the changelogs
+        send_offsets_to_transaction(next offsets, group)
+
+Any exception aborts the transaction; the instance then throws its in-memory state away,
+restores it from the changelogs and seeks back to the committed offsets, so the retry starts
+from exactly what Kafka committed. A poison record (cannot be decoded, or its handling raised)
+goes to the dead-letter topic inside the same transaction and processing goes on.
+
+The transactional id is ``<group>-<instance id>``: restarting an instance with the same id
+fences the previous incarnation and aborts its open transaction (that is what makes a kill -9
+leave no trace). Rebalances wait for the batch in flight (a lock), then drop revoked partitions'
+state and restore newly assigned ones from their changelogs.
+
+Bodies: only reply candidates (messages with In-Reply-To/References) keep a body, and only
+until matched (then it goes into the engagement) or for ``REPLY_HOLD_MS``. A body processed
+before its message (two topics, no order between them) is deferred, i.e. its partition is
+re-read from that offset later, rather than stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.consumer.assignors import RangePartitionAssignor
+
+from processors.assign import MessageEntry, assign_threads
+from processors.exceptions import TopologyError
+from processors.jwz import Algorithm
+from processors.matcher import (
+    Match,
+    build_engagement,
+    engagement_id,
+    find_match,
+    lifecycle_event_id,
+    mentions,
+)
+from processors.retention import (
+    BODY_TTL_MS,
+    DAY_MS,
+    DELETED_PURGE_MS,
+    METADATA_TTL_MS,
+    REPLY_HOLD_MS,
+    expired,
+)
+from processors.state import PartitionState, restore
+from processors.topology import ProcessorTopics
+from runtime.kafka import client_options, ensure_topics, make_consumer, send_to_dead_letter
+from runtime.settings import Settings
+from schemas.models import BodyEvent, EngagementEvent, Event, MessageEvent, OutboundEvent
+from schemas.serde import serde_for
+
+log = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+BROADCAST_HEADER = "inboxstream.broadcast"
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """How one processor instance runs. ``version`` names a replay's outputs."""
+
+    group_id: str = "inboxstream-processor"
+    instance_id: str = "0"
+    algorithm: Algorithm = "rfc5256"
+    version: str = ""
+    max_records: int = 1000
+    fetch_timeout_ms: int = 200
+    # Test hook: sleep this long inside each transaction after the outputs were sent, and call
+    # ``on_in_transaction`` first, so a test can kill the process with a transaction open.
+    pause_in_transaction_s: float = 0.0
+
+
+@dataclass
+class ProcessorStats:
+    batches: int = 0
+    records: int = 0
+    aborted: int = 0
+    dead_lettered: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def _ms(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: StreamProcessor) -> None:
+        self.processor = processor
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.processor.lock:
+            gone = {tp.partition for tp in revoked}
+            for p in gone:
+                self.processor.states.pop(p, None)
+            if gone:
+                log.info("%s: partitions %s revoked", self.processor.name, sorted(gone))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.processor.lock:
+            await self.processor.restore_partitions({tp.partition for tp in assigned})
+
+
+class StreamProcessor:
+    """Consume inbox and CRM events, produce threads and engagements, exactly once."""
+
+    def __init__(self, settings: Settings, config: ProcessorConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or ProcessorConfig()
+        self.topics = ProcessorTopics.build(settings.topics, self.config.version)
+        self.name = f"{self.config.group_id}/{self.config.instance_id}"
+        self.lock = asyncio.Lock()
+        self.states: dict[int, PartitionState] = {}
+        self.stats = ProcessorStats()
+        self.on_in_transaction: Callable[[], Awaitable[None] | None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._ready: list[tuple[int, str]] = []
+        self._outputs: list[tuple[str, str, Event, str]] = []
+        self._dirty: set[tuple[int, str]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
+        self._producer = AIOKafkaProducer(
+            **client_options(self.settings.kafka),
+            transactional_id=f"{self.config.group_id}-{self.config.instance_id}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            compression_type="lz4",
+        )
+        await self._producer.start()
+        self._consumer = make_consumer(
+            self.settings.kafka,
+            group_id=self.config.group_id,
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_poll_interval_ms=300_000,
+        )
+        await self._consumer.start()
+        await self._check_copartitioned()
+        self._consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _check_copartitioned(self) -> None:
+        assert self._consumer is not None
+        counts = {}
+        for topic in (*self.topics.inputs, *self.topics.changelogs.values()):
+            for _ in range(50):
+                parts = self._consumer.partitions_for_topic(topic)
+                if parts:
+                    break
+                await self._consumer._client.force_metadata_update()
+                await asyncio.sleep(0.1)
+            counts[topic] = len(parts or ())
+        if len(set(counts.values())) != 1:
+            raise TopologyError(f"input and changelog topics differ in partitions: {counts}")
+
+    async def restore_partitions(self, partitions: set[int]) -> None:
+        assert self._consumer is not None
+        missing = partitions - set(self.states)
+        if missing:
+            restored = await restore(self.settings.kafka, self.topics.changelogs, missing)
+            for p, state in restored.items():
+                committed = await self._consumer.committed(TopicPartition(self.topics.messages, p))
+                state.messages_next = committed or 0
+            self.states.update(restored)
+
+    async def run(
+        self, stop: asyncio.Event | None = None, *, idle_exit_s: float | None = None
+    ) -> ProcessorStats:
+        """Process until ``stop`` is set, or until nothing came for ``idle_exit_s`` seconds."""
+        assert self._consumer is not None
+        last_data = time.monotonic()
+        while stop is None or not stop.is_set():
+            batch = await self._consumer.getmany(
+                timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.max_records
+            )
+            if batch:
+                last_data = time.monotonic()
+                await self._process_batch(batch)
+            elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                break
+        return self.stats
+
+    # --- one batch ------------------------------------------------------------------------
+
+    async def _process_batch(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        assert self._producer is not None and self._consumer is not None
+        async with self.lock:
+            # The assignment may have changed while we waited for the lock.
+            batch = {tp: rs for tp, rs in batch.items() if tp.partition in self.states}
+            if not batch:
+                return
+            try:
+                async with self._producer.transaction():
+                    offsets = await self._handle_batch(batch)
+                    if self.config.pause_in_transaction_s:
+                        if self.on_in_transaction is not None:
+                            maybe = self.on_in_transaction()
+                            if maybe is not None:
+                                await maybe
+                        await asyncio.sleep(self.config.pause_in_transaction_s)
+                    if offsets:
+                        await self._producer.send_offsets_to_transaction(
+                            offsets, self.config.group_id
+                        )
+            except Exception:
+                self.stats.aborted += 1
+                log.exception("%s: batch aborted; restoring state and rewinding", self.name)
+                await self._rewind(set(self.states))
+                await asyncio.sleep(1.0)
+                return
+            self.stats.batches += 1
+
+    async def _rewind(self, partitions: set[int]) -> None:
+        """After an abort: state and positions back to what the last commit says."""
+        assert self._consumer is not None
+        for p in partitions:
+            self.states.pop(p, None)
+        self._ready.clear()
+        self._outputs.clear()
+        self._dirty.clear()
+        await self.restore_partitions(partitions)
+        for tp in self._consumer.assignment():
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+
+    async def _handle_batch(
+        self, batch: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, int]:
+        assert self._producer is not None and self._consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        # Messages first: a body in the same batch then finds its message.
+        order = {self.topics.messages: 0, self.topics.crm_by_inbox: 1}
+        for tp in sorted(batch, key=lambda t: (order.get(t.topic, 2), t.topic, t.partition)):
+            state = self.states[tp.partition]
+            for rec in batch[tp]:
+                if tp.topic == self.topics.bodies and self._must_defer(state, rec):
+                    self._consumer.seek(tp, rec.offset)
+                    self.stats.counts["bodies_deferred"] += 1
+                    break
+                await self._handle_record(state, rec)
+                offsets[tp] = rec.offset + 1
+                if tp.topic == self.topics.messages:
+                    state.messages_next = rec.offset + 1
+                self.stats.records += 1
+        for p, inbox in sorted(self._dirty):
+            state = self.states[p]
+            entries = list(state.threads.get(inbox, {}).values())
+            for event in assign_threads(inbox, entries, self.config.algorithm):
+                if event.message_event_id is not None:
+                    state.put_message(inbox, state.threads[inbox][event.message_event_id])
+                self._emit(self.topics.threads, inbox, event, event.event_type)
+        self._dirty.clear()
+        for p, key in self._ready:
+            self._emit_engagement(self.states[p], key)
+        self._ready.clear()
+        for p in {tp.partition for tp in batch}:
+            self._sweep(self.states[p])
+        await self._flush()
+        return offsets
+
+    async def _flush(self) -> None:
+        """Send outputs and changelog writes (inside the open transaction)."""
+        assert self._producer is not None
+        for topic, key, event, event_type in self._outputs:
+            serde = serde_for(type(event))
+            await self._producer.send(
+                topic, serde.encode(event), key=key.encode(), headers=serde.headers(event_type)
+            )
+        self._outputs.clear()
+        for p, state in self.states.items():
+            for (store, key), value in state.take_changes().items():
+                await self._producer.send(
+                    self.topics.changelogs[store],
+                    value,
+                    key=key.encode("utf-8", "surrogateescape"),
+                    partition=p,
+                )
+
+    def _emit(self, topic: str, key: str, event: Event, event_type: str) -> None:
+        self._outputs.append((topic, key, event, event_type))
+        self.stats.counts[f"out:{event_type}"] += 1
+
+    # --- records --------------------------------------------------------------------------
+
+    async def _handle_record(self, state: PartitionState, rec: Record) -> None:
+        assert self._producer is not None
+        topic = rec.topic
+        stage = "decode"
+        try:
+            if topic == self.topics.messages:
+                message = serde_for(MessageEvent).decode(rec.value, rec.headers)
+                stage = "process"
+                self._on_message(state, rec, message)
+            elif topic == self.topics.bodies:
+                body = serde_for(BodyEvent).decode(rec.value, rec.headers)
+                stage = "process"
+                self._on_body(state, body)
+            elif topic == self.topics.crm_outbound:
+                outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
+                stage = "repartition"
+                await self._repartition(rec, outbound)
+            elif topic == self.topics.crm_by_inbox:
+                outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
+                stage = "process"
+                self._on_crm(state, outbound)
+            elif topic == self.topics.engagement_deletes:
+                command = serde_for(EngagementEvent).decode(rec.value, rec.headers)
+                stage = "process"
+                self._on_delete(state, command)
+        except Exception as exc:  # one bad record never stops the partition
+            self.stats.dead_lettered += 1
+            self.stats.counts[f"dead_letter:{topic}"] += 1
+            await send_to_dead_letter(self._producer, self.topics.dead_letter, rec, stage, exc)
+
+    def _on_message(self, state: PartitionState, rec: Record, ev: MessageEvent) -> None:
+        if ev.event_type != "message.new":
+            self.stats.counts["messages_ignored_type"] += 1
+            return
+        inbox = ev.inbox_id
+        observed = _ms(ev.observed_at) or 0
+        state.advance(observed)
+        if ev.event_id in state.threads.get(inbox, {}):
+            self.stats.counts["messages_duplicate"] += 1
+            return
+        entry = MessageEntry(
+            seq=rec.offset,
+            event_id=ev.event_id,
+            message_id=ev.message_id,
+            references=list(ev.references),
+            in_reply_to=list(ev.in_reply_to),
+            subject=ev.subject,
+            date_ms=_ms(ev.date or ev.internal_date),
+            observed_ms=observed,
+        )
+        state.put_message(inbox, entry)
+        self._dirty.add((state.partition, inbox))
+        if not (ev.in_reply_to or ev.references):
+            return
+        if engagement_id(inbox, ev.message_id) in state.engagements:
+            return  # another copy (folder) of a reply already logged
+        reply = {
+            "inbox_id": inbox,
+            "event_id": ev.event_id,
+            "message_id": ev.message_id,
+            "in_reply_to": list(ev.in_reply_to),
+            "references": list(ev.references),
+            "subject": ev.subject,
+            "from_email": ev.from_.email if ev.from_ else None,
+            "from_name": ev.from_.name if ev.from_ else None,
+            "observed_ms": observed,
+        }
+        match = find_match(ev.message_id, ev.in_reply_to, ev.references, state.crm.__contains__)
+        state.put(
+            "pending",
+            f"{inbox}\x00{ev.event_id}",
+            {"reply": reply, "since_ms": observed, "match": _match_json(match), "body": None},
+        )
+
+    def _must_defer(self, state: PartitionState, rec: Record) -> bool:
+        """A body whose message is not processed yet, while the message topic still has
+        unread records for this partition: read it again later instead of storing it."""
+        assert self._consumer is not None
+        try:
+            body = serde_for(BodyEvent).decode(rec.value, rec.headers)
+        except Exception:
+            return False  # the normal path dead-letters it
+        if body.event_id in state.threads.get(body.inbox_id, {}):
+            return False
+        tp = TopicPartition(self.topics.messages, state.partition)
+        lso = self._consumer.last_stable_offset(tp)
+        return lso is None or lso > state.messages_next
+
+    def _on_body(self, state: PartitionState, ev: BodyEvent) -> None:
+        key = f"{ev.inbox_id}\x00{ev.event_id}"
+        held = state.pending.get(key)
+        if held is None:
+            # Not a reply candidate (or never seen): bodies of threads the CRM never sent or
+            # logged do not enter state or output.
+            self.stats.counts["bodies_dropped"] += 1
+            return
+        if expired(_ms(ev.observed_at) or 0, state.watermark_ms, BODY_TTL_MS):
+            self.stats.counts["bodies_too_old"] += 1
+            return
+        body = {
+            "text": ev.text,
+            "attachments": [
+                {
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size": a.size,
+                    "sha256": a.sha256,
+                }
+                for a in ev.attachments
+            ],
+        }
+        state.put("pending", key, held | {"body": body})
+        if held["match"] is not None:
+            self._ready.append((state.partition, key))
+
+    async def _repartition(self, rec: Record, ev: OutboundEvent) -> None:
+        """crm.outbound -> crm-by-inbox: to the inbox's partition, or to all of them."""
+        assert self._producer is not None
+        headers = list(rec.headers or ())
+        if ev.inbox_id:
+            await self._producer.send(
+                self.topics.crm_by_inbox, rec.value, key=ev.inbox_id.encode(), headers=headers
+            )
+            self.stats.counts["crm_routed"] += 1
+            return
+        partitions = await self._producer.partitions_for(self.topics.crm_by_inbox)
+        for p in sorted(partitions):
+            await self._producer.send(
+                self.topics.crm_by_inbox,
+                rec.value,
+                key=ev.message_id.encode(),
+                partition=p,
+                headers=[*headers, (BROADCAST_HEADER, b"1")],
+            )
+        self.stats.counts["crm_broadcast"] += 1
+
+    def _on_crm(self, state: PartitionState, ev: OutboundEvent) -> None:
+        crm = {
+            "kind": ev.kind,
+            "inbox_id": ev.inbox_id,
+            "contact_email": ev.contact_email,
+            "contact_name": ev.contact_name,
+            "subject": ev.subject,
+            "crm_ref": ev.crm_ref,
+            "sequence_id": ev.sequence_id,
+        }
+        state.put("crm", ev.message_id, crm)
+        for key, held in sorted(state.pending.items()):
+            reply = held["reply"]
+            if held["match"] is not None:
+                continue
+            if not mentions(ev.message_id, reply["in_reply_to"], reply["references"]):
+                continue
+            match = find_match(
+                reply["message_id"],
+                reply["in_reply_to"],
+                reply["references"],
+                state.crm.__contains__,
+            )
+            state.put("pending", key, held | {"match": _match_json(match)})
+            if held["body"] is not None:
+                self._ready.append((state.partition, key))
+
+    def _emit_engagement(self, state: PartitionState, key: str) -> None:
+        held = state.pending.get(key)
+        if held is None or held["match"] is None:
+            return
+        reply = held["reply"]
+        inbox = reply["inbox_id"]
+        eng_id = engagement_id(inbox, reply["message_id"])
+        state.put("pending", key, None)
+        if eng_id in state.engagements:
+            return
+        match = Match(held["match"]["crm_message_id"], held["match"]["matched_by"])
+        entry = state.threads.get(inbox, {}).get(reply["event_id"])
+        event = build_engagement(
+            inbox_id=inbox,
+            reply=reply,
+            body=held["body"],
+            crm=state.crm.get(match.crm_message_id, {}),
+            match=match,
+            thread_id=entry.thread_id if entry else None,
+            occurred_at=_dt(reply["observed_ms"]),
+        )
+        state.put(
+            "engagements",
+            eng_id,
+            {
+                "inbox_id": inbox,
+                "message_id": reply["message_id"],
+                "crm_message_id": match.crm_message_id,
+                "crm_kind": event.crm_kind,
+                "created_ms": reply["observed_ms"],
+                "body_expired": held["body"] is None,
+                "deleted_ms": None,
+            },
+        )
+        self._emit(self.topics.engagements, inbox, event, event.event_type)
+
+    def _on_delete(self, state: PartitionState, cmd: EngagementEvent) -> None:
+        if cmd.event_type != "engagement.deleted":
+            raise ValueError(f"engagement-deletes takes engagement.deleted, got {cmd.event_type}")
+        held = state.engagements.get(cmd.engagement_id)
+        if held is None or held["deleted_ms"] is not None:
+            self.stats.counts["deletes_unknown_or_repeated"] += 1
+            return
+        deleted_ms = _ms(cmd.occurred_at) or state.watermark_ms
+        state.put("engagements", cmd.engagement_id, held | {"deleted_ms": deleted_ms})
+        self._emit(
+            self.topics.engagements,
+            held["inbox_id"],
+            self._lifecycle(cmd.engagement_id, held, "engagement.deleted", deleted_ms),
+            "engagement.deleted",
+        )
+
+    def _lifecycle(self, eng_id: str, held: dict[str, Any], kind: str, at_ms: int) -> Event:
+        return EngagementEvent(
+            event_id=lifecycle_event_id(eng_id, kind),
+            event_type=kind,
+            engagement_id=eng_id,
+            inbox_id=held["inbox_id"],
+            message_id=held["message_id"],
+            crm_message_id=held["crm_message_id"],
+            crm_kind=held.get("crm_kind", "sent"),
+            occurred_at=_dt(at_ms),
+        )
+
+    # --- retention ------------------------------------------------------------------------
+
+    def _sweep(self, state: PartitionState) -> None:
+        """Event-time retention for one partition (see ``processors.retention``)."""
+        wm = state.watermark_ms
+        for key, held in sorted(state.pending.items()):
+            if not expired(held["since_ms"], wm, REPLY_HOLD_MS):
+                continue
+            if held["match"] is not None:
+                # matched but its body never came: log the engagement without a body
+                self._emit_engagement(state, key)
+            else:
+                state.put("pending", key, None)
+                self.stats.counts["pending_expired"] += 1
+        for eng_id, held in sorted(state.engagements.items()):
+            if held["deleted_ms"] is not None and expired(held["deleted_ms"], wm, DELETED_PURGE_MS):
+                state.put("engagements", eng_id, None)
+            elif not held["body_expired"] and expired(held["created_ms"], wm, BODY_TTL_MS):
+                state.put("engagements", eng_id, held | {"body_expired": True})
+                expiry_ms = held["created_ms"] + BODY_TTL_MS
+                self._emit(
+                    self.topics.engagements,
+                    held["inbox_id"],
+                    self._lifecycle(eng_id, held, "body.expired", expiry_ms),
+                    "body.expired",
+                )
+        # Metadata: swept at most once per event-time hour (a full scan of the thread index).
+        bucket = wm // (DAY_MS // 24)
+        if bucket != state.swept_bucket:
+            state.swept_bucket = bucket
+            for inbox, entries in list(state.threads.items()):
+                for event_id, entry in list(entries.items()):
+                    if expired(entry.observed_ms, wm, METADATA_TTL_MS):
+                        state.drop_message(inbox, event_id)
+
+
+def _match_json(match: Match | None) -> dict[str, str] | None:
+    if match is None:
+        return None
+    return {"crm_message_id": match.crm_message_id, "matched_by": match.matched_by}
+
+
+async def run_processor(
+    settings: Settings,
+    config: ProcessorConfig | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    idle_exit_s: float | None = None,
+) -> ProcessorStats:
+    """Start one instance, run it, stop it (what the CLI and the tests call)."""
+    processor = StreamProcessor(settings, config)
+    await processor.start()
+    try:
+        return await processor.run(stop, idle_exit_s=idle_exit_s)
+    finally:
+        await processor.stop()
