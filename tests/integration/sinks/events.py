@@ -49,7 +49,7 @@ def message(
         event_id=_id(inbox, folder, uid),
         inbox_id=inbox,
         folder=folder,
-        folder_role=role,  # type: ignore[arg-type]
+        folder_role=role,
         uidvalidity=1,
         uid=uid,
         message_id=message_id or f"m{uid}.{inbox}",
@@ -85,7 +85,7 @@ def status(
     return StatusEvent(
         event_id=_id(inbox, state, at),
         inbox_id=inbox,
-        state=state,  # type: ignore[arg-type]
+        state=state,
         reason=reason,
         error_kind=kind,
         retriable=False if state == "disconnected" else None,
@@ -120,7 +120,7 @@ def outbound(message_id: str, sent_at: datetime, kind: str = "sent") -> Outbound
     return OutboundEvent(
         event_id=_id("out", message_id),
         message_id=message_id,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         contact_email="bob@client.example",
         sent_at=sent_at,
     )
@@ -137,12 +137,12 @@ def engagement(
 ) -> EngagementEvent:
     return EngagementEvent(
         event_id=_id(engagement_id, event_type, at),
-        event_type=event_type,  # type: ignore[arg-type]
+        event_type=event_type,
         engagement_id=engagement_id,
         inbox_id=inbox,
         message_id=f"reply-{engagement_id}",
         crm_message_id=crm_message_id,
-        crm_kind=crm_kind,  # type: ignore[arg-type]
+        crm_kind=crm_kind,
         body_text="thanks!" if event_type == "engagement.created" else None,
         occurred_at=at,
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiokafka import ConsumerRecord
+
 from runtime.kafka import DLQ_PREFIX, make_consumer, make_producer
 from runtime.pipeline import open_clickhouse, run_sink
 from runtime.settings import Settings
@@ -93,7 +95,7 @@ async def test_garbage_is_dead_lettered_with_the_reason_and_the_batch_goes_on(
     consumer = make_consumer(settings.kafka, t.dead_letter.name, group_id=None)
     await consumer.start()
     try:
-        got = []
+        got: list[ConsumerRecord[bytes, bytes]] = []
         deadline = asyncio.get_running_loop().time() + 20
         while len(got) < 2 and asyncio.get_running_loop().time() < deadline:
             for part in (await consumer.getmany(timeout_ms=500)).values():
