@@ -6,7 +6,7 @@ SELECT
     count() AS crm_mails,
     countIf(r.replies > 0) AS replied,
     round(100 * replied / crm_mails, 1) AS reply_rate_pct,
-    round(medianExactIf(dateDiff('second', o.sent_at, r.first_reply_at), r.replies > 0) / 3600, 2)
+    round(quantileExactInclusiveIf(0.5)(dateDiff('second', o.sent_at, r.first_reply_at), r.replies > 0) / 3600, 2)
         AS median_reply_hours
 FROM {db:Identifier}.crm_outbound AS o FINAL
 LEFT JOIN

@@ -5,13 +5,13 @@
 SELECT
     inbox_id,
     count() AS messages,
-    round(quantileExact(0.5)(dateDiff('millisecond', assumeNotNull(internal_date), observed_at)) / 1000, 3)
+    round(quantileExactInclusive(0.5)(dateDiff('millisecond', assumeNotNull(internal_date), observed_at)) / 1000, 3)
         AS server_to_event_p50_s,
-    round(quantileExact(0.95)(dateDiff('millisecond', assumeNotNull(internal_date), observed_at)) / 1000, 3)
+    round(quantileExactInclusive(0.95)(dateDiff('millisecond', assumeNotNull(internal_date), observed_at)) / 1000, 3)
         AS server_to_event_p95_s,
-    round(quantileExact(0.5)(dateDiff('millisecond', observed_at, inserted_at)) / 1000, 3)
+    round(quantileExactInclusive(0.5)(dateDiff('millisecond', observed_at, inserted_at)) / 1000, 3)
         AS event_to_row_p50_s,
-    round(quantileExact(0.95)(dateDiff('millisecond', observed_at, inserted_at)) / 1000, 3)
+    round(quantileExactInclusive(0.95)(dateDiff('millisecond', observed_at, inserted_at)) / 1000, 3)
         AS event_to_row_p95_s,
     max(observed_at) AS last_event_at
 FROM {db:Identifier}.email_metadata FINAL
