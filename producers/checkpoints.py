@@ -12,6 +12,7 @@ therefore take an inbox over by reading the same topic, with no local state to c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from runtime.kafka import client_options
 from runtime.settings import KafkaSettings
@@ -35,6 +37,24 @@ def checkpoint_key(inbox_id: str, folder: str) -> bytes:
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` (no group), fetching metadata if not known yet."""
+    partitions = consumer.partitions_for_topic(topic)
+    for _ in range(50):  # a topic created a moment ago takes a few metadata rounds to appear
+        if partitions:
+            break
+        # The consumer's own metadata only tracks assigned topics; ask the cluster directly.
+        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            await asyncio.sleep(0.2)
+    if not partitions:
+        raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    return tps
 
 
 @dataclass(frozen=True)
@@ -58,7 +78,7 @@ class CheckpointStore:
 
     kafka: KafkaSettings
     topic: str
-    producer: AIOKafkaProducer
+    producer: AIOKafkaProducer | None = None  # None: read-only (``inbox status``)
     owner: str = field(default_factory=default_owner)
     _known: dict[tuple[str, str], Checkpoint] = field(default_factory=dict, init=False)
     _consumer: AIOKafkaConsumer | None = field(default=None, init=False)
@@ -74,13 +94,12 @@ class CheckpointStore:
             isolation_level="read_committed",
         )
         await consumer.start()
-        partitions = consumer.partitions_for_topic(self.topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - topic just created
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        try:
+            tps = await assign_all(consumer, self.topic)
+            await consumer.seek_to_beginning(*tps)
+        except BaseException:
+            await consumer.stop()
+            raise
         self._consumer = consumer
         await self.refresh()
 
@@ -128,6 +147,9 @@ class CheckpointStore:
     def get(self, inbox_id: str, folder: str) -> Checkpoint | None:
         return self._known.get((inbox_id, folder))
 
+    def all(self) -> list[Checkpoint]:
+        return list(self._known.values())
+
     def for_inbox(self, inbox_id: str) -> dict[str, Checkpoint]:
         return {f: cp for (i, f), cp in self._known.items() if i == inbox_id}
 
@@ -143,6 +165,8 @@ class CheckpointStore:
             updated_at=datetime.now(UTC),
         )
         serde = serde_for(CheckpointEvent)
+        if self.producer is None:
+            raise RuntimeError("this CheckpointStore is read-only")
         await self.producer.send_and_wait(
             self.topic,
             value=serde.encode(event),
@@ -153,6 +177,8 @@ class CheckpointStore:
 
     async def forget_inbox(self, inbox_id: str) -> None:
         """Tombstone every folder of an inbox (``inbox remove --forget``): compaction drops them."""
+        if self.producer is None:
+            raise RuntimeError("this CheckpointStore is read-only")
         for inbox, folder in [k for k in self._known if k[0] == inbox_id]:
             await self.producer.send_and_wait(
                 self.topic, value=None, key=checkpoint_key(inbox, folder)

@@ -152,16 +152,18 @@ class FolderWatch:
                 Checkpoint(self.inbox_id, self.folder, sel.uidvalidity, last_uid, modseq)
             )
 
+        # Messages already in Kafka, for "n of m" on resume: an estimate (UIDs may be sparse).
+        after_count = min(after, selected.exists) if after else 0
+
         async def progress(p: FolderProgress) -> None:
+            p = FolderProgress(p.folder, min(p.done + after_count, p.total), p.total, p.last_uid)
             if not self.caught_up:
-                await self.status.progress(p.folder, p.done + after_count, p.total)
+                await self.status.progress(p.folder, p.done, p.total)
             if self.on_progress is not None:
                 maybe = self.on_progress(self.inbox_id, p)
                 if maybe is not None:
                     await maybe
 
-        # Messages already in Kafka, for "n of m" on resume: an estimate (UIDs may be sparse).
-        after_count = min(after, selected.exists) if after else 0
         result = await sync_folder(
             conn,
             self.publisher,

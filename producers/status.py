@@ -13,9 +13,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from aiokafka import AIOKafkaConsumer
+
+from producers.checkpoints import assign_all
 from producers.publish import EventPublisher
 from runtime.errors import InboxstreamError
+from runtime.kafka import client_options
+from runtime.settings import KafkaSettings
+from schemas.exceptions import DecodeError
 from schemas.models import InboxState, StatusEvent
+from schemas.serde import serde_for
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +89,35 @@ class StatusReporter:
             return
         self._last_progress[folder] = now
         await self.emit("syncing", folder=folder, done=done, total=total)
+
+
+async def latest_status(
+    kafka: KafkaSettings, topic: str, *, per_partition: int = 20_000
+) -> dict[str, StatusEvent]:
+    """The newest status event of every inbox, from the tail of ``inbox.status``.
+
+    Reads at most ``per_partition`` records from the end of each partition: plenty for the
+    latest state of hundreds of inboxes, and bounded however old the topic is.
+    """
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    latest: dict[str, StatusEvent] = {}
+    try:
+        tps = await assign_all(consumer, topic)
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(begin[tp], end[tp] - per_partition))
+        serde = serde_for(StatusEvent)
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            for records in (await consumer.getmany(*tps, timeout_ms=500)).values():
+                for record in records:
+                    try:
+                        event = serde.decode(record.value, record.headers)
+                    except DecodeError:
+                        continue
+                    if event.inbox_id not in latest or latest[event.inbox_id].at <= event.at:
+                        latest[event.inbox_id] = event
+    finally:
+        await consumer.stop()
+    return latest
