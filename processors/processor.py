@@ -20,10 +20,12 @@ fences the previous incarnation and aborts its open transaction (that is what ma
 leave no trace). Rebalances wait for the batch in flight (a lock), then drop revoked partitions'
 state and restore newly assigned ones from their changelogs.
 
-Bodies: only reply candidates (messages with In-Reply-To/References) keep a body, and only
-until matched (then it goes into the engagement) or for ``REPLY_HOLD_MS``. A body processed
-before its message (two topics, no order between them) is deferred, i.e. its partition is
-re-read from that offset later, rather than stored.
+Bodies never enter state: a body whose message already matched CRM mail goes straight into the
+engagement; a reply candidate (a message with In-Reply-To/References) not matched yet keeps
+only the offset of its body in inbox.bodies, for ``REPLY_HOLD_MS``; if its crm.outbound record
+comes in that window the body is read back from the topic (retained 7 days). Other bodies are
+dropped. A body processed before its message (two topics, no order between them) is deferred:
+its partition is re-read from that offset later.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.consumer.assignors import RangePartitionAssignor
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from processors.assign import MessageEntry, assign_threads
 from processors.exceptions import TopologyError
@@ -137,6 +139,9 @@ class StreamProcessor:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._ready: list[tuple[int, str]] = []
+        # Bodies of this batch's matched replies: in memory until the engagement is emitted.
+        self._bodies: dict[tuple[int, str], dict[str, Any]] = {}
+        self._body_reader: AIOKafkaConsumer | None = None
         self._outputs: list[tuple[str, str, Event, str]] = []
         self._dirty: set[tuple[int, str]] = set()
 
@@ -164,6 +169,8 @@ class StreamProcessor:
         self._consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
 
     async def stop(self) -> None:
+        if self._body_reader is not None:
+            await self._body_reader.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
@@ -246,6 +253,7 @@ class StreamProcessor:
         for p in partitions:
             self.states.pop(p, None)
         self._ready.clear()
+        self._bodies.clear()
         self._outputs.clear()
         self._dirty.clear()
         await self.restore_partitions(partitions)
@@ -284,10 +292,11 @@ class StreamProcessor:
                 self._emit(self.topics.threads, inbox, event, event.event_type)
         self._dirty.clear()
         for p, key in self._ready:
-            self._emit_engagement(self.states[p], key)
+            await self._emit_engagement(self.states[p], key)
         self._ready.clear()
+        self._bodies.clear()
         for p in {tp.partition for tp in batch}:
-            self._sweep(self.states[p])
+            await self._sweep(self.states[p])
         await self._flush()
         return offsets
 
@@ -327,7 +336,7 @@ class StreamProcessor:
             elif topic == self.topics.bodies:
                 body = serde_for(BodyEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                self._on_body(state, body)
+                self._on_body(state, rec, body)
             elif topic == self.topics.crm_outbound:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "repartition"
@@ -386,7 +395,7 @@ class StreamProcessor:
         state.put(
             "pending",
             f"{inbox}\x00{ev.event_id}",
-            {"reply": reply, "since_ms": observed, "match": _match_json(match), "body": None},
+            {"reply": reply, "since_ms": observed, "match": _match_json(match), "body_at": None},
         )
 
     def _must_defer(self, state: PartitionState, rec: Record) -> bool:
@@ -403,7 +412,7 @@ class StreamProcessor:
         lso = self._consumer.last_stable_offset(tp)
         return lso is None or lso > state.messages_next
 
-    def _on_body(self, state: PartitionState, ev: BodyEvent) -> None:
+    def _on_body(self, state: PartitionState, rec: Record, ev: BodyEvent) -> None:
         key = f"{ev.inbox_id}\x00{ev.event_id}"
         held = state.pending.get(key)
         if held is None:
@@ -414,21 +423,14 @@ class StreamProcessor:
         if expired(_ms(ev.observed_at) or 0, state.watermark_ms, BODY_TTL_MS):
             self.stats.counts["bodies_too_old"] += 1
             return
-        body = {
-            "text": ev.text,
-            "attachments": [
-                {
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": a.size,
-                    "sha256": a.sha256,
-                }
-                for a in ev.attachments
-            ],
-        }
-        state.put("pending", key, held | {"body": body})
+        body = _body_json(ev)
         if held["match"] is not None:
+            self._bodies[(state.partition, key)] = body
             self._ready.append((state.partition, key))
+        else:
+            # Not known to be a CRM thread yet: keep only where the body is (the inbox.bodies
+            # offset), never the body itself; a later match reads it back from the topic.
+            state.put("pending", key, held | {"body_at": rec.offset})
 
     async def _repartition(self, rec: Record, ev: OutboundEvent) -> None:
         """crm.outbound -> crm-by-inbox: to the inbox's partition, or to all of them."""
@@ -475,10 +477,10 @@ class StreamProcessor:
                 state.crm.__contains__,
             )
             state.put("pending", key, held | {"match": _match_json(match)})
-            if held["body"] is not None:
+            if held["body_at"] is not None:
                 self._ready.append((state.partition, key))
 
-    def _emit_engagement(self, state: PartitionState, key: str) -> None:
+    async def _emit_engagement(self, state: PartitionState, key: str) -> None:
         held = state.pending.get(key)
         if held is None or held["match"] is None:
             return
@@ -489,11 +491,14 @@ class StreamProcessor:
         if eng_id in state.engagements:
             return
         match = Match(held["match"]["crm_message_id"], held["match"]["matched_by"])
+        body = self._bodies.get((state.partition, key))
+        if body is None and held["body_at"] is not None:
+            body = await self._read_body(state.partition, held["body_at"])
         entry = state.threads.get(inbox, {}).get(reply["event_id"])
         event = build_engagement(
             inbox_id=inbox,
             reply=reply,
-            body=held["body"],
+            body=body,
             crm=state.crm.get(match.crm_message_id, {}),
             match=match,
             thread_id=entry.thread_id if entry else None,
@@ -508,11 +513,31 @@ class StreamProcessor:
                 "crm_message_id": match.crm_message_id,
                 "crm_kind": event.crm_kind,
                 "created_ms": reply["observed_ms"],
-                "body_expired": held["body"] is None,
+                "body_expired": body is None,
                 "deleted_ms": None,
             },
         )
         self._emit(self.topics.engagements, inbox, event, event.event_type)
+
+    async def _read_body(self, partition: int, offset: int) -> dict[str, Any] | None:
+        """Read a held reply's body back from inbox.bodies (it never entered state)."""
+        if self._body_reader is None:
+            self._body_reader = make_consumer(self.settings.kafka, group_id=None)
+            await self._body_reader.start()
+        tp = TopicPartition(self.topics.bodies, partition)
+        self._body_reader.assign([tp])
+        self._body_reader.seek(tp, offset)
+        try:
+            rec = await asyncio.wait_for(self._body_reader.getone(tp), timeout=30)
+            ev = serde_for(BodyEvent).decode(rec.value, rec.headers)
+        except Exception as exc:  # gone by retention, or unreadable: log it without a body
+            log.warning("body at %s@%d unavailable: %s", tp, offset, exc)
+            self.stats.counts["bodies_unavailable"] += 1
+            return None
+        if rec.offset != offset:
+            self.stats.counts["bodies_unavailable"] += 1
+            return None
+        return _body_json(ev)
 
     def _on_delete(self, state: PartitionState, cmd: EngagementEvent) -> None:
         if cmd.event_type != "engagement.deleted":
@@ -544,7 +569,7 @@ class StreamProcessor:
 
     # --- retention ------------------------------------------------------------------------
 
-    def _sweep(self, state: PartitionState) -> None:
+    async def _sweep(self, state: PartitionState) -> None:
         """Event-time retention for one partition (see ``processors.retention``)."""
         wm = state.watermark_ms
         for key, held in sorted(state.pending.items()):
@@ -552,7 +577,7 @@ class StreamProcessor:
                 continue
             if held["match"] is not None:
                 # matched but its body never came: log the engagement without a body
-                self._emit_engagement(state, key)
+                await self._emit_engagement(state, key)
             else:
                 state.put("pending", key, None)
                 self.stats.counts["pending_expired"] += 1
@@ -576,6 +601,21 @@ class StreamProcessor:
                 for event_id, entry in list(entries.items()):
                     if expired(entry.observed_ms, wm, METADATA_TTL_MS):
                         state.drop_message(inbox, event_id)
+
+
+def _body_json(ev: BodyEvent) -> dict[str, Any]:
+    return {
+        "text": ev.text,
+        "attachments": [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "sha256": a.sha256,
+            }
+            for a in ev.attachments
+        ],
+    }
 
 
 def _match_json(match: Match | None) -> dict[str, str] | None:

@@ -12,7 +12,7 @@ Stores:
   ``inbox\\0message event id``;
 * ``crm``: the CRM Message-IDs that reach this partition (see ``processors.processor``);
 * ``pending``: reply candidates held until their crm.outbound record comes (bounded by
-  ``retention.REPLY_HOLD_MS``), with their body once it arrived;
+  ``retention.REPLY_HOLD_MS``): metadata and the inbox.bodies offset of the body, never a body;
 * ``engagements``: emitted engagements (no body), for copies, body expiry and deletion;
 * ``meta``: the partition's event-time watermark.
 """

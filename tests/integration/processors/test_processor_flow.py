@@ -1,0 +1,78 @@
+"""The processor against real Kafka: threads, merges, CRM replies, bodies kept out, poison."""
+
+from __future__ import annotations
+
+from processors.processor import ProcessorConfig, run_processor
+from processors.topology import ProcessorTopics
+from runtime.settings import Settings
+from schemas.models import EngagementEvent, ThreadEvent
+from tests.integration.processors.conftest import (
+    events_for,
+    outbound,
+    publish,
+    publish_inbox,
+    read_all,
+    reply_raw,
+)
+from tests.unit.processors.mailboxes import tricky_mailbox
+
+
+async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -> None:
+    inbox = f"owner-{unique}@inboxstream.test"
+    mails, rfc, _ = tricky_mailbox()
+    pairs = events_for(inbox, [m.raw for m in mails])
+    crm_id = f"crm-{unique}@crm.test"
+    replies = events_for(
+        inbox,
+        [
+            reply_raw(f"r1-{unique}@x", crm_id, f"<{crm_id}>", "Re: Offer", "Yes please"),
+            reply_raw(f"r2-{unique}@x", None, f"<{crm_id}> <r1-{unique}@x>", "Re: Offer", "More"),
+            reply_raw(f"r3-{unique}@x", "other@x", "<other@x>", "Re: Offer", "SECRET-NOT-CRM"),
+        ],
+        start_uid=100,
+    )
+    t = settings.topics
+    # the CRM record of r1/r2 arrives *after* the replies (held, then matched)
+    await publish_inbox(settings, pairs + replies)
+    await publish(settings, [(t.crm_outbound.name, crm_id, outbound(crm_id, inbox))])
+    # a record that is not Avro at all: dead-lettered, processing goes on
+    producer_items = [(t.messages.name, inbox, b"\x00garbage")]
+    from runtime.kafka import make_producer
+
+    p = make_producer(settings.kafka)
+    await p.start()
+    await p.send_and_wait(producer_items[0][0], producer_items[0][2], key=inbox.encode())
+    await p.stop()
+
+    config = ProcessorConfig(group_id=f"proc-{unique}")
+    stats = await run_processor(settings, config, idle_exit_s=3)
+    assert stats.dead_lettered == 1
+
+    topics = ProcessorTopics.build(settings.topics)
+    threads = await read_all(settings, topics.threads, ThreadEvent)
+    latest: dict[str, str] = {}
+    for ev in threads:
+        if ev.event_type == "thread.assigned":
+            assert ev.message_event_id is not None
+            latest[ev.message_event_id] = ev.thread_id
+    label = {m.event_id: mails[i].label for i, (m, _) in enumerate(pairs)}
+    groups: dict[str, set[str]] = {}
+    for eid, tid in latest.items():
+        if eid in label:
+            groups.setdefault(tid, set()).add(label[eid])
+    assert {frozenset(g) for g in groups.values()} == {frozenset(g) for g in rfc}
+
+    engagements = await read_all(settings, topics.engagements, EngagementEvent)
+    created = {e.message_id: e for e in engagements if e.event_type == "engagement.created"}
+    assert set(created) == {f"r1-{unique}@x", f"r2-{unique}@x"}
+    r1, r2 = created[f"r1-{unique}@x"], created[f"r2-{unique}@x"]
+    assert (r1.matched_by, r2.matched_by) == ("in_reply_to", "references")
+    assert r1.body_text and "Yes please" in r1.body_text
+    assert r1.contact_email == "carla@example.test" and r1.crm_ref == "deal-1"
+    assert r1.thread_id == r2.thread_id == latest[replies[0][0].event_id]
+    # the non-CRM reply's body is in no output and no state
+    from processors.state import restore
+
+    states = await restore(settings.kafka, topics.changelogs, range(settings.topics.partitions))
+    assert all("SECRET-NOT-CRM" not in repr(s.__dict__) for s in states.values())
+    assert "SECRET-NOT-CRM" not in repr(engagements)
