@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from processors.assign import MessageEntry, assign_threads
+from processors.assign import MessageEntry
 from processors.exceptions import TopologyError
 from processors.jwz import Algorithm
 from processors.matcher import (
@@ -138,12 +138,8 @@ class StreamProcessor:
         self.on_in_transaction: Callable[[], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._ready: list[tuple[int, str]] = []
-        # Bodies of this batch's matched replies: in memory until the engagement is emitted.
-        self._bodies: dict[tuple[int, str], dict[str, Any]] = {}
         self._body_reader: AIOKafkaConsumer | None = None
         self._outputs: list[tuple[str, str, Event, str]] = []
-        self._dirty: set[tuple[int, str]] = set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -194,7 +190,9 @@ class StreamProcessor:
         assert self._consumer is not None
         missing = partitions - set(self.states)
         if missing:
-            restored = await restore(self.settings.kafka, self.topics.changelogs, missing)
+            restored = await restore(
+                self.settings.kafka, self.topics.changelogs, missing, self.config.algorithm
+            )
             for p, state in restored.items():
                 committed = await self._consumer.committed(TopicPartition(self.topics.messages, p))
                 state.messages_next = committed or 0
@@ -252,10 +250,7 @@ class StreamProcessor:
         assert self._consumer is not None
         for p in partitions:
             self.states.pop(p, None)
-        self._ready.clear()
-        self._bodies.clear()
         self._outputs.clear()
-        self._dirty.clear()
         await self.restore_partitions(partitions)
         for tp in self._consumer.assignment():
             committed = await self._consumer.committed(tp)
@@ -283,18 +278,6 @@ class StreamProcessor:
                 if tp.topic == self.topics.messages:
                     state.messages_next = rec.offset + 1
                 self.stats.records += 1
-        for p, inbox in sorted(self._dirty):
-            state = self.states[p]
-            entries = list(state.threads.get(inbox, {}).values())
-            for event in assign_threads(inbox, entries, self.config.algorithm):
-                if event.message_event_id is not None:
-                    state.put_message(inbox, state.threads[inbox][event.message_event_id])
-                self._emit(self.topics.threads, inbox, event, event.event_type)
-        self._dirty.clear()
-        for p, key in self._ready:
-            await self._emit_engagement(self.states[p], key)
-        self._ready.clear()
-        self._bodies.clear()
         for p in {tp.partition for tp in batch}:
             await self._sweep(self.states[p])
         await self._flush()
@@ -336,7 +319,7 @@ class StreamProcessor:
             elif topic == self.topics.bodies:
                 body = serde_for(BodyEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                self._on_body(state, rec, body)
+                await self._on_body(state, rec, body)
             elif topic == self.topics.crm_outbound:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "repartition"
@@ -344,7 +327,7 @@ class StreamProcessor:
             elif topic == self.topics.crm_by_inbox:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                self._on_crm(state, outbound)
+                await self._on_crm(state, outbound)
             elif topic == self.topics.engagement_deletes:
                 command = serde_for(EngagementEvent).decode(rec.value, rec.headers)
                 stage = "process"
@@ -361,7 +344,7 @@ class StreamProcessor:
         inbox = ev.inbox_id
         observed = _ms(ev.observed_at) or 0
         state.advance(observed)
-        if ev.event_id in state.threads.get(inbox, {}):
+        if state.knows(inbox, ev.event_id):
             self.stats.counts["messages_duplicate"] += 1
             return
         entry = MessageEntry(
@@ -374,8 +357,11 @@ class StreamProcessor:
             date_ms=_ms(ev.date or ev.internal_date),
             observed_ms=observed,
         )
-        state.put_message(inbox, entry)
-        self._dirty.add((state.partition, inbox))
+        events, changed = state.inbox(inbox).add(entry)
+        for e in changed:
+            state.record_message(inbox, e)
+        for event in events:
+            self._emit(self.topics.threads, inbox, event, event.event_type)
         if not (ev.in_reply_to or ev.references):
             return
         if engagement_id(inbox, ev.message_id) in state.engagements:
@@ -406,13 +392,13 @@ class StreamProcessor:
             body = serde_for(BodyEvent).decode(rec.value, rec.headers)
         except Exception:
             return False  # the normal path dead-letters it
-        if body.event_id in state.threads.get(body.inbox_id, {}):
+        if state.knows(body.inbox_id, body.event_id):
             return False
         tp = TopicPartition(self.topics.messages, state.partition)
         lso = self._consumer.last_stable_offset(tp)
         return lso is None or lso > state.messages_next
 
-    def _on_body(self, state: PartitionState, rec: Record, ev: BodyEvent) -> None:
+    async def _on_body(self, state: PartitionState, rec: Record, ev: BodyEvent) -> None:
         key = f"{ev.inbox_id}\x00{ev.event_id}"
         held = state.pending.get(key)
         if held is None:
@@ -425,8 +411,7 @@ class StreamProcessor:
             return
         body = _body_json(ev)
         if held["match"] is not None:
-            self._bodies[(state.partition, key)] = body
-            self._ready.append((state.partition, key))
+            await self._emit_engagement(state, key, body)
         else:
             # Not known to be a CRM thread yet: keep only where the body is (the inbox.bodies
             # offset), never the body itself; a later match reads it back from the topic.
@@ -453,7 +438,7 @@ class StreamProcessor:
             )
         self.stats.counts["crm_broadcast"] += 1
 
-    def _on_crm(self, state: PartitionState, ev: OutboundEvent) -> None:
+    async def _on_crm(self, state: PartitionState, ev: OutboundEvent) -> None:
         crm = {
             "kind": ev.kind,
             "inbox_id": ev.inbox_id,
@@ -478,9 +463,11 @@ class StreamProcessor:
             )
             state.put("pending", key, held | {"match": _match_json(match)})
             if held["body_at"] is not None:
-                self._ready.append((state.partition, key))
+                await self._emit_engagement(state, key)
 
-    async def _emit_engagement(self, state: PartitionState, key: str) -> None:
+    async def _emit_engagement(
+        self, state: PartitionState, key: str, body: dict[str, Any] | None = None
+    ) -> None:
         held = state.pending.get(key)
         if held is None or held["match"] is None:
             return
@@ -491,10 +478,9 @@ class StreamProcessor:
         if eng_id in state.engagements:
             return
         match = Match(held["match"]["crm_message_id"], held["match"]["matched_by"])
-        body = self._bodies.get((state.partition, key))
         if body is None and held["body_at"] is not None:
             body = await self._read_body(state.partition, held["body_at"])
-        entry = state.threads.get(inbox, {}).get(reply["event_id"])
+        entry = state.inbox(inbox).entries.get(reply["event_id"])
         event = build_engagement(
             inbox_id=inbox,
             reply=reply,
@@ -597,8 +583,8 @@ class StreamProcessor:
         bucket = wm // (DAY_MS // 24)
         if bucket != state.swept_bucket:
             state.swept_bucket = bucket
-            for inbox, entries in list(state.threads.items()):
-                for event_id, entry in list(entries.items()):
+            for inbox, index in list(state.threads.items()):
+                for event_id, entry in list(index.entries.items()):
                     if expired(entry.observed_ms, wm, METADATA_TTL_MS):
                         state.drop_message(inbox, event_id)
 

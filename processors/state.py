@@ -27,8 +27,9 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from processors.assign import MessageEntry
+from processors.assign import InboxThreads, MessageEntry
 from processors.exceptions import StateRestoreError
+from processors.jwz import Algorithm
 from runtime.kafka import make_consumer
 from runtime.settings import KafkaSettings
 
@@ -48,7 +49,8 @@ class PartitionState:
     """Everything one input partition's processing needs, plus the changes not yet written."""
 
     partition: int
-    threads: dict[str, dict[str, MessageEntry]] = field(default_factory=dict)
+    algorithm: Algorithm = "rfc5256"
+    threads: dict[str, InboxThreads] = field(default_factory=dict)
     crm: dict[str, Json] = field(default_factory=dict)
     pending: dict[str, Json] = field(default_factory=dict)
     engagements: dict[str, Json] = field(default_factory=dict)
@@ -65,12 +67,22 @@ class PartitionState:
         data = None if value is None else json.dumps(value, separators=(",", ":")).encode()
         self.changes[(store, key)] = data
 
-    def put_message(self, inbox_id: str, entry: MessageEntry) -> None:
-        self.threads.setdefault(inbox_id, {})[entry.event_id] = entry
+    def inbox(self, inbox_id: str) -> InboxThreads:
+        index = self.threads.get(inbox_id)
+        if index is None:
+            index = self.threads[inbox_id] = InboxThreads(inbox_id, self.algorithm)
+        return index
+
+    def knows(self, inbox_id: str, event_id: str) -> bool:
+        index = self.threads.get(inbox_id)
+        return index is not None and event_id in index.entries
+
+    def record_message(self, inbox_id: str, entry: MessageEntry) -> None:
+        """Write an entry the index already holds (new, or its thread changed)."""
         self._record("threads", f"{inbox_id}\x00{entry.event_id}", entry.to_json())
 
     def drop_message(self, inbox_id: str, event_id: str) -> None:
-        self.threads.get(inbox_id, {}).pop(event_id, None)
+        self.inbox(inbox_id).remove(event_id)
         self._record("threads", f"{inbox_id}\x00{event_id}", None)
 
     def put(self, store: str, key: str, value: Json | None) -> None:
@@ -98,9 +110,9 @@ class PartitionState:
         if store == "threads":
             inbox, event_id = _split(key)
             if data is None:
-                self.threads.get(inbox, {}).pop(event_id, None)
+                self.inbox(inbox).remove(event_id)
             else:
-                self.threads.setdefault(inbox, {})[event_id] = MessageEntry(**data)
+                self.inbox(inbox).load(MessageEntry(**data))
         elif store == "meta":
             self.watermark_ms = int(data["ms"]) if data else 0
         else:
@@ -112,10 +124,13 @@ class PartitionState:
 
 
 async def restore(
-    kafka: KafkaSettings, changelogs: dict[str, str], partitions: Iterable[int]
+    kafka: KafkaSettings,
+    changelogs: dict[str, str],
+    partitions: Iterable[int],
+    algorithm: Algorithm = "rfc5256",
 ) -> dict[int, PartitionState]:
     """Read the changelogs of ``partitions`` from the start to their last committed record."""
-    states = {p: PartitionState(p) for p in partitions}
+    states = {p: PartitionState(p, algorithm) for p in partitions}
     if not states:
         return states
     by_topic = {topic: store for store, topic in changelogs.items()}
