@@ -38,14 +38,18 @@ log = logging.getLogger(__name__)
 ENDPOINT_FILE = "sink-endpoint.json"
 FORMATS = ("JSONEachRow", "CSVWithNames", "Parquet")
 _READ_ONLY = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.IGNORECASE)
+_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
 _MAX_SQL = 1_000_000
 
 
 def is_read_only(sql: str) -> bool:
-    """A single read statement: starts with a read keyword, and no second statement after a
-    ``;`` (a trailing one is tolerated)."""
-    body = sql.strip().rstrip(";")
-    return bool(_READ_ONLY.match(body)) and ";" not in body
+    """A single read statement: after comments, starts with a read keyword; and no ``;``
+    anywhere but at the very end (not even in a comment or a string: it errs on refusing)."""
+    if ";" in sql.strip().rstrip(";"):
+        return False
+    body = _BLOCK_COMMENT.sub(" ", sql)
+    body = "\n".join(line.split("--", 1)[0] for line in body.splitlines())
+    return bool(_READ_ONLY.match(body.strip()))
 
 
 @dataclass(frozen=True)
