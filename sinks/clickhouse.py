@@ -173,7 +173,7 @@ class EmbeddedClickHouse:
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         text = self.query_bytes(sql).decode()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
         result = self._run(sql, fmt)
@@ -228,7 +228,7 @@ class ServerClickHouse:
             raw = self._client.raw_query(sql, fmt="JSONEachRow")
         except self._driver_error as exc:
             raise self._wrap(exc) from exc
-        return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+        return [json.loads(line) for line in raw.decode().split("\n") if line.strip()]
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
         try:

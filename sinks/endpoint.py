@@ -45,7 +45,7 @@ _MAX_SQL = 1_000_000
 def is_read_only(sql: str) -> bool:
     """A single read statement: after comments, starts with a read keyword; and no ``;``
     anywhere but at the very end (not even in a comment or a string: it errs on refusing)."""
-    if ";" in sql.strip().rstrip(";"):
+    if ";" in sql.strip().removesuffix(";"):
         return False
     body = _BLOCK_COMMENT.sub(" ", sql)
     body = "\n".join(line.split("--", 1)[0] for line in body.splitlines())
@@ -180,7 +180,7 @@ class RemoteEmbeddedClickHouse:
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         text = self.query_bytes(sql).decode()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
 
     def command(self, sql: str) -> None:
         raise ClickHouseError(

@@ -70,6 +70,7 @@ class BatchingSink:
     tables: dict[str, TableSink[Any]]
     batch_size: int = 5_000
     batch_timeout_s: float = 1.0
+    initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     stats: SinkStats = field(default_factory=SinkStats)
 
@@ -115,7 +116,7 @@ class BatchingSink:
         retry after a partial insert only re-adds rows the ReplacingMergeTree collapses.
         Rows ClickHouse refuses as data are found by halving the batch and dead-lettered.
         """
-        delay = 0.5
+        delay = self.initial_backoff_s
         while True:
             try:
                 await asyncio.to_thread(self.clickhouse.insert, table, [p.row for p in pending])
