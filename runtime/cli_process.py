@@ -36,6 +36,7 @@ def thread(algorithm: str, file: Path) -> None:
 )
 @click.option("--algorithm", type=click.Choice(["rfc5256", "references"]), default="rfc5256")
 @click.option("--until-idle", type=float, default=None, help="Exit after this many idle seconds.")
+@click.option("--max-records", type=int, default=1000, show_default=True, help="Batch size.")
 @click.option("--pause-in-transaction", type=float, default=0.0, hidden=True)
 @click.pass_context
 def process(
@@ -44,6 +45,7 @@ def process(
     instance_id: str,
     algorithm: str,
     until_idle: float | None,
+    max_records: int,
     pause_in_transaction: float,
 ) -> None:
     """Run the stream processor (threads, CRM engagements, retention), exactly once."""
@@ -57,6 +59,7 @@ def process(
         group_id=group_id,
         instance_id=instance_id,
         algorithm="rfc5256" if algorithm == "rfc5256" else "references",
+        max_records=max_records,
         pause_in_transaction_s=pause_in_transaction,
     )
     log = logging.getLogger("inboxstream.process")

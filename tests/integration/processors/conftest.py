@@ -78,9 +78,11 @@ async def publish_inbox(
     await publish(settings, items)
 
 
-async def read_all(settings: Settings, topic: str, model: type[E]) -> list[E]:
+async def read_all(
+    settings: Settings, topic: str, model: type[E], isolation: str = "read_committed"
+) -> list[E]:
     """Every committed record of ``topic`` (read_committed), decoded, in partition order."""
-    consumer = make_consumer(settings.kafka, group_id=None)
+    consumer = make_consumer(settings.kafka, group_id=None, isolation_level=isolation)
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic) or set()
@@ -127,3 +129,33 @@ def reply_raw(
         lines.append(f"References: {refs}")
     lines += ["Content-Type: text/plain; charset=utf-8", "", body, ""]
     return "\r\n".join(lines).encode()
+
+
+def conversations(
+    inbox_id: str, threads: int, per_thread: int, *, crm_every: int = 3, start_uid: int = 1
+) -> tuple[list[tuple[MessageEvent, BodyEvent]], list[OutboundEvent]]:
+    """``threads`` conversations of ``per_thread`` messages; every ``crm_every``-th one starts
+    with CRM mail (its crm.outbound record is returned), the others are private mail. Replies
+    arrive out of order within each conversation (a late parent in every thread)."""
+    raws: list[bytes] = []
+    crm: list[OutboundEvent] = []
+    for t in range(threads):
+        root = f"t{t}-0.{inbox_id}"
+        is_crm = t % crm_every == 0
+        if is_crm:
+            crm.append(outbound(root, inbox_id))
+        chain = [root]
+        msgs = []
+        for i in range(per_thread):
+            mid = f"t{t}-{i}.{inbox_id}"
+            refs = " ".join(f"<{m}>" for m in chain[:i])
+            parent = chain[i - 1] if i else None
+            subject = ("Re: " if i else "") + f"Topic {t}"
+            msgs.append(reply_raw(mid, parent, refs or None, subject, f"body {t}/{i}"))
+            if i:
+                chain.append(mid)
+        # a late parent: the second message arrives after the third
+        if len(msgs) > 2:
+            msgs[1], msgs[2] = msgs[2], msgs[1]
+        raws.extend(msgs)
+    return events_for(inbox_id, raws, start_uid=start_uid), crm

@@ -1,0 +1,112 @@
+"""Exactly once for real: kill -9 a processor with a transaction open, restart it, and the
+committed output equals an uninterrupted run's, event for event."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from processors.processor import ProcessorConfig, run_processor
+from processors.topology import ProcessorTopics
+from runtime.settings import Settings, TopicSpec
+from schemas.models import EngagementEvent, ThreadEvent
+from tests.integration.processors.conftest import conversations, publish, publish_inbox, read_all
+
+INBOXSTREAM = str(Path(sys.executable).parent / "inboxstream")
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    lines = ["[kafka]", f'bootstrap_servers = "{settings.kafka.bootstrap_servers}"', ""]
+    lines += ["[topics]", f"partitions = {settings.topics.partitions}", ""]
+    for field in type(settings.topics).model_fields:
+        spec = getattr(settings.topics, field)
+        if isinstance(spec, TopicSpec):
+            lines += [f"[topics.{field}]", f'name = "{spec.name}"']
+            lines += [
+                f"retention_ms = {spec.retention_ms}",
+                f"compacted = {str(spec.compacted).lower()}",
+                "",
+            ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def load_inputs(settings: Settings, unique: str, inboxes: int = 3) -> None:
+    for n in range(inboxes):
+        inbox = f"box{n}-{unique}@inboxstream.test"
+        pairs, crm = conversations(inbox, threads=12, per_thread=5)
+        # half the CRM records before the mail, half after (replies held, then matched)
+        t = settings.topics
+        await publish(settings, [(t.crm_outbound.name, c.message_id, c) for c in crm[::2]])
+        await publish_inbox(settings, pairs)
+        await publish(settings, [(t.crm_outbound.name, c.message_id, c) for c in crm[1::2]])
+
+
+def event_ids(events: list[ThreadEvent] | list[EngagementEvent]) -> Counter[str]:
+    return Counter(e.event_id for e in events)
+
+
+async def outputs(settings: Settings, version: str) -> tuple[Counter[str], Counter[str]]:
+    topics = ProcessorTopics.build(settings.topics, version)
+    threads = await read_all(settings, topics.threads, ThreadEvent)
+    engagements = await read_all(settings, topics.engagements, EngagementEvent)
+    return event_ids(threads), event_ids(engagements)
+
+
+async def count_uncommitted(settings: Settings, topic: str) -> int:
+    """Records in the log including aborted ones (read_uncommitted)."""
+    return len(await read_all(settings, topic, ThreadEvent, isolation="read_uncommitted"))
+
+
+def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [INBOXSTREAM, "--config", str(config), "process", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    await load_inputs(settings, unique)
+    # reference: one uninterrupted run into its own output version and state
+    reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=50)
+    await run_processor(settings, reference, idle_exit_s=3)
+    ref_threads, ref_engagements = await outputs(settings, "ref")
+    assert ref_threads and ref_engagements
+    assert max(ref_threads.values()) == 1 and max(ref_engagements.values()) == 1
+
+    config = write_config(settings, tmp_path / "config.toml")
+    group = ["--group-id", f"eos-{unique}", "--instance-id", "a", "--max-records", "50"]
+    victim = run_cli(config, *group, "--pause-in-transaction", "0.5")
+    assert victim.stderr is not None
+    seen = 0
+    deadline = time.monotonic() + 120
+    while seen < 3:  # let two transactions commit, kill inside the third
+        line = victim.stderr.readline()
+        assert line or victim.poll() is None, "processor exited before the kill"
+        assert time.monotonic() < deadline, "processor never opened a transaction"
+        seen += line.startswith("IN-TRANSACTION")
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait(30) == -signal.SIGKILL
+
+    topics = ProcessorTopics.build(settings.topics)
+    partial_threads, _ = await outputs(settings, "")
+    # the killed transaction's records are in the log but not committed
+    assert await count_uncommitted(settings, topics.threads) > sum(partial_threads.values())
+    assert sum(partial_threads.values()) < sum(ref_threads.values())
+
+    survivor = run_cli(config, *group, "--until-idle", "4")
+    _, err = survivor.communicate(timeout=240)
+    assert survivor.returncode == 0, err[-3000:]
+
+    threads, engagements = await outputs(settings, "")
+    assert threads == ref_threads  # same events, each exactly once
+    assert engagements == ref_engagements
