@@ -27,18 +27,18 @@ E = TypeVar("E", bound=Event)
 
 def fast_settings(settings: Settings, registry_dir: Path, **overrides: Any) -> Settings:
     """Short timers so the tests take seconds; same code paths as production."""
-    producer = ProducerSettings(
-        registry_dir=registry_dir,
-        registry_poll_s=0.3,
-        batch_size=100,
-        keepalive_s=overrides.pop("keepalive_s", 20.0),
-        read_timeout_s=5.0,
-        poll_interval_s=overrides.pop("poll_interval_s", 0.5),
-        other_folders_interval_s=0.5,
-        backoff_initial_s=0.2,
-        backoff_max_s=1.0,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "registry_dir": registry_dir,
+        "registry_poll_s": 0.3,
+        "batch_size": 100,
+        "keepalive_s": 20.0,
+        "read_timeout_s": 5.0,
+        "poll_interval_s": 0.5,
+        "other_folders_interval_s": 0.5,
+        "backoff_initial_s": 0.2,
+        "backoff_max_s": 1.0,
+    }
+    producer = ProducerSettings(**(values | overrides))
     return settings.model_copy(update={"producer": producer})
 
 
@@ -76,6 +76,15 @@ class TopicReader:
                 self.records += 1
                 if record.value is not None:
                     self.events.append(self.serde.decode(record.value, record.headers))
+        return self.events
+
+    async def read_to_end(self) -> list[Any]:
+        """Everything published up to now (not just the next fetch)."""
+        consumer = await self._open()
+        tps = list(consumer.assignment())
+        end = await consumer.end_offsets(tps)
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            await self.poll()
         return self.events
 
     async def wait_for(
@@ -143,3 +152,34 @@ def new_messages(events: list[MessageEvent], folder: str | None = None) -> list[
         for e in events
         if e.event_type == "message.new" and (folder is None or e.folder == folder)
     ]
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment for ``inboxstream producer run`` in a subprocess, with these settings
+    (pydantic-settings reads nested sections as JSON)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXSTREAM_")}
+    env["INBOXSTREAM_KAFKA"] = settings.kafka.model_dump_json()
+    env["INBOXSTREAM_TOPICS"] = settings.topics.model_dump_json()
+    env["INBOXSTREAM_PRODUCER"] = settings.producer.model_dump_json()
+    return env
+
+
+def deliver_many(user: str, count: int, *, start: int = 0) -> None:
+    """``count`` small messages into INBOX over one LMTP session (about 2 ms each)."""
+    import smtplib
+    from email.message import EmailMessage
+
+    from infra import dovecot
+
+    ep = dovecot.endpoints()
+    with smtplib.LMTP(ep.host, ep.lmtp_port, timeout=60) as lmtp:
+        for i in range(start, start + count):
+            msg = EmailMessage()
+            msg["From"] = "Bulk <bulk@example.com>"
+            msg["To"] = user
+            msg["Subject"] = f"bulk {i}"
+            msg["Message-ID"] = f"<bulk-{i}@example.com>"
+            msg.set_content(f"message number {i}\n" + "lorem ipsum " * 40)
+            lmtp.sendmail("bulk@example.com", [user], bytes(msg))
