@@ -32,10 +32,16 @@ def purge_deleted_engagements(ch: ClickHouse, now: datetime | None = None) -> in
     """Delete every row of engagements deleted more than 90 days ago (sequence mail excepted);
     return how many engagements were purged."""
     cutoff = (now or datetime.now(UTC)) - ENGAGEMENT_PURGE_AFTER
+    # From the event rows, not the engagements_current view: an engagement whose "created"
+    # event is gone (say, a topic replayed from a later offset) must still be purged. Any row
+    # saying "sequence" keeps it: a delete event may not repeat the engagement's kind.
     rows = ch.query(
-        f"SELECT engagement_id FROM {ch.database}.engagements_current "
-        f"WHERE is_deleted AND crm_kind != 'sequence' "
-        f"AND deleted_at < toDateTime64('{_ts(cutoff)}', 3, 'UTC')"
+        f"SELECT engagement_id FROM {ch.database}.engagements FINAL "
+        "GROUP BY engagement_id "
+        "HAVING countIf(event_type = 'engagement.deleted') > 0 "
+        "AND countIf(crm_kind = 'sequence') = 0 "
+        f"AND maxIf(occurred_at, event_type = 'engagement.deleted') "
+        f"< toDateTime64('{_ts(cutoff)}', 3, 'UTC')"
     )
     ids = [str(r["engagement_id"]) for r in rows]
     for start in range(0, len(ids), _CHUNK):

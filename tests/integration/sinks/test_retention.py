@@ -55,13 +55,11 @@ async def test_ttls_and_the_engagement_purge(settings: Settings, unique: str) ->
             ),
             # a reply to sequence mail, deleted 91 days ago: sequence mail is kept indefinitely
             ev.engagement("seq", inbox, "crm-s", ev.ago(days=200), crm_kind="sequence"),
+            # the delete event does not repeat the kind: the created row's "sequence" counts
+            ev.engagement("seq", inbox, "crm-s", ev.ago(days=91), event_type="engagement.deleted"),
+            # only a delete is left (its created event fell off the topic): purged all the same
             ev.engagement(
-                "seq",
-                inbox,
-                "crm-s",
-                ev.ago(days=91),
-                event_type="engagement.deleted",
-                crm_kind="sequence",
+                "orphan", inbox, "crm-o", ev.ago(days=91), event_type="engagement.deleted"
             ),
         ],
     )
@@ -79,11 +77,11 @@ async def test_ttls_and_the_engagement_purge(settings: Settings, unique: str) ->
         f"SELECT engagement_id, count() AS n FROM {ch.database}.engagements FINAL "
         "GROUP BY engagement_id ORDER BY engagement_id"
     )
-    assert len(ch.query(engagement_rows)) == 4  # everything landed before retention runs
+    assert len(ch.query(engagement_rows)) == 5  # everything landed before retention runs
 
     purged = enforce_retention(ch)
 
-    assert purged == 1
+    assert purged == 2  # 'gone' and 'orphan'
     assert _kept(ch, "bodies", "uid") == [1]  # 7 days
     assert _kept(ch, "email_metadata", "uid") == [1, 8]  # 60 days
     assert _kept(ch, "threads", "toUInt32(substring(thread_id, 2))") == [1, 8]
