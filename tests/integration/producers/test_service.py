@@ -1,0 +1,160 @@
+"""The producer service on the real Dovecot and Kafka: a wrong password stops that inbox
+with one login attempt and a ``disconnected`` status, a fixed password restarts it, inboxes
+come and go at run time, a dropped connection is reconnected, and one bad inbox never stalls
+the others."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from infra import dovecot
+from producers.registry import InboxRegistry
+from runtime.settings import Settings
+from schemas.models import StatusEvent
+from tests.integration.conftest import MailUser
+from tests.integration.producers.service_helpers import (
+    deliver_many,
+    fast_settings,
+    new_messages,
+    readers,
+    running_service,
+)
+
+
+def auth_failures(user: str) -> int:
+    """Failed logins of ``user`` in Dovecot's log (imap-login writes one line per attempt)."""
+    log = Path(dovecot._log())
+    return sum(
+        1
+        for line in log.read_text(errors="replace").splitlines()
+        if f"user=<{user}>" in line and "auth failed" in line
+    )
+
+
+async def test_wrong_password_disconnects_once_then_new_password_reconnects(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(deliver_many, mail_user.name, 3)
+    s = fast_settings(settings, tmp_path / "inboxes")
+    registry = InboxRegistry(s.producer.registry_dir)
+    good = mail_user.inbox()
+    registry.add(good.model_copy(update={"password": SecretStr("wrong-password")}))
+    before = auth_failures(mail_user.name)
+    async with readers(s) as (messages, status), running_service(s) as service:
+        events: list[StatusEvent] = await status.wait_for(
+            lambda ev: any(e.state == "disconnected" for e in ev), what="disconnected"
+        )
+        down = next(e for e in events if e.state == "disconnected")
+        assert (down.error_kind, down.retriable) == ("auth", False)
+        assert "wrong-password" not in (down.reason or "")
+        assert "password" in (down.reason or "") or "rejected" in (down.reason or "")
+        # Ten backoff periods later: still one attempt, one status event, no retry storm.
+        await asyncio.sleep(10 * s.producer.backoff_max_s)
+        events = await status.read_to_end()
+        assert [e.state for e in events] == ["disconnected"]
+        assert service.workers[good.id].worker.connects == 0
+        assert auth_failures(mail_user.name) - before == 1
+
+        registry.add(good)  # the owner re-entered the password: the inbox restarts
+        await status.wait_for(
+            lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+            what="INBOX idle after the fix",
+        )
+        got = await messages.wait_for(
+            lambda ev: len(new_messages(ev, "INBOX")) == 3, what="the mail after the fix"
+        )
+        assert {e.subject for e in new_messages(got)} >= {"bulk 0", "bulk 1", "bulk 2"}
+
+
+async def test_inboxes_added_and_removed_at_run_time_and_bad_one_stalls_nothing(
+    settings: Settings, dovecot_server: dovecot.DovecotEndpoints, unique: str, tmp_path: Path
+) -> None:
+    users = [MailUser(f"u{unique}{n}@inboxstream.test", f"pw-{unique}-{n}") for n in range(2)]
+    for user in users:
+        dovecot.add_user(user.name, user.password)
+    try:
+        for n, user in enumerate(users):
+            await asyncio.to_thread(deliver_many, user.name, 2 + n)
+        s = fast_settings(settings, tmp_path / "inboxes")
+        registry = InboxRegistry(s.producer.registry_dir)
+        # A dead inbox (nothing listens on that port) next to the good ones.
+        registry.add(users[0].inbox().model_copy(update={"id": f"dead-{unique}", "imap_port": 1}))
+        async with readers(s) as (messages, status), running_service(s):
+            registry.add(users[0].inbox())
+            await messages.wait_for(
+                lambda ev: len(new_messages(ev)) == 2, what="first inbox synced"
+            )
+            registry.add(users[1].inbox())  # added while running
+            got = await messages.wait_for(
+                lambda ev: (
+                    len({e.inbox_id for e in new_messages(ev)}) == 2 and len(new_messages(ev)) == 5
+                ),
+                what="second inbox synced",
+            )
+            assert {e.inbox_id for e in got} == {users[0].name, users[1].name}
+            statuses: list[StatusEvent] = await status.wait_for(
+                lambda ev: sum(e.inbox_id == f"dead-{unique}" for e in ev) >= 3,
+                what="the dead inbox retrying",
+            )
+            dead = [e for e in statuses if e.inbox_id == f"dead-{unique}"]
+            assert {(e.state, e.error_kind, e.retriable) for e in dead} == {
+                ("disconnected", "refused", True)
+            }
+
+            assert registry.remove(users[0].name)  # removed while running
+            await status.wait_for(
+                lambda ev: any(
+                    e.inbox_id == users[0].name
+                    and e.state == "disconnected"
+                    and "removed" in (e.reason or "")
+                    for e in ev
+                ),
+                what="removal status",
+            )
+            deadline = time.monotonic() + 10
+            while await asyncio.to_thread(dovecot.who, users[0].name) and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.2)
+            assert await asyncio.to_thread(dovecot.who, users[0].name) == 0
+            # The removed inbox no longer syncs; the other one still does.
+            await asyncio.to_thread(deliver_many, users[0].name, 1, start=100)
+            await asyncio.to_thread(deliver_many, users[1].name, 1, start=100)
+            got = await messages.wait_for(
+                lambda ev: any(e.inbox_id == users[1].name and e.subject == "bulk 100" for e in ev),
+                what="live mail of the remaining inbox",
+            )
+            assert not [e for e in got if e.inbox_id == users[0].name and e.uid > 2]
+    finally:
+        for user in users:
+            dovecot.remove_user(user.name)
+
+
+async def test_dropped_connections_reconnect_and_sync_continues(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    s = fast_settings(settings, tmp_path / "inboxes")
+    InboxRegistry(s.producer.registry_dir).add(mail_user.inbox())
+    async with readers(s) as (messages, status), running_service(s):
+        await status.wait_for(
+            lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+            what="INBOX idle",
+        )
+        await asyncio.to_thread(dovecot.doveadm, "kick", mail_user.name)
+        events: list[StatusEvent] = await status.wait_for(
+            lambda ev: (
+                any(e.state == "disconnected" for e in ev)
+                and sum(e.state == "connected" for e in ev) >= 4
+            ),
+            what="disconnected, then connected again",
+        )
+        down = next(e for e in events if e.state == "disconnected")
+        assert down.retriable is True
+        await asyncio.to_thread(deliver_many, mail_user.name, 1, start=7)
+        await messages.wait_for(
+            lambda ev: any(e.subject == "bulk 7" for e in ev), what="mail after reconnect"
+        )
