@@ -107,7 +107,14 @@ async def run_sink(
     """
     await ensure_topics(settings.kafka, settings.topics)
     routes = table_sinks(settings.topics)
-    consumer = make_consumer(settings.kafka, *routes, group_id=settings.sink.group_id)
+    # 4 MiB per partition per fetch (default 1 MiB) so a batch can fill up to batch_size
+    # records of ~1 KB headers in one round trip instead of several smaller inserts.
+    consumer = make_consumer(
+        settings.kafka,
+        *routes,
+        group_id=settings.sink.group_id,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
     dlq = make_producer(settings.kafka)
     await consumer.start()
     await dlq.start()

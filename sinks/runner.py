@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.structs import TopicPartition
 
 from runtime.kafka import send_to_dead_letter
 from schemas.models import Event
@@ -41,6 +42,13 @@ class SinkStats:
     batches: int = 0
     insert_retries: int = 0
     inserted_by_table: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    rows: dict[str, list[PendingRow]]
+    offsets: dict[TopicPartition, int]
+    records: int
 
 
 @dataclass(frozen=True)
@@ -76,12 +84,20 @@ class BatchingSink:
 
     async def run_once(self) -> int:
         """Consume, insert and commit one batch; return the number of records consumed."""
+        batch = await self._collect()
+        if batch is None:
+            return 0
+        await self._flush(batch)
+        return batch.records
+
+    async def _collect(self) -> _Batch | None:
+        """Fetch one batch, decode and map it; undecodable records are dead-lettered here."""
         batches = await self.consumer.getmany(
             timeout_ms=int(self.batch_timeout_s * 1000), max_records=self.batch_size
         )
         records = [r for part in batches.values() for r in part]
         if not records:
-            return 0
+            return None
         rows: dict[str, list[PendingRow]] = {}
         for record in records:
             sink = self.tables.get(record.topic)
@@ -94,15 +110,18 @@ class BatchingSink:
                 await self._dead_letter(record, exc)
                 continue
             rows.setdefault(sink.table, []).extend(PendingRow(record, row) for row in mapped)
-        for table, table_rows in rows.items():
-            await self._insert(table, table_rows)
         # position() is past the last record handed out and past any transaction markers
         # behind it, so a transactional input topic can be committed to its very end.
         offsets = {tp: await self.consumer.position(tp) for tp in batches}
-        await self.consumer.commit(offsets)
-        self.stats.consumed += len(records)
+        return _Batch(rows, offsets, len(records))
+
+    async def _flush(self, batch: _Batch) -> None:
+        """Insert every row of the batch, then (and only then) commit its offsets."""
+        for table, table_rows in batch.rows.items():
+            await self._insert(table, table_rows)
+        await self.consumer.commit(batch.offsets)
+        self.stats.consumed += batch.records
         self.stats.batches += 1
-        return len(records)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
         self.stats.dead_lettered += 1
@@ -141,13 +160,33 @@ class BatchingSink:
     async def run(
         self, stop: asyncio.Event | None = None, idle_exit_s: float | None = None
     ) -> None:
-        """Run until ``stop`` is set, or until nothing arrived for ``idle_exit_s`` seconds."""
+        """Run until ``stop`` is set, or until nothing arrived for ``idle_exit_s`` seconds.
+
+        Pipelined by one batch: batch k+1 is fetched and decoded (Python work) while batch k
+        is inserted (ClickHouse's work, in a thread). Batches are flushed strictly in order and
+        each commit follows its own insert, so the at-least-once contract is unchanged.
+        """
         last = time.monotonic()
-        while stop is None or not stop.is_set():
-            if await self.run_once():
-                last = time.monotonic()
-            elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
-                return
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while stop is None or not stop.is_set():
+                batch = await self._collect()
+                if inflight is not None:
+                    await inflight
+                    inflight = None
+                if batch is not None:
+                    last = time.monotonic()
+                    inflight = asyncio.create_task(self._flush(batch))
+                elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                    return
+        except BaseException:
+            if inflight is not None:
+                inflight.cancel()  # its offsets stay uncommitted: redelivered, never lost
+                inflight = None
+            raise
+        finally:
+            if inflight is not None:  # stopped: finish what was already consumed
+                await inflight
 
     async def wait_caught_up(self, timeout: float = 60.0) -> None:
         """Consume until committed offsets reach the end of every assigned partition."""
