@@ -183,3 +183,27 @@ def test_insert_errors_are_classified(message: str, kind: type[ClickHouseError])
     err = insert_error("embedded", RuntimeError(message))
     assert type(err) is kind
     assert err.retriable is (kind is ClickHouseError)
+
+
+async def test_the_pipelined_loop_flushes_in_order_and_commits_after_each_insert() -> None:
+    ch = FlakyClickHouse(outages=2)
+    sink = _sink(ch, [_record(i, f"i{i}") for i in range(25)])
+    sink.batch_size = 10
+    await sink.run(idle_exit_s=0.0)
+    assert ch.log == ["insert", "commit"] * 3  # batches of 10, 10, 5; never commit first
+    assert [r["event_id"] for r in ch.rows] == [f"e{i}" for i in range(25)]
+    assert sink.stats.consumed == 25 and sink.stats.batches == 3
+
+
+async def test_a_cancelled_loop_does_not_commit_what_it_did_not_insert() -> None:
+    import asyncio
+
+    ch = FlakyClickHouse(outages=10**6)  # ClickHouse never comes back
+    sink = _sink(ch, [_record(i, "a") for i in range(5)])
+    task = asyncio.create_task(sink.run())
+    while sink.stats.insert_retries < 3:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "commit" not in ch.log and sink.consumer.committed == {}
