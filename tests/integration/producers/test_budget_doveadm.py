@@ -1,0 +1,115 @@
+"""The five-connection budget, counted on the server: while the service backfills an inbox
+with INBOX, Sent and other folders and a MailSender sends through the same inbox (same
+BudgetRegistry), Dovecot never sees more than five IMAP connections for that user, and the
+budget (which also counts the SMTP connection) never exceeds five either."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from infra import dovecot, postfix
+from producers.budget import MAX_CONNECTIONS, BudgetRegistry
+from producers.registry import InboxRegistry
+from producers.send import Draft, MailSender
+from runtime.demo import imap_client
+from runtime.kafka import make_producer
+from runtime.settings import Settings
+from schemas.models import StatusEvent
+from tests.integration.conftest import MailUser
+from tests.integration.producers.service_helpers import (
+    deliver_many,
+    fast_settings,
+    readers,
+    running_service,
+)
+
+OTHER_FOLDERS = ("Archive", "Junk", "Trash")
+
+
+def fill_folders(user: MailUser, per_folder: int) -> None:
+    """Sent and three other folders get ``per_folder`` messages each (one IMAP session)."""
+    client = imap_client(user.name, user.password)
+    try:
+        for folder in ("Sent", *OTHER_FOLDERS):
+            for i in range(per_folder):
+                raw = (
+                    f"From: a@example.com\r\nTo: {user.name}\r\nSubject: {folder} {i}\r\n"
+                    f"Message-ID: <{folder}-{i}@example.com>\r\n\r\n" + "text " * 80 + "\r\n"
+                ).encode()
+                assert client.append(folder, None, None, raw)[0] == "OK"
+    finally:
+        client.logout()
+
+
+async def sample_connections(user: str, stop: asyncio.Event, seen: list[int]) -> None:
+    while not stop.is_set():
+        seen.append(await asyncio.to_thread(dovecot.who, user))
+        await asyncio.sleep(0.02)
+
+
+async def test_five_connections_at_most_while_syncing_and_sending(
+    settings: Settings,
+    mail_user: MailUser,
+    postfix_server: postfix.PostfixEndpoints,
+    tmp_path: Path,
+) -> None:
+    await asyncio.to_thread(deliver_many, mail_user.name, 1500)
+    await asyncio.to_thread(fill_folders, mail_user, 200)
+    s = fast_settings(settings, tmp_path / "inboxes", batch_size=50)
+    smtp = postfix.endpoints()
+    inbox = mail_user.inbox().model_copy(
+        update={
+            "smtp_host": smtp.tls_hostname,
+            "smtp_port": smtp.submission_port,
+            "smtp_security": "starttls",
+        }
+    )
+    InboxRegistry(s.producer.registry_dir).add(inbox)
+    budgets = BudgetRegistry()
+    kafka = make_producer(s.kafka)
+    await kafka.start()
+    sender = MailSender(kafka, s.topics, budgets)
+    seen: list[int] = []
+    stop_sampling = asyncio.Event()
+    sampler = asyncio.create_task(sample_connections(mail_user.name, stop_sampling, seen))
+    try:
+        async with readers(s) as (_, status), running_service(s, budgets):
+            await status.wait_for(
+                lambda ev: sum(e.state == "connected" for e in ev) >= 3,
+                what="three sync connections",
+            )
+            sends = [
+                sender.send(
+                    inbox,
+                    Draft(to=[mail_user.name], subject=f"sent while syncing {n}", text="hi"),
+                    idempotency_key=f"budget-{n}",
+                )
+                for n in range(4)
+            ]
+            results = await asyncio.gather(*sends)
+            assert all(r.sent_folder == "Sent" for r in results)
+            caught_up: list[StatusEvent] = await status.wait_for(
+                lambda ev: (
+                    {e.folder for e in ev if e.state == "idle"}
+                    >= {"INBOX", "Sent", "(other folders)"}
+                ),
+                timeout=120,
+                what="every folder caught up",
+            )
+            assert not [e for e in caught_up if e.state == "disconnected"]
+    finally:
+        stop_sampling.set()
+        await sampler
+        await kafka.stop()
+    budget = budgets.for_inbox(inbox.id)
+    assert max(seen) <= MAX_CONNECTIONS == 5, f"Dovecot saw {max(seen)} connections"
+    assert budget.peak <= MAX_CONNECTIONS
+    # The test did exercise the limit: three sync connections plus a sender at once.
+    assert max(seen) >= 4 and budget.peak == MAX_CONNECTIONS, (max(seen), budget.peak)
+    assert len(seen) > 20
+    deadline = time.monotonic() + 10
+    while dovecot.who(mail_user.name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert dovecot.who(mail_user.name) == 0  # everything was closed on stop
