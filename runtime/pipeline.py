@@ -21,7 +21,7 @@ from runtime.settings import InboxSettings, Settings
 from sinks.clickhouse import ClickHouse, connect
 from sinks.exceptions import ClickHouseError
 from sinks.migrate import migrate
-from sinks.retention import purge_deleted_engagements
+from sinks.retention import drop_expired_bodies, purge_deleted_engagements
 from sinks.runner import BatchingSink, SinkStats
 from sinks.tables import table_sinks
 
@@ -150,6 +150,7 @@ async def _purge_periodically(clickhouse: ClickHouse, every_s: float) -> None:
     while True:
         try:
             await asyncio.to_thread(purge_deleted_engagements, clickhouse)
+            await asyncio.to_thread(drop_expired_bodies, clickhouse)
         except ClickHouseError as exc:  # an outage: the next round tries again
             log.warning("engagement purge failed, will retry: %s", exc)
         await asyncio.sleep(every_s)

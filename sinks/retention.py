@@ -56,6 +56,24 @@ def purge_deleted_engagements(ch: ClickHouse, now: datetime | None = None) -> in
     return len(ids)
 
 
+def drop_expired_bodies(ch: ClickHouse) -> int:
+    """Physically clear ``body_text`` of engagements that got a ``body.expired`` event (the
+    engagements_current view already hides it); return how many engagements were cleared."""
+    rows = ch.query(
+        f"SELECT DISTINCT engagement_id FROM {ch.database}.engagements "
+        "WHERE event_type = 'body.expired' AND engagement_id IN ("
+        f"SELECT engagement_id FROM {ch.database}.engagements WHERE body_text IS NOT NULL)"
+    )
+    ids = [str(r["engagement_id"]) for r in rows]
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ", ".join(_quote(i) for i in ids[start : start + _CHUNK])
+        ch.command(
+            f"ALTER TABLE {ch.database}.engagements UPDATE body_text = NULL "
+            f"WHERE engagement_id IN ({chunk}) SETTINGS mutations_sync = 2"
+        )
+    return len(ids)
+
+
 def apply_ttl(ch: ClickHouse) -> None:
     """Merge now, so expired rows go now rather than at the next background TTL merge.
     OPTIMIZE ... FINAL rewrites every partition: an operator action, not a hot-path one."""
@@ -64,7 +82,9 @@ def apply_ttl(ch: ClickHouse) -> None:
 
 
 def enforce_retention(ch: ClickHouse, now: datetime | None = None) -> int:
-    """Purge deleted engagements, then apply the TTLs; return the engagements purged."""
+    """Purge deleted engagements, clear expired engagement bodies, then apply the TTLs;
+    return the engagements purged."""
     purged = purge_deleted_engagements(ch, now)
+    drop_expired_bodies(ch)
     apply_ttl(ch)
     return purged

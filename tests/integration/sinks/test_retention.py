@@ -43,8 +43,9 @@ async def test_ttls_and_the_engagement_purge(settings: Settings, unique: str) ->
         settings,
         t.engagements.name,
         [
-            # never deleted: kept however old
+            # never deleted: kept however old; its body expired, so the text goes
             ev.engagement("live", inbox, "crm-a", ev.ago(days=61)),
+            ev.engagement("live", inbox, "crm-a", ev.ago(days=54), event_type="body.expired"),
             # deleted 91 days ago: past its 90 days, every row of it must go
             ev.engagement("gone", inbox, "crm-b", ev.ago(days=120)),
             ev.engagement("gone", inbox, "crm-b", ev.ago(days=91), event_type="engagement.deleted"),
@@ -87,7 +88,7 @@ async def test_ttls_and_the_engagement_purge(settings: Settings, unique: str) ->
     assert _kept(ch, "threads", "toUInt32(substring(thread_id, 2))") == [1, 8]
     assert _kept(ch, "inbox_status", "toUInt32(reason)") == [1, 8]
     assert [(r["engagement_id"], int(r["n"])) for r in ch.query(engagement_rows)] == [
-        ("live", 1),
+        ("live", 2),
         ("recent", 2),
         ("seq", 2),
     ]
@@ -99,6 +100,15 @@ async def test_ttls_and_the_engagement_purge(settings: Settings, unique: str) ->
         ("live", False),
         ("recent", True),
         ("seq", True),
+    ]
+    bodies = ch.query(
+        f"SELECT engagement_id, countIf(body_text IS NOT NULL) AS with_body "
+        f"FROM {ch.database}.engagements FINAL GROUP BY engagement_id ORDER BY engagement_id"
+    )
+    assert [(r["engagement_id"], int(r["with_body"])) for r in bodies] == [
+        ("live", 0),  # cleared on disk, not only hidden by the view
+        ("recent", 1),
+        ("seq", 1),
     ]
     # the CRM's own mail has no age limit (sequence mail indefinitely)
     assert _kept(ch, "crm_outbound", "dateDiff('day', sent_at, now())") == [120, 400]
