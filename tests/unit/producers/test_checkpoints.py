@@ -90,7 +90,7 @@ def inbox(**kw: object) -> InboxSettings:
         "username": "a",
         "password": "s3cret",
     }
-    return InboxSettings(**(base | kw))  # type: ignore[arg-type]
+    return InboxSettings(**(base | kw))
 
 
 def test_registry_round_trip_is_private_and_keeps_the_password(tmp_path: Path) -> None:
