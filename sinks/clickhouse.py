@@ -259,7 +259,12 @@ def connect_for_reading(settings: ClickHouseSettings) -> ClickHouse:
 
         info = EndpointInfo.read(settings.path)
         if info is not None and info.alive():
-            return RemoteEmbeddedClickHouse(info, settings.database)
+            remote = RemoteEmbeddedClickHouse(info, settings.database)
+            try:
+                remote.query("SELECT 1")
+                return remote
+            except ClickHouseError:
+                pass  # a stale file (the pid was reused): the path may well be free
     return connect(settings)
 
 
