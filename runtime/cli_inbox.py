@@ -27,7 +27,11 @@ from producers.status import latest_status
 from runtime.settings import InboxSettings, Settings, describe_validation_error
 
 console = Console(stderr=True)
-out = Console()
+
+
+def _out() -> Console:
+    """Made per call so the width follows the terminal (or ``COLUMNS``) of this run."""
+    return Console()
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -164,7 +168,7 @@ def inbox_list(ctx: click.Context) -> None:
             "logged" if i.log_attachments else "off",
             "unverified allowed" if i.allow_unverified_certificate else "verified",
         )
-    out.print(table)
+    _out().print(table)
     for name, reason in registry.errors.items():
         console.print(f"[yellow]skipped {name}:[/yellow] {reason}")
 
@@ -200,14 +204,14 @@ def inbox_status(ctx: click.Context, inbox_id: str | None) -> None:
             event.reason or "",
             event.at.isoformat(timespec="seconds"),
         )
-    out.print(table)
+    _out().print(table)
     folders = Table("inbox", "folder", "uidvalidity", "last uid", "highestmodseq")
     for (i, folder), cp in sorted(checkpoints.items()):
         if i in ids:
             folders.add_row(
                 i, folder, str(cp.uidvalidity), str(cp.last_uid), str(cp.highestmodseq or "")
             )
-    out.print(folders)
+    _out().print(folders)
 
 
 async def _read_status(settings: Settings) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
