@@ -37,7 +37,7 @@ from aioimaplib import aioimaplib
 
 from producers.checkpoints import Checkpoint, CheckpointStore
 from producers.exceptions import ConnectTimeoutError, ProtocolError
-from producers.fetch import parse_fetch_lines
+from producers.fetch import FetchedItem, parse_fetch_lines
 from producers.folder_sync import FolderProgress, sync_folder
 from producers.imap import ImapConnection, SelectedFolder
 from producers.parse import FetchedMessage, event_id, parse_message
@@ -80,6 +80,21 @@ def expand_uid_set(text: str) -> list[int]:
             lo, hi = hi, lo
         out.extend(range(lo, hi + 1))
     return out
+
+
+def compress_uid_set(uids: list[int]) -> str:
+    """Sorted UIDs -> ``1:3,7``: the shortest IMAP sequence set, so a batch of scattered UIDs
+    fits one command line. Inverse of ``expand_uid_set``."""
+    parts: list[str] = []
+    start = prev = uids[0]
+    for uid in uids[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    parts.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(parts)
 
 
 def vanished_uids(lines: list[Any], *, routed: bool = False) -> list[int]:
@@ -192,6 +207,11 @@ class FolderWatch:
     async def _publish_changes(
         self, conn: ImapConnection, selected: SelectedFolder, cp: Checkpoint, *, qresync: bool
     ) -> None:
+        """Flag changes (and VANISHED UIDs) since the checkpoint's MODSEQ.
+
+        First only ``(UID FLAGS MODSEQ)`` of the changed messages - a few dozen bytes each, so
+        even "mark all 100,000 as read" stays small - then their headers in bounded batches.
+        """
         modifier = f"(CHANGEDSINCE {cp.highestmodseq}{' VANISHED' if qresync else ''})"
         # aioimaplib routes untagged lines by name and drops "* VANISHED": park a collector
         # under that name while our FETCH runs (it is never sent, so never completes).
@@ -199,50 +219,63 @@ class FolderWatch:
         collector = aioimaplib.Command("VANISHED", "vanished-collector", loop=protocol.loop)
         protocol.pending_async_commands["VANISHED"] = collector
         try:
-            response = await conn.uid_fetch(f"1:{cp.last_uid}", f"{CHANGES_ITEMS} {modifier}")
+            response = await conn.uid_fetch(f"1:{cp.last_uid}", f"(UID FLAGS MODSEQ) {modifier}")
         finally:
             if protocol.pending_async_commands.get("VANISHED") is collector:
                 del protocol.pending_async_commands["VANISHED"]
-        acks = []
-        for item in parse_fetch_lines(response.lines):
-            if item.uid > cp.last_uid:
-                continue  # a new message: step 3 publishes it in full
-            message, _ = parse_message(
-                FetchedMessage(
-                    inbox_id=self.inbox_id,
-                    folder=self.folder,
-                    folder_role=self.role,
-                    uidvalidity=selected.uidvalidity,
-                    uid=item.uid,
-                    raw=item.raw or b"",
-                    flags=item.flags,
-                    internal_date=item.internal_date,
-                    size=item.size,
-                    modseq=item.modseq,
-                ),
-                log_attachments=False,
-                producer=self.producer_name,
-            )
-            flags_event = message.model_copy(
-                update={
-                    "event_type": "message.flags",
-                    "event_id": event_id(
-                        self.inbox_id,
-                        self.folder,
-                        selected.uidvalidity,
-                        item.uid,
-                        "message.flags",
-                        item.modseq,
-                    ),
-                }
-            )
-            acks.append(await self.publisher.send(flags_event, self.inbox_id))
+        # UIDs above the checkpoint are new messages: step 3 publishes them in full.
+        changed = sorted({i.uid for i in parse_fetch_lines(response.lines) if i.uid <= cp.last_uid})
+        gone: list[int] = []
         if qresync:
             reported = vanished_uids(collector.response.lines, routed=True)
             reported += vanished_uids(response.lines)
             gone = sorted({u for u in reported if u <= cp.last_uid})
-            acks += await self._publish_expunged(selected, gone)
-        await asyncio.gather(*acks)
+        del response
+        for at in range(0, len(changed), self.batch_size):
+            chunk = changed[at : at + self.batch_size]
+            headers = await conn.uid_fetch(compress_uid_set(chunk), CHANGES_ITEMS)
+            acks = []
+            for item in parse_fetch_lines(headers.lines):
+                if item.uid > cp.last_uid:
+                    continue
+                acks.append(
+                    await self.publisher.send(self._flags_event(selected, item), self.inbox_id)
+                )
+            await asyncio.gather(*acks)
+        await asyncio.gather(*await self._publish_expunged(selected, gone))
+
+    def _flags_event(self, selected: SelectedFolder, item: FetchedItem) -> MessageEvent:
+        """The message's envelope with its new flags; event_id includes the MODSEQ, so each
+        change is its own event and a re-sent change keeps its id."""
+        message, _ = parse_message(
+            FetchedMessage(
+                inbox_id=self.inbox_id,
+                folder=self.folder,
+                folder_role=self.role,
+                uidvalidity=selected.uidvalidity,
+                uid=item.uid,
+                raw=item.raw or b"",
+                flags=item.flags,
+                internal_date=item.internal_date,
+                size=item.size,
+                modseq=item.modseq,
+            ),
+            log_attachments=False,
+            producer=self.producer_name,
+        )
+        return message.model_copy(
+            update={
+                "event_type": "message.flags",
+                "event_id": event_id(
+                    self.inbox_id,
+                    self.folder,
+                    selected.uidvalidity,
+                    item.uid,
+                    "message.flags",
+                    item.modseq,
+                ),
+            }
+        )
 
     async def _publish_expunged(
         self, selected: SelectedFolder, uids: list[int]

@@ -13,35 +13,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from producers.checkpoints import checkpoint_key
-from producers.live import LiveTimings, expand_uid_set, is_change, vanished_uids
+from producers.live import (
+    LiveTimings,
+    compress_uid_set,
+    expand_uid_set,
+    is_change,
+    vanished_uids,
+)
 from producers.registry import InboxRegistry, inbox_fingerprint
 from producers.service import backoff_delay
 from runtime.cli_inbox import read_password
 from runtime.settings import InboxSettings
 
 
-def compress(uids: list[int]) -> str:
-    """The inverse of expand_uid_set, written the way servers do (runs as lo:hi)."""
-    parts = []
-    run_start = prev = uids[0]
-    for uid in [*uids[1:], None]:
-        if uid is not None and uid == prev + 1:
-            prev = uid
-            continue
-        parts.append(str(run_start) if run_start == prev else f"{run_start}:{prev}")
-        if uid is not None:
-            run_start = prev = uid
-    return ",".join(parts)
-
-
 @given(st.sets(st.integers(min_value=1, max_value=5000), min_size=1, max_size=200))
 def test_uid_set_round_trip(uids: set[int]) -> None:
     ordered = sorted(uids)
-    assert expand_uid_set(compress(ordered)) == ordered
+    assert expand_uid_set(compress_uid_set(ordered)) == ordered
 
 
 def test_uid_set_high_to_low_range() -> None:
     assert expand_uid_set("5:3,9") == [3, 4, 5, 9]
+    assert compress_uid_set([1, 2, 3, 7, 9, 10]) == "1:3,7,9:10"
 
 
 def test_vanished_lines_as_the_server_sends_them_and_as_aioimaplib_routes_them() -> None:
