@@ -24,8 +24,8 @@ Bodies never enter state: a body whose message already matched CRM mail goes str
 engagement; a reply candidate (a message with In-Reply-To/References) not matched yet keeps
 only the offset of its body in inbox.bodies, for ``REPLY_HOLD_MS``; if its crm.outbound record
 comes in that window the body is read back from the topic (retained 7 days). Other bodies are
-dropped. A body processed before its message (two topics, no order between them) is deferred:
-its partition is re-read from that offset later.
+dropped. A body processed before its message (two topics, no order between them) is held the
+same way, as an offset, until its message comes.
 """
 
 from __future__ import annotations
@@ -193,9 +193,6 @@ class StreamProcessor:
             restored = await restore(
                 self.settings.kafka, self.topics.changelogs, missing, self.config.algorithm
             )
-            for p, state in restored.items():
-                committed = await self._consumer.committed(TopicPartition(self.topics.messages, p))
-                state.messages_next = committed or 0
             self.states.update(restored)
 
     async def run(
@@ -269,14 +266,8 @@ class StreamProcessor:
         for tp in sorted(batch, key=lambda t: (order.get(t.topic, 2), t.topic, t.partition)):
             state = self.states[tp.partition]
             for rec in batch[tp]:
-                if tp.topic == self.topics.bodies and self._must_defer(state, rec):
-                    self._consumer.seek(tp, rec.offset)
-                    self.stats.counts["bodies_deferred"] += 1
-                    break
                 await self._handle_record(state, rec)
                 offsets[tp] = rec.offset + 1
-                if tp.topic == self.topics.messages:
-                    state.messages_next = rec.offset + 1
                 self.stats.records += 1
         for p in {tp.partition for tp in batch}:
             await self._sweep(self.states[p])
@@ -315,7 +306,7 @@ class StreamProcessor:
             if topic == self.topics.messages:
                 message = serde_for(MessageEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                self._on_message(state, rec, message)
+                await self._on_message(state, rec, message)
             elif topic == self.topics.bodies:
                 body = serde_for(BodyEvent).decode(rec.value, rec.headers)
                 stage = "process"
@@ -337,7 +328,7 @@ class StreamProcessor:
             self.stats.counts[f"dead_letter:{topic}"] += 1
             await send_to_dead_letter(self._producer, self.topics.dead_letter, rec, stage, exc)
 
-    def _on_message(self, state: PartitionState, rec: Record, ev: MessageEvent) -> None:
+    async def _on_message(self, state: PartitionState, rec: Record, ev: MessageEvent) -> None:
         if ev.event_type != "message.new":
             self.stats.counts["messages_ignored_type"] += 1
             return
@@ -362,10 +353,15 @@ class StreamProcessor:
             state.record_message(inbox, e)
         for event in events:
             self._emit(self.topics.threads, inbox, event, event.event_type)
-        if not (ev.in_reply_to or ev.references):
+        key = f"{inbox}\x00{ev.event_id}"
+        orphan = state.pending.get(key)  # its body came first: we hold only the body's offset
+        body_at = orphan.get("body_at") if orphan else None
+        if not (ev.in_reply_to or ev.references) or (
+            engagement_id(inbox, ev.message_id) in state.engagements  # a copy, already logged
+        ):
+            if orphan is not None:
+                state.put("pending", key, None)
             return
-        if engagement_id(inbox, ev.message_id) in state.engagements:
-            return  # another copy (folder) of a reply already logged
         reply = {
             "inbox_id": inbox,
             "event_id": ev.event_id,
@@ -378,37 +374,36 @@ class StreamProcessor:
             "observed_ms": observed,
         }
         match = find_match(ev.message_id, ev.in_reply_to, ev.references, state.crm.__contains__)
-        state.put(
-            "pending",
-            f"{inbox}\x00{ev.event_id}",
-            {"reply": reply, "since_ms": observed, "match": _match_json(match), "body_at": None},
-        )
-
-    def _must_defer(self, state: PartitionState, rec: Record) -> bool:
-        """A body whose message is not processed yet, while the message topic still has
-        unread records for this partition: read it again later instead of storing it."""
-        assert self._consumer is not None
-        try:
-            body = serde_for(BodyEvent).decode(rec.value, rec.headers)
-        except Exception:
-            return False  # the normal path dead-letters it
-        if state.knows(body.inbox_id, body.event_id):
-            return False
-        tp = TopicPartition(self.topics.messages, state.partition)
-        lso = self._consumer.last_stable_offset(tp)
-        return lso is None or lso > state.messages_next
+        held = {
+            "reply": reply,
+            "since_ms": observed,
+            "match": _match_json(match),
+            "body_at": body_at,
+        }
+        state.put("pending", key, held)
+        if match is not None and body_at is not None:
+            await self._emit_engagement(state, key)
 
     async def _on_body(self, state: PartitionState, rec: Record, ev: BodyEvent) -> None:
         key = f"{ev.inbox_id}\x00{ev.event_id}"
         held = state.pending.get(key)
-        if held is None:
-            # Not a reply candidate (or never seen): bodies of threads the CRM never sent or
-            # logged do not enter state or output.
-            self.stats.counts["bodies_dropped"] += 1
-            return
         if expired(_ms(ev.observed_at) or 0, state.watermark_ms, BODY_TTL_MS):
             self.stats.counts["bodies_too_old"] += 1
             return
+        if held is None:
+            if not state.knows(ev.inbox_id, ev.event_id):
+                # Its message is not processed yet (two topics, no order between them): hold
+                # the body's offset, never the body, until the message comes.
+                since = _ms(ev.observed_at) or state.watermark_ms
+                state.put("pending", key, {"body_at": rec.offset, "since_ms": since})
+                self.stats.counts["bodies_before_message"] += 1
+                return
+            # Not a reply candidate: bodies of threads the CRM never sent or logged do not
+            # enter state or output.
+            self.stats.counts["bodies_dropped"] += 1
+            return
+        if "reply" not in held:
+            return  # a second copy of an early body
         body = _body_json(ev)
         if held["match"] is not None:
             await self._emit_engagement(state, key, body)
@@ -450,9 +445,9 @@ class StreamProcessor:
         }
         state.put("crm", ev.message_id, crm)
         for key, held in sorted(state.pending.items()):
-            reply = held["reply"]
-            if held["match"] is not None:
+            if "reply" not in held or held["match"] is not None:
                 continue
+            reply = held["reply"]
             if not mentions(ev.message_id, reply["in_reply_to"], reply["references"]):
                 continue
             match = find_match(
@@ -469,7 +464,7 @@ class StreamProcessor:
         self, state: PartitionState, key: str, body: dict[str, Any] | None = None
     ) -> None:
         held = state.pending.get(key)
-        if held is None or held["match"] is None:
+        if held is None or held.get("match") is None:
             return
         reply = held["reply"]
         inbox = reply["inbox_id"]
@@ -561,7 +556,7 @@ class StreamProcessor:
         for key, held in sorted(state.pending.items()):
             if not expired(held["since_ms"], wm, REPLY_HOLD_MS):
                 continue
-            if held["match"] is not None:
+            if held.get("match") is not None:
                 # matched but its body never came: log the engagement without a body
                 await self._emit_engagement(state, key)
             else:

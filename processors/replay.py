@@ -37,14 +37,17 @@ async def seek_group_to_time(
     consumer = make_consumer(settings.kafka, group_id=group_id)
     await consumer.start()
     try:
+        cluster = await consumer._client.fetch_all_metadata()
         tps = [
             TopicPartition(t, p)
             for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or ())
+            for p in sorted(cluster.partitions_for_topic(t) or ())
         ]
         found = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in tps})
         end = await consumer.end_offsets(tps)
-        offsets = {tp: (found[tp].offset if found.get(tp) else end[tp]) for tp in tps}
+        offsets = {tp: (hit.offset if (hit := found.get(tp)) else end[tp]) for tp in tps}
+        if not offsets:
+            raise ValueError(f"none of {topics} has partitions; nothing to replay")
         consumer.assign(tps)
         await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
         return offsets

@@ -55,9 +55,7 @@ class PartitionState:
     pending: dict[str, Json] = field(default_factory=dict)
     engagements: dict[str, Json] = field(default_factory=dict)
     watermark_ms: int = 0
-    # In memory only: the next inbox.messages offset to process (bodies wait for it), and the
-    # event-time hour of the last metadata sweep.
-    messages_next: int = 0
+    # In memory only: the event-time hour of the last metadata sweep.
     swept_bucket: int = -1
     changes: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
 

@@ -69,7 +69,8 @@ def process(
 
         def in_transaction() -> None:
             # The kill -9 test waits for this line: a transaction is open right now.
-            sys.stderr.write("IN-TRANSACTION\n")
+            assigned = processor.stats.counts["out:thread.assigned"]
+            sys.stderr.write(f"IN-TRANSACTION {assigned}\n")
             sys.stderr.flush()
 
         processor.on_in_transaction = in_transaction
