@@ -66,7 +66,7 @@ async def test_offline_stream_and_dovecot_agree(
             typ, _ = client.append("INBOX", None, when, mail.raw)
             assert typ == "OK"
         client.select("INBOX", readonly=True)
-        _, uid_data = client.uid("SEARCH", None, "ALL")
+        _, uid_data = client.uid("SEARCH", "ALL")
         uids = [int(u) for u in uid_data[0].split()]
         typ, data = client.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
         assert typ == "OK"

@@ -1,0 +1,83 @@
+"""End to end (issue 6's last item): the CRM sends through Alice's inbox (Postfix), Bob replies
+into Alice's INBOX, Alice's mailbox is synced over IMAP, and the processor turns the reply into
+a ``crm.engagements`` event with how it matched, the body text and the attachment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+from infra import dovecot
+from processors.processor import ProcessorConfig, run_processor
+from processors.topology import ProcessorTopics
+from producers.send import Draft, MailSender
+from runtime.pipeline import sync_inbox_once
+from runtime.settings import Settings
+from schemas.models import EngagementEvent, MessageEvent
+from tests.integration.processors.conftest import read_all
+from tests.integration.processors.test_scale_and_replay import assignments
+from tests.integration.send.conftest import Person, mail_sender, people
+
+__all__ = ["mail_sender", "people"]  # fixtures used below
+
+
+async def test_reply_to_crm_mail_becomes_an_engagement(
+    settings: Settings,
+    people: Callable[..., Person],
+    mail_sender: MailSender,
+    unique: str,
+) -> None:
+    alice, bob = people("alice"), people("bob")
+    sent = await mail_sender.send(
+        alice.inbox(),
+        Draft(to=[f"Bob Buyer <{bob.name}>"], subject="Your quote", text="Here is the quote."),
+        crm_ref="deal-42",
+        idempotency_key=f"quote-{unique}",
+    )
+    assert bob.wait_for("INBOX", 1), "the CRM mail never reached Bob"
+
+    reply = EmailMessage()
+    reply["From"] = f"Bob Buyer <{bob.name}>"
+    reply["To"] = alice.name
+    reply["Subject"] = "Re: Your quote"
+    reply["Message-ID"] = make_msgid(domain="buyer.test")
+    reply["In-Reply-To"] = f"<{sent.message_id}>"
+    reply["References"] = f"<{sent.message_id}>"
+    reply.set_content("Looks good, let's sign on Monday.")
+    reply.add_attachment(
+        b"%PDF-1.4 signed", maintype="application", subtype="pdf", filename="po.pdf"
+    )
+    dovecot.deliver(alice.name, bytes(reply), sender=bob.name)
+    # a private mail in the same inbox: its body must not come out
+    private = EmailMessage()
+    private["From"] = "friend@example.test"
+    private["To"] = alice.name
+    private["Subject"] = "Re: dinner"
+    private["Message-ID"] = make_msgid(domain="friend.test")
+    private["In-Reply-To"] = "<dinner@friend.test>"
+    private.set_content("PRIVATE-DINNER-TEXT")
+    dovecot.deliver(alice.name, bytes(private))
+
+    await sync_inbox_once(settings, alice.inbox())
+    await run_processor(settings, ProcessorConfig(group_id=f"e2e-{unique}"), idle_exit_s=3)
+
+    topics = ProcessorTopics.build(settings.topics)
+    engagements = await read_all(settings, topics.engagements, EngagementEvent)
+    assert len(engagements) == 1
+    eng = engagements[0]
+    assert eng.event_type == "engagement.created"
+    assert eng.message_id == reply["Message-ID"].strip("<>")
+    assert eng.crm_message_id == sent.message_id
+    assert eng.matched_by == "in_reply_to"
+    assert eng.crm_ref == "deal-42" and eng.inbox_id == alice.name
+    assert (eng.contact_email, eng.contact_name) == (bob.name, "Bob Buyer")
+    assert eng.subject == "Re: Your quote"
+    assert eng.body_text and "sign on Monday" in eng.body_text
+    assert [a.filename for a in eng.attachments] == ["po.pdf"]
+    assert "PRIVATE-DINNER-TEXT" not in repr(engagements)
+    # the reply shares the thread of the CRM mail's copy in Alice's Sent folder
+    synced = await read_all(settings, settings.topics.messages.name, MessageEvent)
+    sent_copy = next(m for m in synced if m.message_id == sent.message_id)
+    assert sent_copy.folder_role == "sent"
+    assert (await assignments(settings))[sent_copy.event_id] == eng.thread_id
