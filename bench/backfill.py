@@ -1,0 +1,164 @@
+"""Benchmark: backfill of one big folder into Kafka, against a plain imaplib UID FETCH loop.
+
+Fills a Dovecot INBOX with N realistic messages (bench/big_mailbox.py), then, over the same
+folder:
+
+* baseline: stdlib ``imaplib`` fetching every message (the backfill's FETCH items, same batch
+  size) and doing nothing with it: the floor any IMAP backfill pays;
+* ours: ``sync_folder`` (our connection and FETCH reader, MIME parsing, both events Avro-encoded
+  and published to the real Kafka with acks=all, waiting for the acks batch by batch).
+
+Prints messages/s for both, the ratio, and our process's RSS (psutil, sampled every 50 ms):
+before the backfill, the peak during it, and the folder's size for scale.
+
+Run: ``.venv/bin/python -m bench.backfill [N] [BATCH]`` (default 20,000 messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import ssl
+import sys
+import threading
+import time
+import uuid
+
+import psutil
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.big_mailbox import filled_user
+from infra import dovecot, kafka
+from producers.fetch import BACKFILL_BATCH, parse_fetch_lines
+from producers.folder_sync import FETCH_ITEMS_CONDSTORE, sync_folder
+from producers.imap import ImapConnection, ImapEndpoint
+from producers.publish import EventPublisher
+from runtime.kafka import client_options, ensure_topics, make_producer
+from runtime.settings import KafkaSettings, TopicSettings
+
+DEFAULT_BATCH = BACKFILL_BATCH
+
+
+class PeakRss:
+    """Samples this process's RSS in a thread, so a busy event loop cannot hide a peak."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.proc = psutil.Process()
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def imaplib_loop(user: str, password: str, n: int, batch: int) -> float:
+    ep = dovecot.endpoints()
+    ctx = ssl.create_default_context(cafile=str(ep.ca_cert))
+    client = imaplib.IMAP4_SSL(ep.tls_hostname, ep.imaps_port, ssl_context=ctx)
+    client.login(user, password)
+    client.select("INBOX", readonly=True)
+    got = 0
+    start = time.perf_counter()
+    for lo in range(1, n + 1, batch):
+        typ, data = client.uid("FETCH", f"{lo}:{lo + batch - 1}", FETCH_ITEMS_CONDSTORE)
+        assert typ == "OK"
+        got += sum(1 for part in data if isinstance(part, tuple))
+    elapsed = time.perf_counter() - start
+    client.logout()
+    assert got == n, (got, n)
+    return n / elapsed
+
+
+async def ours(
+    user: str, password: str, n: int, batch: int, settings: KafkaSettings, topics: TopicSettings
+) -> tuple[float, int, int]:
+    ep = dovecot.endpoints()
+    producer = make_producer(settings)
+    await producer.start()
+    conn = await ImapConnection.open(
+        ImapEndpoint(ep.tls_hostname, ep.imaps_port, ca_file=ep.ca_cert), user, password
+    )
+    before = psutil.Process().memory_info().rss
+    try:
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            result = await sync_folder(
+                conn,
+                EventPublisher(producer, topics),
+                inbox_id=user,
+                folder="INBOX",
+                role="inbox",
+                batch_size=batch,
+            )
+            await producer.flush()
+            elapsed = time.perf_counter() - start
+    finally:
+        await conn.logout()
+        await producer.stop()
+    assert result.published == n, (result.published, n)
+    return n / elapsed, before, rss.peak
+
+
+async def warm(user: str, password: str) -> None:
+    """Read the folder once so both contenders find Dovecot's index and the files cached."""
+    ep = dovecot.endpoints()
+    conn = await ImapConnection.open(
+        ImapEndpoint(ep.tls_hostname, ep.imaps_port, ca_file=ep.ca_cert), user, password
+    )
+    try:
+        selected = await conn.select("INBOX")
+        for lo in range(1, selected.uidnext, 2_000):
+            response = await conn.uid_fetch(f"{lo}:{lo + 1_999}", FETCH_ITEMS_CONDSTORE)
+            parse_fetch_lines(response.lines)
+    finally:
+        await conn.logout()
+
+
+async def main(n: int, batch: int) -> None:
+    for mod in (kafka, dovecot):
+        mod.install()
+        mod.start()
+    settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers())
+    topics = TopicSettings().with_prefix(f"benchbackfill{uuid.uuid4().hex[:8]}.")
+    specs = [topics.messages, topics.bodies, topics.status]
+    await ensure_topics(settings, topics, specs)
+    start = time.perf_counter()
+    user, password, size = filled_user(n, "benchbackfill")
+    filled = time.perf_counter() - start
+    print(f"folder: {n} messages, {size / 1e6:.1f} MB, filled in {filled:.0f} s")
+    print(f"batch: {batch} messages per UID FETCH; items {FETCH_ITEMS_CONDSTORE}")
+    try:
+        await warm(user, password)
+        base = await asyncio.to_thread(imaplib_loop, user, password, n, batch)
+        print(f"imaplib UID FETCH loop (fetch only):       {base:9.0f} msg/s", flush=True)
+        rate, before, peak = await ours(user, password, n, batch, settings, topics)
+        print(f"inboxstream backfill (fetch+parse+Kafka):  {rate:9.0f} msg/s")
+        print(f"ratio inboxstream / imaplib:               {rate / base:9.2f}")
+        print(
+            f"RSS: {before / 1e6:.0f} MB before, peak {peak / 1e6:.0f} MB during the backfill "
+            f"(growth {(peak - before) / 1e6:.0f} MB for a {size / 1e6:.0f} MB folder)"
+        )
+    finally:
+        dovecot.remove_user(user)
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await admin.start()
+        try:
+            await admin.delete_topics([s.name for s in specs])
+        finally:
+            await admin.close()
+
+
+if __name__ == "__main__":
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    asyncio.run(main(count, int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_BATCH))
