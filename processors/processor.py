@@ -85,6 +85,9 @@ class ProcessorConfig:
     version: str = ""
     max_records: int = 1000
     fetch_timeout_ms: int = 200
+    # False only for the benchmark's baseline: the same loop with at-least-once commits
+    # (outputs flushed, then offsets committed; a crash in between duplicates output).
+    exactly_once: bool = True
     # Test hook: sleep this long inside each transaction after the outputs were sent, and call
     # ``on_in_transaction`` first, so a test can kill the process with a transaction open.
     pause_in_transaction_s: float = 0.0
@@ -97,6 +100,7 @@ class ProcessorStats:
     aborted: int = 0
     dead_lettered: int = 0
     counts: Counter[str] = field(default_factory=Counter)
+    busy_s: float = 0.0  # wall time spent in batches (fetch waits excluded)
 
 
 def _ms(value: datetime | None) -> int | None:
@@ -147,7 +151,11 @@ class StreamProcessor:
         await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
         self._producer = AIOKafkaProducer(
             **client_options(self.settings.kafka),
-            transactional_id=f"{self.config.group_id}-{self.config.instance_id}",
+            transactional_id=(
+                f"{self.config.group_id}-{self.config.instance_id}"
+                if self.config.exactly_once
+                else None
+            ),
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
@@ -221,6 +229,11 @@ class StreamProcessor:
             batch = {tp: rs for tp, rs in batch.items() if tp.partition in self.states}
             if not batch:
                 return
+            started = time.perf_counter()
+            if not self.config.exactly_once:
+                await self._process_at_least_once(batch)
+                self.stats.busy_s += time.perf_counter() - started
+                return
             try:
                 async with self._producer.transaction():
                     offsets = await self._handle_batch(batch)
@@ -241,6 +254,16 @@ class StreamProcessor:
                 await asyncio.sleep(1.0)
                 return
             self.stats.batches += 1
+            self.stats.busy_s += time.perf_counter() - started
+
+    async def _process_at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        """Baseline for the benchmark only: no transaction, commit after the outputs flushed."""
+        assert self._producer is not None and self._consumer is not None
+        offsets = await self._handle_batch(batch)
+        await self._producer.flush()
+        if offsets:
+            await self._consumer.commit(offsets)
+        self.stats.batches += 1
 
     async def _rewind(self, partitions: set[int]) -> None:
         """After an abort: state and positions back to what the last commit says."""
