@@ -146,10 +146,15 @@ class InboxWorker:
                         attempt = 0
                         self._logged_in.set()
                         await self.status.emit("connected", reason=_ROLE_TEXT[role])
-                        if await self._run_role(role, conn):
-                            return
-                    finally:
+                        done = await self._run_role(role, conn)
+                    except BaseException:
+                        # Cancelled (stop/remove) or failed, possibly mid-IDLE or on a dead
+                        # socket: a polite LOGOUT could wait for the IDLE to end. Just close.
+                        conn.abort()
+                        raise
+                    if done:
                         await conn.logout()
+                        return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -279,8 +284,12 @@ class ProducerService:
                 except TimeoutError:
                     pass
         finally:
-            for inbox_id in list(self.workers):
-                await self._stop_worker(inbox_id, "the producer service is shutting down")
+            await asyncio.gather(
+                *(
+                    self._stop_worker(inbox_id, "the producer service is shutting down")
+                    for inbox_id in list(self.workers)
+                )
+            )
             await self.store.stop()
             await producer.stop()
 

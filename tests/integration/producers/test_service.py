@@ -158,3 +158,46 @@ async def test_dropped_connections_reconnect_and_sync_continues(
         await messages.wait_for(
             lambda ev: any(e.subject == "bulk 7" for e in ev), what="mail after reconnect"
         )
+
+
+async def test_one_process_holds_many_inboxes(
+    settings: Settings, dovecot_server: dovecot.DovecotEndpoints, unique: str, tmp_path: Path
+) -> None:
+    """Fifteen inboxes (45 IMAP connections) in one event loop, each backfilled and live.
+
+    Fifteen, not hundreds: the shared test Dovecot runs at most 100 imap processes
+    (default_process_limit) for every test running at the same time."""
+    users = [MailUser(f"m{unique}{n}@inboxstream.test", f"pw-{unique}-{n}") for n in range(15)]
+    s = fast_settings(settings, tmp_path / "inboxes")
+    registry = InboxRegistry(s.producer.registry_dir)
+    try:
+        for user in users:
+            dovecot.add_user(user.name, user.password)
+            await asyncio.to_thread(deliver_many, user.name, 2)
+            registry.add(user.inbox())
+        async with readers(s) as (messages, status), running_service(s) as service:
+            await status.wait_for(
+                lambda ev: (
+                    len({e.inbox_id for e in ev if e.state == "idle" and e.folder == "INBOX"})
+                    == len(users)
+                ),
+                timeout=120,
+                what="every inbox idle",
+            )
+            got = await messages.read_to_end()
+            assert len(new_messages(got)) == 2 * len(users)
+            assert {e.inbox_id for e in got} == {u.name for u in users}
+            assert all(not r.task.done() for r in service.workers.values())
+            # Live on every one of them: one new message each.
+            for user in users:
+                await asyncio.to_thread(deliver_many, user.name, 1, start=50)
+            await messages.wait_for(
+                lambda ev: (
+                    len([e for e in new_messages(ev) if e.subject == "bulk 50"]) == len(users)
+                ),
+                timeout=120,
+                what="live mail in every inbox",
+            )
+    finally:
+        for user in users:
+            dovecot.remove_user(user.name)
