@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import hashlib
 import re
 from collections.abc import Callable
@@ -127,14 +128,24 @@ def decode_text(value: str | None) -> str | None:
 
 
 def _addresses(msg: Message, name: str) -> list[Address]:
-    values = [str(v) for v in msg.get_all(name, [])]
+    values = msg.get_all(name)
+    if not values:
+        return []
+    return list(_parse_addresses(tuple(str(v) for v in values)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_addresses(values: tuple[str, ...]) -> tuple[Address, ...]:
+    """Address headers repeat across a mailbox (the owner is in every To or From), and the
+    stdlib address parser is a fifth of a backfill's parsing time: cache by the raw value.
+    Address is frozen, so sharing instances is safe; 4,096 entries bound the memory."""
     out = []
-    for display, addr in getaddresses(values):
+    for display, addr in getaddresses(list(values)):
         addr = addr.strip()
         if not addr:
             continue
         out.append(Address(name=decode_text(display) or None, email=addr))
-    return out
+    return tuple(out)
 
 
 def _date(msg: Message) -> datetime | None:
