@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from producers.budget import BudgetRegistry, ConnectionRole
 from producers.checkpoints import CheckpointStore, default_owner
+from producers.exceptions import ProtocolError
 from producers.folder_sync import FolderProgress
 from producers.folders import assign_roles
 from producers.imap import ImapConnection, endpoint_for_inbox
@@ -227,8 +228,16 @@ class InboxWorker:
         announced = False
         while True:
             for folder, role in roles.items():
-                if role == "other":
+                if role != "other":
+                    continue
+                try:
                     await self._watch(folder, "other").catch_up(conn)
+                except ProtocolError as exc:
+                    if conn.protocol.closed.is_set():
+                        raise
+                    # The server said NO for this folder (deleted meanwhile, no rights...):
+                    # skip it this round instead of stalling every other folder.
+                    log.warning("%s: skipping folder %r this round: %s", self.inbox.id, folder, exc)
             if not announced:
                 announced = True
                 await self.status.emit("idle", folder="(other folders)")
