@@ -76,6 +76,10 @@ async def test_idle_delivers_new_mail_and_sent_append(
         assert live[0].uid == 4 and live[0].folder_role == "inbox"
         statuses: list[StatusEvent] = await status.poll()
         assert not [e for e in statuses if e.state == "disconnected"]
+        syncing = [(e.progress_done, e.progress_total) for e in statuses if e.folder == "INBOX"]
+        assert (3, 3) in syncing  # "syncing n of m", last report at the end of the backfill
+        first = statuses.index(next(e for e in statuses if e.state == "connected"))
+        assert first == 0  # connected comes before anything else
 
     cps = checkpoint_reader(s)
     try:
