@@ -4,7 +4,8 @@ Fills a Dovecot INBOX with N realistic messages (bench/big_mailbox.py), then, ov
 folder:
 
 * baseline: stdlib ``imaplib`` fetching every message (the backfill's FETCH items, same batch
-  size) and doing nothing with it: the floor any IMAP backfill pays;
+  size) and doing nothing with it: the floor any IMAP backfill pays; and the same loop plus
+  ``email.message_from_bytes`` per message, to show how much of the gap is MIME parsing;
 * ours: ``sync_folder`` (our connection and FETCH reader, MIME parsing, both events Avro-encoded
   and published to the real Kafka with acks=all, waiting for the acks batch by batch).
 
@@ -17,6 +18,8 @@ Run: ``.venv/bin/python -m bench.backfill [N] [BATCH]`` (default 20,000 messages
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import imaplib
 import ssl
 import sys
@@ -62,7 +65,7 @@ class PeakRss:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def imaplib_loop(user: str, password: str, n: int, batch: int) -> float:
+def imaplib_loop(user: str, password: str, n: int, batch: int, *, parse: bool = False) -> float:
     ep = dovecot.endpoints()
     ctx = ssl.create_default_context(cafile=str(ep.ca_cert))
     client = imaplib.IMAP4_SSL(ep.tls_hostname, ep.imaps_port, ssl_context=ctx)
@@ -73,7 +76,11 @@ def imaplib_loop(user: str, password: str, n: int, batch: int) -> float:
     for lo in range(1, n + 1, batch):
         typ, data = client.uid("FETCH", f"{lo}:{lo + batch - 1}", FETCH_ITEMS_CONDSTORE)
         assert typ == "OK"
-        got += sum(1 for part in data if isinstance(part, tuple))
+        for part in data:
+            if isinstance(part, tuple):
+                got += 1
+                if parse:
+                    email.message_from_bytes(part[1], policy=email.policy.compat32)
     elapsed = time.perf_counter() - start
     client.logout()
     assert got == n, (got, n)
@@ -110,7 +117,7 @@ async def ours(
     return n / elapsed, before, rss.peak
 
 
-async def warm(user: str, password: str) -> None:
+async def warm(user: str, password: str, batch: int) -> None:
     """Read the folder once so both contenders find Dovecot's index and the files cached."""
     ep = dovecot.endpoints()
     conn = await ImapConnection.open(
@@ -118,8 +125,8 @@ async def warm(user: str, password: str) -> None:
     )
     try:
         selected = await conn.select("INBOX")
-        for lo in range(1, selected.uidnext, 2_000):
-            response = await conn.uid_fetch(f"{lo}:{lo + 1_999}", FETCH_ITEMS_CONDSTORE)
+        for lo in range(1, selected.uidnext, batch):
+            response = await conn.uid_fetch(f"{lo}:{lo + batch - 1}", FETCH_ITEMS_CONDSTORE)
             parse_fetch_lines(response.lines)
     finally:
         await conn.logout()
@@ -139,9 +146,11 @@ async def main(n: int, batch: int) -> None:
     print(f"folder: {n} messages, {size / 1e6:.1f} MB, filled in {filled:.0f} s")
     print(f"batch: {batch} messages per UID FETCH; items {FETCH_ITEMS_CONDSTORE}")
     try:
-        await warm(user, password)
+        await warm(user, password, batch)
         base = await asyncio.to_thread(imaplib_loop, user, password, n, batch)
         print(f"imaplib UID FETCH loop (fetch only):       {base:9.0f} msg/s", flush=True)
+        parsed = await asyncio.to_thread(imaplib_loop, user, password, n, batch, parse=True)
+        print(f"imaplib loop + stdlib MIME parse only:     {parsed:9.0f} msg/s", flush=True)
         rate, before, peak = await ours(user, password, n, batch, settings, topics)
         print(f"inboxstream backfill (fetch+parse+Kafka):  {rate:9.0f} msg/s")
         print(f"ratio inboxstream / imaplib:               {rate / base:9.2f}")

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from producers.fetch import parse_fetch_lines
+from producers.fetch import BACKFILL_BATCH, parse_fetch_lines
 from producers.imap import ImapConnection, SelectedFolder
 from producers.parse import FetchedMessage, parse_message
 from producers.publish import EventPublisher
@@ -49,7 +49,7 @@ async def sync_folder(
     folder: str,
     role: FolderRole,
     after_uid: int = 0,
-    batch_size: int = 200,
+    batch_size: int = BACKFILL_BATCH,
     log_attachments: bool = True,
     producer_name: str = "",
     on_progress: Callable[[FolderProgress], Awaitable[None] | None] | None = None,

@@ -135,7 +135,8 @@ class ProducerSettings(_Frozen):
 
     registry_dir: Path = Field(default_factory=lambda: state_dir() / "inboxes")
     registry_poll_s: float = Field(default=2.0, gt=0)
-    batch_size: int = Field(default=200, ge=1, le=1000)
+    # Messages per UID FETCH; chosen from measurements, see BACKFILL_BATCH in producers/fetch.py.
+    batch_size: int = Field(default=500, ge=1, le=1000)
     keepalive_s: float = Field(default=120.0, gt=0, le=25 * 60)
     read_timeout_s: float = Field(default=15.0, gt=0)
     poll_interval_s: float = Field(default=30.0, gt=0)
