@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.assign import InboxThreads, MessageEntry, assign_threads
-from processors.jwz import ThreadInput, thread_messages
+from processors.jwz import Algorithm, ThreadInput, thread_messages
 from processors.mbox import thread_input_from_bytes
 from tests.unit.processors.mailboxes import tricky_mailbox
 from tests.unit.processors.test_jwz import forests
@@ -54,7 +54,7 @@ def batch(entries: list[MessageEntry], algorithm: str = "rfc5256") -> set[frozen
         )
         for e in entries
     ]
-    alg = "rfc5256" if algorithm == "rfc5256" else "references"
+    alg: Algorithm = "rfc5256" if algorithm == "rfc5256" else "references"
     return {frozenset(t.keys) for t in thread_messages(inputs, alg)}
 
 
