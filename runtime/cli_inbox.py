@@ -20,7 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from producers.checkpoints import CheckpointStore
+from producers.exceptions import ImapError
 from producers.folder_sync import FolderProgress
+from producers.folders import assign_roles
+from producers.imap import ImapConnection, endpoint_for_inbox
 from producers.registry import InboxRegistry
 from producers.service import ProducerService
 from producers.status import latest_status
@@ -87,6 +90,9 @@ def inbox() -> None:
 @click.option("--allow-unverified-certificate", is_flag=True, help="Accept a self-signed cert.")
 @click.option("--allow-legacy-tls", is_flag=True, help="Allow TLS 1.0/1.1 for this inbox.")
 @click.option("--no-attachments", is_flag=True, help="Do not log attachment metadata.")
+@click.option(
+    "--verify", is_flag=True, help="Log in once and list the folders before saving the inbox."
+)
 @click.option("--smtp-host", help="SMTP submission host (default: the IMAP host).")
 @click.option("--smtp-port", type=int, default=465, show_default=True)
 @click.option(
@@ -101,6 +107,7 @@ def inbox_add(
     password_env: str | None,
     password_file: Path | None,
     no_attachments: bool,
+    verify: bool,
     **options: Any,
 ) -> None:
     """Add an inbox, or replace its settings (which reconnects it, e.g. after a new password)."""
@@ -115,8 +122,26 @@ def inbox_add(
         )
     except ValidationError as exc:
         raise click.UsageError(describe_validation_error(exc)) from None
+    if verify:
+        try:
+            roles = asyncio.run(_verify(settings))
+        except ImapError as exc:  # typed, and never contains the password
+            console.print(f"[red]error:[/red] {exc}")
+            raise SystemExit(1) from None
+        folders = ", ".join(f"{name} ({role})" for name, role in roles.items())
+        console.print(f"verified: {folders}")
     created = _registry(_settings(ctx)).add(settings)
     console.print(f"{'added' if created else 'updated'} inbox {inbox_id}")
+
+
+async def _verify(inbox: InboxSettings) -> dict[str, str]:
+    conn = await ImapConnection.open(
+        endpoint_for_inbox(inbox), inbox.username, inbox.password.get_secret_value()
+    )
+    try:
+        return dict(assign_roles(await conn.list_folders()))
+    finally:
+        await conn.logout()
 
 
 @inbox.command("remove")

@@ -48,9 +48,21 @@ async def test_inbox_commands(
         "--ca-file",
         str(ep.ca_cert),
     ]
-    result = runner.invoke(main, [*add, "--password-file", str(secret)], env=env)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    result = await asyncio.to_thread(
+        runner.invoke, main, [*add, "--verify", "--password-file", str(wrong)], env=env
+    )
+    assert result.exit_code == 1 and "rejected the login" in result.output
+    assert "not-the-password" not in result.output
+    assert not (tmp_path / "inboxes" / f"{mail_user.name}.json").exists()  # nothing saved
+
+    result = await asyncio.to_thread(
+        runner.invoke, main, [*add, "--verify", "--password-file", str(secret)], env=env
+    )
     assert result.exit_code == 0, result.output
-    assert "added" in result.output
+    assert "added" in result.output and "INBOX (inbox)" in result.output
+    assert "Sent (sent)" in result.output
     # The hidden prompt: the typed password is not echoed.
     result = runner.invoke(main, add, input=mail_user.password + "\n", env=env)
     assert result.exit_code == 0, result.output
