@@ -204,6 +204,31 @@ class FolderWatch:
             await self.status.progress(self.folder, selected.exists, selected.exists, final=True)
         return result.published
 
+    async def settle(self, conn: ImapConnection) -> None:
+        """Catch up until nothing is pending, right before IDLE.
+
+        A change that happens while one of our commands runs is announced in that command's
+        response (which aioimaplib drops for FETCH/SEARCH), and the server will not repeat it
+        in IDLE. So after each pass we ask the server directly whether anything past the
+        checkpoint exists: ``UID FETCH 1:* (UID) (CHANGEDSINCE <modseq>)`` with CONDSTORE
+        (new mail and flag changes), else ``UID FETCH <last+1>:* (UID)`` (new mail).
+        """
+        await self.catch_up(conn)
+        for _ in range(20):  # a mailbox changing faster than we read it waits for the keepalive
+            if not await self._pending(conn):
+                return
+            await self.catch_up(conn)
+
+    async def _pending(self, conn: ImapConnection) -> bool:
+        cp = self.store.get(self.inbox_id, self.folder)
+        last = cp.last_uid if cp is not None else 0
+        if cp is not None and cp.highestmodseq is not None and conn.has("CONDSTORE"):
+            response = await conn.uid_fetch("1:*", f"(UID) (CHANGEDSINCE {cp.highestmodseq})")
+            return bool(parse_fetch_lines(response.lines))
+        response = await conn.uid_fetch(f"{last + 1}:*", "(UID)")
+        # "n:*" always matches the highest UID, even when it is below n (RFC 3501 6.4.8).
+        return any(item.uid > last for item in parse_fetch_lines(response.lines))
+
     async def _publish_changes(
         self, conn: ImapConnection, selected: SelectedFolder, cp: Checkpoint, *, qresync: bool
     ) -> None:

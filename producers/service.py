@@ -215,14 +215,14 @@ class InboxWorker:
     async def _watch_live(self, conn: ImapConnection, folder: str) -> None:
         watch = self._watch(folder, "inbox" if folder.upper() == "INBOX" else "sent")
         first = not watch.caught_up
-        await watch.catch_up(conn)
+        await watch.settle(conn)
         if first:
             await self.status.emit("idle", folder=folder)
         while True:
             await wait_for_change(conn, self.timings)
             # Even without a reported change, a keepalive round re-checks cheaply (EXAMINE)
             # so a missed push costs at most one keepalive interval.
-            await watch.catch_up(conn)
+            await watch.settle(conn)
 
     async def _rotate_other(self, conn: ImapConnection, roles: dict[str, FolderRole]) -> None:
         announced = False
