@@ -40,10 +40,6 @@ def find_match(
     return None
 
 
-def mentions(message_id: str, in_reply_to: Sequence[str], references: Sequence[str]) -> bool:
-    return message_id in in_reply_to or message_id in references
-
-
 def engagement_id(inbox_id: str, reply_message_id: str) -> str:
     """Stable: the same reply (in any folder, in any replay) is the same engagement."""
     return hashlib.sha256(f"engagement\0{inbox_id}\0{reply_message_id}".encode()).hexdigest()[:32]

@@ -52,7 +52,6 @@ from processors.matcher import (
     engagement_id,
     find_match,
     lifecycle_event_id,
-    mentions,
 )
 from processors.retention import (
     BODY_TTL_MS,
@@ -492,12 +491,11 @@ class StreamProcessor:
             "sequence_id": ev.sequence_id,
         }
         state.put("crm", ev.message_id, crm)
-        for key, held in sorted(state.pending.items()):
+        for key in state.pending_mentioning(ev.message_id):
+            held = state.pending[key]
             if "reply" not in held or held["match"] is not None:
                 continue
             reply = held["reply"]
-            if not mentions(ev.message_id, reply["in_reply_to"], reply["references"]):
-                continue
             match = find_match(
                 reply["message_id"],
                 reply["in_reply_to"],

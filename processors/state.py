@@ -55,8 +55,10 @@ class PartitionState:
     pending: dict[str, Json] = field(default_factory=dict)
     engagements: dict[str, Json] = field(default_factory=dict)
     watermark_ms: int = 0
-    # In memory only: the event-time hour of the last metadata sweep.
+    # In memory only: the event-time hour of the last metadata sweep, and which held replies
+    # reference which Message-ID (so a CRM record finds its replies without a scan).
     swept_bucket: int = -1
+    pending_refs: dict[str, set[str]] = field(default_factory=dict)
     changes: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
 
     # --- writes (recorded for the changelog) ---------------------------------------------
@@ -83,8 +85,28 @@ class PartitionState:
         self.inbox(inbox_id).remove(event_id)
         self._record("threads", f"{inbox_id}\x00{event_id}", None)
 
+    def _index_pending(self, key: str, old: Json | None, new: Json | None) -> None:
+        for held, add in ((old, False), (new, True)):
+            reply = (held or {}).get("reply")
+            if not reply:
+                continue
+            for ref in {*reply["in_reply_to"], *reply["references"]}:
+                keys = self.pending_refs.setdefault(ref, set())
+                if add:
+                    keys.add(key)
+                else:
+                    keys.discard(key)
+                    if not keys:
+                        del self.pending_refs[ref]
+
+    def pending_mentioning(self, message_id: str) -> list[str]:
+        """Keys of held replies that reference ``message_id``, in key order."""
+        return sorted(self.pending_refs.get(message_id, ()))
+
     def put(self, store: str, key: str, value: Json | None) -> None:
         table: dict[str, Json] = getattr(self, store)
+        if store == "pending":
+            self._index_pending(key, table.get(key), value)
         if value is None:
             table.pop(key, None)
         else:
@@ -115,6 +137,8 @@ class PartitionState:
             self.watermark_ms = int(data["ms"]) if data else 0
         else:
             table: dict[str, Json] = getattr(self, store)
+            if store == "pending":
+                self._index_pending(key, table.get(key), data)
             if data is None:
                 table.pop(key, None)
             else:
