@@ -84,7 +84,13 @@ async def test_kill_9_mid_backfill_then_restart_loses_and_duplicates_nothing(
             second.send_signal(signal.SIGTERM)
             second.wait(60)
         assert second.returncode == 0, log.read_text()[-3000:]
+        written: list[CheckpointEvent] = await cps.read_to_end()
     await cps.close()
+    inbox_cps = [c for c in written if c.folder == "INBOX"]
+    assert inbox_cps[-1].last_uid == FOLDER_SIZE
+    # Two processes wrote them: the second took the inbox over from the topic alone.
+    assert len({c.owner for c in inbox_cps}) == 2
+    assert [c.last_uid for c in inbox_cps] == sorted(c.last_uid for c in inbox_cps)
 
     assert {e.uid for e in events} == set(range(1, FOLDER_SIZE + 1)), "a message is missing"
     assert len({e.event_id for e in events}) == FOLDER_SIZE
