@@ -18,7 +18,8 @@ from producers.fetch import BACKFILL_BATCH, parse_fetch_lines
 from producers.imap import ImapConnection, SelectedFolder
 from producers.parse import FetchedMessage, parse_message
 from producers.publish import EventPublisher
-from schemas.models import FolderRole
+from schemas.exceptions import EncodeError
+from schemas.models import FolderRole, MessageEvent
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,15 @@ async def sync_folder(
                 log_attachments=log_attachments,
                 producer=producer_name,
             )
-            acks.append(await publisher.send(message, inbox_id))
-            acks.append(await publisher.send(body, inbox_id))
+            try:
+                acks.append(await publisher.send(message, inbox_id))
+                acks.append(await publisher.send(body, inbox_id))
+            except EncodeError as exc:
+                # parse_message never raises, but one unencodable field must not wedge the
+                # folder (every retry would hit it again): publish the message's identity
+                # with the reason instead, and move on.
+                log.warning("%s %s UID %d: %s", inbox_id, folder, item.uid, exc)
+                acks.append(await publisher.send(identity_only(message, exc), inbox_id))
         await asyncio.gather(*acks)  # the checkpoint may move only past acked events
         if fetched:
             last_uid = max(last_uid, max(f.uid for f in fetched))
@@ -107,3 +115,25 @@ async def sync_folder(
             break
         lo = hi + 1
     return SyncResult(selected, published, last_uid)
+
+
+def identity_only(message: MessageEvent, exc: Exception) -> MessageEvent:
+    """The fields that identify a message (all ASCII or numbers), plus why the rest is missing."""
+    safe_id = message.message_id.encode("ascii", "replace").decode()
+    return MessageEvent(
+        event_id=message.event_id,
+        event_type=message.event_type,
+        inbox_id=message.inbox_id,
+        folder=message.folder,
+        folder_role=message.folder_role,
+        uidvalidity=message.uidvalidity,
+        uid=message.uid,
+        modseq=message.modseq,
+        message_id=safe_id,
+        message_id_synthetic=message.message_id_synthetic,
+        size=message.size,
+        raw_headers=b"",
+        parse_error=f"event could not be encoded, fields dropped: {exc}"[:1000],
+        observed_at=message.observed_at,
+        producer=message.producer,
+    )
