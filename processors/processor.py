@@ -160,6 +160,9 @@ class StreamProcessor:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
+            # A batch sends a few thousand small records; aiokafka waits for a full
+            # per-partition batch to drain before adding more, so big batches save round trips.
+            max_batch_size=1024 * 1024,
             compression_type="lz4",
         )
         await self._producer.start()
