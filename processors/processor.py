@@ -264,6 +264,8 @@ class StreamProcessor:
                 async with self._producer.transaction():
                     offsets = await self._handle_batch(batch)
                     if self.config.pause_in_transaction_s:
+                        # the outputs are in the log, uncommitted, when the hook fires
+                        await self._producer.flush()
                         if self.on_in_transaction is not None:
                             maybe = self.on_in_transaction()
                             if maybe is not None:
