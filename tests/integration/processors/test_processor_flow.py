@@ -22,12 +22,15 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
     mails, rfc, _ = tricky_mailbox()
     pairs = events_for(inbox, [m.raw for m in mails])
     crm_id = f"crm-{unique}@crm.test"
+    logged_id = f"logged-{unique}@mailer.test"
     replies = events_for(
         inbox,
         [
             reply_raw(f"r1-{unique}@x", crm_id, f"<{crm_id}>", "Re: Offer", "Yes please"),
             reply_raw(f"r2-{unique}@x", None, f"<{crm_id}> <r1-{unique}@x>", "Re: Offer", "More"),
             reply_raw(f"r3-{unique}@x", "other@x", "<other@x>", "Re: Offer", "SECRET-NOT-CRM"),
+            # a reply to mail that was BCC-logged to the CRM for no particular inbox
+            reply_raw(f"r4-{unique}@x", logged_id, f"<{logged_id}>", "Re: Logged", "Logged reply"),
         ],
         start_uid=100,
     )
@@ -35,6 +38,8 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
     # the CRM record of r1/r2 arrives *after* the replies (held, then matched)
     await publish_inbox(settings, pairs + replies)
     await publish(settings, [(t.crm_outbound.name, crm_id, outbound(crm_id, inbox))])
+    logged = outbound(logged_id, None).model_copy(update={"kind": "logged"})
+    await publish(settings, [(t.crm_outbound.name, logged_id, logged)])  # broadcast
     # a record that is not Avro at all: dead-lettered, processing goes on
     producer_items = [(t.messages.name, inbox, b"\x00garbage")]
     from runtime.kafka import make_producer
@@ -64,7 +69,10 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
 
     engagements = await read_all(settings, topics.engagements, EngagementEvent)
     created = {e.message_id: e for e in engagements if e.event_type == "engagement.created"}
-    assert set(created) == {f"r1-{unique}@x", f"r2-{unique}@x"}
+    assert set(created) == {f"r1-{unique}@x", f"r2-{unique}@x", f"r4-{unique}@x"}
+    r4 = created[f"r4-{unique}@x"]
+    assert (r4.crm_kind, r4.crm_message_id) == ("logged", logged_id)
+    assert r4.body_text and r4.body_text.strip() == "Logged reply"
     r1, r2 = created[f"r1-{unique}@x"], created[f"r2-{unique}@x"]
     assert (r1.matched_by, r2.matched_by) == ("in_reply_to", "references")
     assert r1.body_text and "Yes please" in r1.body_text
