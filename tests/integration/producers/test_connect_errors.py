@@ -28,6 +28,7 @@ from producers.exceptions import (
     ConnectionRefusedByServerError,
     ConnectTimeoutError,
     DnsError,
+    ProtocolError,
     TlsError,
     UnsupportedServerError,
 )
@@ -310,6 +311,19 @@ async def test_a_server_without_imap4rev1_is_refused(
     assert not info.value.retriable
     assert "IMAP4rev1" in str(info.value)
     assert not any(b"LOGIN" in line for line in fake.received)
+
+
+async def test_a_bye_greeting_is_retriable(dovecot_server: dovecot.DovecotEndpoints) -> None:
+    """A busy server says BYE at once: try again later, it is not a wrong configuration."""
+    fake = ScriptedServer(b"* BYE Too many connections, try later", tls=_server_tls())
+    with serving(fake):
+        ep = ImapEndpoint("127.0.0.1", fake.port, ca_file=dovecot_server.ca_cert, timeout=5)
+        with pytest.raises(ProtocolError) as info:
+            await ImapConnection.open(ep, "u", "secret-pw")
+    assert info.value.retriable
+    assert "closed the session at once" in str(info.value) and "Too many connections" in str(
+        info.value
+    )
 
 
 @pytest.mark.parametrize("security", ["tls", "starttls"])
