@@ -42,9 +42,10 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import ProducerFenced
 
 from processors.assign import MessageEntry
-from processors.exceptions import TopologyError
+from processors.exceptions import ProcessorError, TopologyError
 from processors.jwz import Algorithm
 from processors.matcher import (
     Match,
@@ -275,6 +276,9 @@ class StreamProcessor:
                         await self._producer.send_offsets_to_transaction(
                             offsets, self.config.group_id
                         )
+            except ProducerFenced as exc:
+                # Another process took over this transactional id: we must stop, not retry.
+                raise ProcessorError(f"{self.name}: fenced by a newer instance") from exc
             except Exception:
                 self.stats.aborted += 1
                 log.exception("%s: batch aborted; restoring state and rewinding", self.name)

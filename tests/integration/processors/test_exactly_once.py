@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from processors.processor import ProcessorConfig, run_processor
+from processors.processor import ProcessorConfig, StreamProcessor, run_processor
 from processors.topology import ProcessorTopics
 from runtime.settings import Settings, TopicSpec
 from schemas.models import EngagementEvent, ThreadEvent
@@ -118,3 +118,34 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     threads, engagements = await outputs(settings, "")
     assert threads == ref_threads  # same events, each exactly once
     assert engagements == ref_engagements
+
+
+async def test_failure_inside_a_batch_aborts_restores_and_retries(
+    settings: Settings, unique: str
+) -> None:
+    """An exception with the transaction open: the batch is aborted, state is restored from
+    the changelogs, the consumer rewinds, and the retry produces each output exactly once."""
+    await load_inputs(settings, unique, inboxes=2)
+    reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=60)
+    await run_processor(settings, reference, idle_exit_s=3)
+
+    config = ProcessorConfig(
+        group_id=f"flaky-{unique}", max_records=60, pause_in_transaction_s=0.01
+    )
+    processor = StreamProcessor(settings, config)
+    calls = 0
+
+    def fail_twice() -> None:
+        nonlocal calls
+        calls += 1
+        if calls in (2, 5):
+            raise RuntimeError("injected failure inside the transaction")
+
+    processor.on_in_transaction = fail_twice
+    await processor.start()
+    try:
+        stats = await processor.run(idle_exit_s=3)
+    finally:
+        await processor.stop()
+    assert stats.aborted == 2
+    assert await outputs(settings, "") == await outputs(settings, "ref")
