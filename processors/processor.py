@@ -3,22 +3,26 @@
 One loop per instance, all instances in one consumer group (range assignment, so partition N of
 every input topic goes to the same instance; see ``processors.topology``). Per batch:
 
-    async with producer.transaction():
-        handle every record (outputs, dead letters, state changes)
-        recompute the threads of the inboxes that got messages
-        emit ready engagements, run retention sweeps
-        write the state changes to the changelogs
-        send_offsets_to_transaction(next offsets, group)
+    for each input partition N in the batch:
+        async with producer_N.transaction():
+            handle N's records in order: thread each message (inbox.threads events), hold or
+                match replies (crm.engagements events), dead-letter poison records
+            run N's event-time retention sweep
+            write N's state changes to the changelogs (partition N)
+            send_offsets_to_transaction(N's next offsets, group)
 
-Any exception aborts the transaction; the instance then throws its in-memory state away,
+Any exception aborts the transaction; the instance then throws N's in-memory state away,
 restores it from the changelogs and seeks back to the committed offsets, so the retry starts
 from exactly what Kafka committed. A poison record (cannot be decoded, or its handling raised)
 goes to the dead-letter topic inside the same transaction and processing goes on.
 
-The transactional id is ``<group>-<instance id>``: restarting an instance with the same id
-fences the previous incarnation and aborts its open transaction (that is what makes a kill -9
-leave no trace). Rebalances wait for the batch in flight (a lock), then drop revoked partitions'
-state and restore newly assigned ones from their changelogs.
+Transactions are per input partition: the owner of partition N uses a transactional producer
+with id ``<group>-p<N>`` (Kafka Streams' producer-per-task model; aiokafka commits offsets by
+group id only, without the group generation of KIP-447). Whoever takes partition N over - a
+restarted instance after a kill -9 or another instance after a rebalance - starts that producer
+first, which fences every earlier owner (a zombie cannot commit any more) and aborts its open
+transaction, and only then restores the state. Rebalances wait for the batch in flight (a
+lock), then drop revoked partitions' state and producers and set up newly assigned ones.
 
 Bodies never enter state: a body whose message already matched CRM mail goes straight into the
 engagement; a reply candidate (a message with In-Reply-To/References) not matched yet keeps
@@ -45,7 +49,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 
 from processors.assign import MessageEntry
-from processors.exceptions import ProcessorError, TopologyError
+from processors.exceptions import TopologyError
 from processors.jwz import Algorithm
 from processors.matcher import (
     Match,
@@ -122,6 +126,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             gone = {tp.partition for tp in revoked}
             for p in gone:
                 self.processor.states.pop(p, None)
+                producer = self.processor._producers.pop(p, None)
+                if producer is not None:
+                    await producer.stop()
             if gone:
                 log.info("%s: partitions %s revoked", self.processor.name, sorted(gone))
 
@@ -143,7 +150,12 @@ class StreamProcessor:
         self.stats = ProcessorStats()
         self.on_in_transaction: Callable[[], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        # The producer of the partition being handled: with exactly-once, one transactional
+        # producer per owned input partition (``<group>-p<N>``), as Kafka Streams does per task:
+        # whoever takes partition N over fences every earlier owner of it, zombie or crashed.
         self._producer: AIOKafkaProducer | None = None
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._plain_producer: AIOKafkaProducer | None = None
         self._body_reader: AIOKafkaConsumer | None = None
         self._outputs: list[tuple[str, str, Event, str]] = []
 
@@ -151,22 +163,9 @@ class StreamProcessor:
 
     async def start(self) -> None:
         await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
-        self._producer = AIOKafkaProducer(
-            **client_options(self.settings.kafka),
-            transactional_id=(
-                f"{self.config.group_id}-{self.config.instance_id}"
-                if self.config.exactly_once
-                else None
-            ),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=5,
-            # A batch sends a few thousand small records; aiokafka waits for a full
-            # per-partition batch to drain before adding more, so big batches save round trips.
-            max_batch_size=1024 * 1024,
-            compression_type="lz4",
-        )
-        await self._producer.start()
+        if not self.config.exactly_once:
+            self._plain_producer = self._new_producer(None)
+            await self._plain_producer.start()
         self._consumer = make_consumer(
             self.settings.kafka,
             group_id=self.config.group_id,
@@ -177,13 +176,28 @@ class StreamProcessor:
         await self._check_copartitioned()
         self._consumer.subscribe(list(self.topics.inputs), listener=_Rebalance(self))
 
+    def _new_producer(self, transactional_id: str | None) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **client_options(self.settings.kafka),
+            transactional_id=transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            # A batch sends a few thousand small records; aiokafka waits for a full
+            # per-partition batch to drain before adding more, so big batches save round trips.
+            max_batch_size=1024 * 1024,
+            compression_type="lz4",
+        )
+
     async def stop(self) -> None:
         if self._body_reader is not None:
             await self._body_reader.stop()
         if self._consumer is not None:
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        for producer in [*self._producers.values(), self._plain_producer]:
+            if producer is not None:
+                await producer.stop()
+        self._producers.clear()
 
     async def _check_copartitioned(self) -> None:
         assert self._consumer is not None
@@ -202,6 +216,13 @@ class StreamProcessor:
     async def restore_partitions(self, partitions: set[int]) -> None:
         assert self._consumer is not None
         missing = partitions - set(self.states)
+        if self.config.exactly_once:
+            for p in sorted(missing - set(self._producers)):
+                # Starting it (InitProducerId) fences every earlier producer of partition p and
+                # aborts its open transaction, before we read the changelogs.
+                producer = self._new_producer(f"{self.config.group_id}-p{p}")
+                await producer.start()
+                self._producers[p] = producer
         if missing:
             restored = await restore(
                 self.settings.kafka, self.topics.changelogs, missing, self.config.algorithm
@@ -248,50 +269,68 @@ class StreamProcessor:
     # --- one batch ------------------------------------------------------------------------
 
     async def _process_batch(self, batch: dict[TopicPartition, list[Record]]) -> None:
-        assert self._producer is not None and self._consumer is not None
         async with self.lock:
-            # The assignment may have changed while we waited for the lock.
-            batch = {tp: rs for tp, rs in batch.items() if tp.partition in self.states}
-            if not batch:
-                return
-            started = time.perf_counter()
-            self.stats.first_batch_at = self.stats.first_batch_at or started
-            if not self.config.exactly_once:
-                await self._process_at_least_once(batch)
+            # The assignment may have changed while we waited for the lock. Each partition's
+            # share goes in its own transaction (its own producer, see the module docstring).
+            by_partition: dict[int, dict[TopicPartition, list[Record]]] = {}
+            for tp, records in batch.items():
+                if tp.partition in self.states:
+                    by_partition.setdefault(tp.partition, {})[tp] = records
+            for p in sorted(by_partition):
+                started = time.perf_counter()
+                self.stats.first_batch_at = self.stats.first_batch_at or started
+                if self.config.exactly_once:
+                    await self._process_transaction(p, by_partition[p])
+                else:
+                    await self._process_at_least_once(by_partition[p])
                 self.stats.busy_s += time.perf_counter() - started
                 self.stats.last_batch_at = time.perf_counter()
-                return
-            try:
-                async with self._producer.transaction():
-                    offsets = await self._handle_batch(batch)
-                    if self.config.pause_in_transaction_s:
-                        # the outputs are in the log, uncommitted, when the hook fires
-                        await self._producer.flush()
-                        if self.on_in_transaction is not None:
-                            maybe = self.on_in_transaction()
-                            if maybe is not None:
-                                await maybe
-                        await asyncio.sleep(self.config.pause_in_transaction_s)
-                    if offsets:
-                        await self._producer.send_offsets_to_transaction(
-                            offsets, self.config.group_id
-                        )
-            except ProducerFenced as exc:
-                # Another process took over this transactional id: we must stop, not retry.
-                raise ProcessorError(f"{self.name}: fenced by a newer instance") from exc
-            except Exception:
-                self.stats.aborted += 1
-                log.exception("%s: batch aborted; restoring state and rewinding", self.name)
-                await self._rewind(set(self.states))
-                await asyncio.sleep(1.0)
-                return
-            self.stats.batches += 1
-            self.stats.busy_s += time.perf_counter() - started
-            self.stats.last_batch_at = time.perf_counter()
+
+    async def _process_transaction(
+        self, partition: int, batch: dict[TopicPartition, list[Record]]
+    ) -> None:
+        """One input partition's share of the batch, in that partition's transaction."""
+        self._producer = self._producers[partition]
+        try:
+            async with self._producer.transaction():
+                offsets = await self._handle_batch(batch)
+                if self.config.pause_in_transaction_s:
+                    # the outputs are in the log, uncommitted, when the hook fires
+                    await self._producer.flush()
+                    if self.on_in_transaction is not None:
+                        maybe = self.on_in_transaction()
+                        if maybe is not None:
+                            await maybe
+                    await asyncio.sleep(self.config.pause_in_transaction_s)
+                if offsets:
+                    await self._producer.send_offsets_to_transaction(offsets, self.config.group_id)
+        except ProducerFenced:
+            # A newer owner of this partition exists (we were expelled from the group and the
+            # rebalance has not reached us yet): its transaction is the one that counts. Forget
+            # the partition; our next assignment restores what is committed.
+            self.stats.counts["fenced"] += 1
+            log.warning("%s: fenced on partition %d; dropping it", self.name, partition)
+            self.states.pop(partition, None)
+            producer = self._producers.pop(partition, None)
+            if producer is not None:
+                await producer.stop()
+            return
+        except Exception:
+            self.stats.aborted += 1
+            log.exception(
+                "%s: batch of partition %d aborted; restoring and rewinding",
+                self.name,
+                partition,
+            )
+            await self._rewind({partition})
+            await asyncio.sleep(1.0)
+            return
+        self.stats.batches += 1
 
     async def _process_at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
         """Baseline for the benchmark only: no transaction, commit after the outputs flushed."""
-        assert self._producer is not None and self._consumer is not None
+        assert self._plain_producer is not None and self._consumer is not None
+        self._producer = self._plain_producer
         offsets = await self._handle_batch(batch)
         await self._producer.flush()
         if offsets:
@@ -306,6 +345,8 @@ class StreamProcessor:
         self._outputs.clear()
         await self.restore_partitions(partitions)
         for tp in self._consumer.assignment():
+            if tp.partition not in partitions:
+                continue
             committed = await self._consumer.committed(tp)
             if committed is None:
                 await self._consumer.seek_to_beginning(tp)
@@ -325,13 +366,14 @@ class StreamProcessor:
                 await self._handle_record(state, rec)
                 offsets[tp] = rec.offset + 1
                 self.stats.records += 1
-        for p in {tp.partition for tp in batch}:
+        partitions = {tp.partition for tp in batch}
+        for p in sorted(partitions):
             await self._sweep(self.states[p])
-        await self._flush()
+        await self._flush(partitions)
         return offsets
 
-    async def _flush(self) -> None:
-        """Send outputs and changelog writes (inside the open transaction)."""
+    async def _flush(self, partitions: set[int]) -> None:
+        """Send outputs and the partitions' changelog writes (inside the open transaction)."""
         assert self._producer is not None
         for topic, key, event, event_type in self._outputs:
             serde = serde_for(type(event))
@@ -339,8 +381,8 @@ class StreamProcessor:
                 topic, serde.encode(event), key=key.encode(), headers=serde.headers(event_type)
             )
         self._outputs.clear()
-        for p, state in self.states.items():
-            for (store, key), value in state.take_changes().items():
+        for p in sorted(partitions):
+            for (store, key), value in self.states[p].take_changes().items():
                 await self._producer.send(
                     self.topics.changelogs[store],
                     value,

@@ -86,8 +86,8 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     assert max(ref_threads.values()) == 1 and max(ref_engagements.values()) == 1
 
     config = write_config(settings, tmp_path / "config.toml")
-    group = ["--group-id", f"eos-{unique}", "--instance-id", "a", "--max-records", "50"]
-    victim = run_cli(config, *group, "--pause-in-transaction", "0.5")
+    group = ["--group-id", f"eos-{unique}", "--max-records", "50"]
+    victim = run_cli(config, *group, "--instance-id", "a", "--pause-in-transaction", "0.5")
     assert victim.stderr is not None
     seen, committed_threads = 0, 0
     deadline = time.monotonic() + 120
@@ -111,7 +111,9 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     assert await count_uncommitted(settings, topics.threads) > sum(partial_threads.values())
     assert 0 < sum(partial_threads.values()) < sum(ref_threads.values())
 
-    survivor = run_cli(config, *group, "--until-idle", "4")
+    # another instance takes over: its per-partition producers fence the dead one's and abort
+    # the transaction it left open
+    survivor = run_cli(config, *group, "--instance-id", "b", "--until-idle", "4")
     _, err = survivor.communicate(timeout=240)
     assert survivor.returncode == 0, err[-3000:]
 
