@@ -32,7 +32,7 @@ def thread(algorithm: str, file: Path) -> None:
     "--instance-id",
     default="0",
     show_default=True,
-    help="Stable per instance: a restart with the same id fences the old one (exactly once).",
+    help="Names this instance in logs; exactly-once fencing is per input partition.",
 )
 @click.option("--algorithm", type=click.Choice(["rfc5256", "references"]), default="rfc5256")
 @click.option("--until-idle", type=float, default=None, help="Exit after this many idle seconds.")
