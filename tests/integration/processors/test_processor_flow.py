@@ -29,6 +29,10 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
             reply_raw(f"r1-{unique}@x", crm_id, f"<{crm_id}>", "Re: Offer", "Yes please"),
             reply_raw(f"r2-{unique}@x", None, f"<{crm_id}> <r1-{unique}@x>", "Re: Offer", "More"),
             reply_raw(f"r3-{unique}@x", "other@x", "<other@x>", "Re: Offer", "SECRET-NOT-CRM"),
+            # two conversations, then a message that references both: a merge
+            reply_raw(f"x1-{unique}@x", None, None, "Alpha", "a"),
+            reply_raw(f"y1-{unique}@x", None, None, "Beta", "b"),
+            reply_raw(f"z1-{unique}@x", None, f"<x1-{unique}@x> <y1-{unique}@x>", "Re: both", "z"),
             # a reply to mail that was BCC-logged to the CRM for no particular inbox
             reply_raw(f"r4-{unique}@x", logged_id, f"<{logged_id}>", "Re: Logged", "Logged reply"),
         ],
@@ -67,6 +71,16 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
             groups.setdefault(tid, set()).add(label[eid])
     assert {frozenset(g) for g in groups.values()} == {frozenset(g) for g in rfc}
 
+    by_mid = {ev.message_id: ev.thread_id for ev in threads if ev.event_type == "thread.assigned"}
+    merges = [ev for ev in threads if ev.event_type == "thread.merged"]
+    # Beta's thread folds into Alpha's (the earlier one); Beta's message is re-assigned
+    assert [(m.thread_id, m.merged_thread_ids) for m in merges] == [
+        (by_mid[f"x1-{unique}@x"], [threads_of(threads, f"y1-{unique}@x")[0]])
+    ]
+    y_history = threads_of(threads, f"y1-{unique}@x")
+    assert len(y_history) == 2 and y_history[1] == by_mid[f"x1-{unique}@x"] != y_history[0]
+    assert by_mid[f"z1-{unique}@x"] == by_mid[f"x1-{unique}@x"]
+
     engagements = await read_all(settings, topics.engagements, EngagementEvent)
     created = {e.message_id: e for e in engagements if e.event_type == "engagement.created"}
     assert set(created) == {f"r1-{unique}@x", f"r2-{unique}@x", f"r4-{unique}@x"}
@@ -84,3 +98,12 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
     states = await restore(settings.kafka, topics.changelogs, range(settings.topics.partitions))
     assert all("SECRET-NOT-CRM" not in repr(s.__dict__) for s in states.values())
     assert "SECRET-NOT-CRM" not in repr(engagements)
+
+
+def threads_of(events: list[ThreadEvent], message_id: str) -> list[str]:
+    """Every thread id a message was assigned to, in order."""
+    return [
+        e.thread_id
+        for e in events
+        if e.event_type == "thread.assigned" and e.message_id == message_id
+    ]
