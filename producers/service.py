@@ -62,6 +62,23 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
     return rng.uniform(0, min(maximum, initial * 2 ** min(attempt, 30)))
 
 
+async def cancel_and_wait(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel and wait until every task is done, cancelling again while one is not.
+
+    Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that races with its inner
+    future completing (gh-86296); under load that happens, and a worker would live on after
+    its inbox was removed. Re-cancelling makes stopping reliable.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("task %s ended with %r", task.get_name(), task.exception())
+
+
 def _stops_inbox(exc: BaseException) -> bool:
     """Only our own non-retriable errors stop an inbox; Kafka hiccups and bugs reconnect."""
     from runtime.errors import InboxstreamError
@@ -110,25 +127,25 @@ class InboxWorker:
             await self.status.emit("disconnected", error=exc)
 
     async def _run_roles(self) -> None:
-        inbox_task = asyncio.create_task(self._role_loop("inbox"))
-        logged_in = asyncio.create_task(self._logged_in.wait())
-        await asyncio.wait({inbox_task, logged_in}, return_when=asyncio.FIRST_COMPLETED)
-        if inbox_task.done():
-            logged_in.cancel()
-            inbox_task.result()
-            return
-        tasks = {inbox_task}
-        tasks.add(asyncio.create_task(self._role_loop("sent")))
-        tasks.add(asyncio.create_task(self._role_loop("other")))
+        tasks: set[asyncio.Task[None]] = set()
         try:
+            inbox_task = asyncio.create_task(self._role_loop("inbox"))
+            tasks.add(inbox_task)
+            logged_in = asyncio.create_task(self._logged_in.wait())
+            try:
+                await asyncio.wait({inbox_task, logged_in}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                logged_in.cancel()
+            if not inbox_task.done():
+                tasks.add(asyncio.create_task(self._role_loop("sent")))
+                tasks.add(asyncio.create_task(self._role_loop("other")))
             while tasks:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                tasks -= done
                 for task in done:
                     task.result()  # re-raises the stopping error
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
 
     async def _role_loop(self, role: ConnectionRole) -> None:
         """Connect, run the role, reconnect with backoff on retriable errors."""
@@ -334,8 +351,7 @@ class ProducerService:
     async def _stop_worker(self, inbox_id: str, reason: str) -> None:
         running = self.workers.pop(inbox_id)
         was_running = not running.task.done()
-        running.task.cancel()
-        await asyncio.gather(running.task, return_exceptions=True)
+        await cancel_and_wait({running.task})
         if was_running:
             await running.worker.status.emit("disconnected", reason=reason)
         log.info("%s: stopped (%s)", inbox_id, reason)
