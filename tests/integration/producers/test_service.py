@@ -201,3 +201,35 @@ async def test_one_process_holds_many_inboxes(
     finally:
         for user in users:
             dovecot.remove_user(user.name)
+
+
+async def test_revoked_access_while_running_stops_the_inbox_without_a_storm(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    s = fast_settings(settings, tmp_path / "inboxes")
+    InboxRegistry(s.producer.registry_dir).add(mail_user.inbox())
+    async with readers(s) as (_, status), running_service(s) as service:
+        await status.wait_for(
+            lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+            what="INBOX idle",
+        )
+        before = auth_failures(mail_user.name)
+        # The account is deleted: Dovecot kicks its sessions and refuses new logins.
+        await asyncio.to_thread(dovecot.remove_user, mail_user.name, wait=True)
+        events: list[StatusEvent] = await status.wait_for(
+            lambda ev: any(e.state == "disconnected" and e.error_kind == "auth" for e in ev),
+            what="disconnected: auth",
+        )
+        stopped = next(e for e in events if e.error_kind == "auth")
+        assert stopped.retriable is False
+        worker = service.workers[mail_user.name]
+        assert worker.task.done() and worker.worker.stopped is not None
+        failures = auth_failures(mail_user.name) - before
+        assert 1 <= failures <= 3  # at most one per connection that was open
+        await asyncio.sleep(10 * s.producer.backoff_max_s)
+        assert auth_failures(mail_user.name) - before == failures  # and then silence
+        after = await status.read_to_end()
+        assert (
+            after[-1].event_id
+            == next(e for e in reversed(after) if e.error_kind == "auth").event_id
+        )
