@@ -454,8 +454,12 @@ class StreamProcessor:
         key = f"{inbox}\x00{ev.event_id}"
         orphan = state.pending.get(key)  # its body came first: we hold only the body's offset
         body_at = orphan.get("body_at") if orphan else None
-        if not (ev.in_reply_to or ev.references) or (
-            engagement_id(inbox, ev.message_id) in state.engagements  # a copy, already logged
+        if (
+            not (ev.in_reply_to or ev.references)
+            # Replies are incoming mail (the FAQ: "monitor incoming mail for replies"); the
+            # owner's own follow-ups filed in the sent folder are threaded, never engagements.
+            or ev.folder_role == "sent"
+            or engagement_id(inbox, ev.message_id) in state.engagements  # a copy, logged
         ):
             if orphan is not None:
                 state.put("pending", key, None)
