@@ -172,7 +172,9 @@ class EmbeddedClickHouse:
         self._run(sql)
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        text = self.query_bytes(sql).decode()
+        # A String column may hold bytes that are not UTF-8 (a byte-wise substring cut a
+        # character in two): show U+FFFD there rather than fail the whole result.
+        text = self.query_bytes(sql).decode(errors="replace")
         return [json.loads(line) for line in text.split("\n") if line.strip()]
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
@@ -228,7 +230,9 @@ class ServerClickHouse:
             raw = self._client.raw_query(sql, fmt="JSONEachRow")
         except self._driver_error as exc:
             raise self._wrap(exc) from exc
-        return [json.loads(line) for line in raw.decode().split("\n") if line.strip()]
+        return [
+            json.loads(line) for line in raw.decode(errors="replace").split("\n") if line.strip()
+        ]
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
         try:
