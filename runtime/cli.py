@@ -251,13 +251,22 @@ def _run_sync(s: Settings, inbox: Any, fn: Any) -> Any:
     show_default=True,
     help="The demo mailbox (created in the local Dovecot).",
 )
+@click.option(
+    "--processor-group",
+    default="inboxstream-processor",
+    show_default=True,
+    help="Consumer group of the stream processor the demo runs.",
+)
 @click.pass_context
-def demo(ctx: click.Context, threads: int, user: str) -> None:
-    """Start the services, fill a real mailbox, sync it end to end, print what landed."""
+def demo(ctx: click.Context, threads: int, user: str, processor_group: str) -> None:
+    """Start the services, fill a real mailbox, sync it, thread it and match CRM replies
+    (exactly once), project everything into ClickHouse and print the analytics."""
     from infra import dovecot, kafka
+    from processors.processor import ProcessorConfig, run_processor
     from runtime import demo as d
     from runtime.mailgen import generate_mailbox
     from runtime.pipeline import open_clickhouse, run_sink, sync_inbox_once
+    from sinks import analytics as named
 
     t0 = time.monotonic()
     for name, mod in (("kafka", kafka), ("dovecot", dovecot)):
@@ -275,44 +284,59 @@ def demo(ctx: click.Context, threads: int, user: str) -> None:
     else:
         console.print(f"{user} already has mail; syncing it again (idempotent)")
     s = _settings(ctx)
+    config = ProcessorConfig(group_id=processor_group)
+
+    def process(stage: str) -> None:
+        stats = asyncio.run(run_processor(s, config, idle_exit_s=5.0))
+        console.print(
+            f"processor ({stage}, exactly once): {stats.records} records in {stats.batches} "
+            f"transactions; {dict(sorted(stats.counts.items()))}"
+        )
+
+    # The CRM's side comes first, as in life: it sent the mail that opened some of these
+    # conversations (crm.outbound), and the processor learns those Message-IDs before the
+    # replies are synced. (A reply that arrives first is held for 24 h of event time.)
+    crm = d.crm_outbound_events(user, generate_mailbox(user, threads=threads))
+    console.print(f"crm.outbound: {asyncio.run(d.publish_crm_outbound(s, crm))} CRM-sent mails")
+    process("CRM records")
     inbox = d.demo_inbox(password, user)
     report = _run_sync(s, inbox, sync_inbox_once)
     console.print(f"published {report.published} messages from {len(report.folders)} folders")
+    process("mail")
     ch = open_clickhouse(s)
     result = asyncio.run(run_sink(s, ch, until_caught_up=True))
     console.print(f"sink: consumed {result.stats.consumed}, inserted {result.stats.inserted}")
     db_name = s.clickhouse.database
     where = f"inbox_id = '{user}'"
-    queries = {
-        "Messages per folder": (
+    _print_rows(
+        ch.query(
             f"SELECT folder, folder_role, count() AS messages, sum(has_attachments) AS "
             f"with_attachments, formatReadableSize(sum(size)) AS size "
             f"FROM {db_name}.email_metadata FINAL WHERE {where} GROUP BY folder, folder_role "
             f"ORDER BY messages DESC"
         ),
-        "Top sender domains": (
-            f"SELECT from_domain, count() AS messages FROM {db_name}.email_metadata FINAL "
-            f"WHERE {where} GROUP BY from_domain ORDER BY messages DESC LIMIT 8"
+        title="Messages per folder",
+    )
+    _print_rows(
+        ch.query(
+            f"SELECT replied_at, contact_email, matched_by, subject, "
+            f"replaceAll(leftUTF8(body_text, 40), '\\n', ' ') AS body "
+            f"FROM {db_name}.engagements_current WHERE {where} "
+            f"ORDER BY replied_at DESC LIMIT 8"
         ),
-        "Conversations by length": (
-            f"SELECT length, count() AS threads FROM (SELECT "
-            f"if(empty(references), message_id, references[1]) AS root, count() AS length "
-            f"FROM {db_name}.email_metadata FINAL WHERE {where} GROUP BY root) "
-            f"GROUP BY length ORDER BY length"
-        ),
-        "Latest messages": (
-            f"SELECT received_at, folder, from_email, subject, length(references) AS refs "
-            f"FROM {db_name}.email_metadata FINAL WHERE {where} "
-            f"ORDER BY received_at DESC LIMIT 8"
-        ),
-        "Malformed mail (published, never dropped)": (
+        title="CRM engagements (replies to CRM mail; bodies only for these threads)",
+    )
+    _print_rows(
+        ch.query(
             f"SELECT message_id, message_id_synthetic, subject, parse_error "
             f"FROM {db_name}.email_metadata FINAL WHERE {where} "
             f"AND (message_id_synthetic OR parse_error IS NOT NULL)"
         ),
-    }
-    for title, sql in queries.items():
-        _print_rows(ch.query(sql), title=title)
+        title="Malformed mail (published, never dropped)",
+    )
+    # The named analytics queries, the same files `inboxstream analytics` runs.
+    for query in named.load_queries().values():
+        _print_rows(named.run(ch, query), title=query.title)
     console.print(f"demo done in {time.monotonic() - t0:.1f}s")
 
 

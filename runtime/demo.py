@@ -1,22 +1,31 @@
-"""The end-to-end demo: a real mailbox in Dovecot, synced into Kafka, projected into ClickHouse.
+"""The end-to-end demo: a real mailbox in Dovecot, synced into Kafka, threaded and matched
+to CRM mail by the exactly-once processor, projected into ClickHouse.
 
 Re-runnable: the demo mailbox is filled only when empty, and re-syncing publishes the same
-event ids, which the ReplacingMergeTree tables collapse, so the printed figures stay the same.
+event ids, which the processor and the ReplacingMergeTree tables collapse, so the printed
+figures stay the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import imaplib
 import secrets
 import smtplib
 import ssl
 from collections.abc import Iterable
+from email import policy
+from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
 from pathlib import Path
 
 from infra import dovecot
 from infra.common import state_dir
+from runtime.kafka import ensure_topics, make_producer
 from runtime.mailgen import GeneratedMail
-from runtime.settings import InboxSettings
+from runtime.settings import InboxSettings, Settings
+from schemas.models import OutboundEvent
+from schemas.serde import serde_for
 
 DEMO_USER = "demo@inboxstream.test"
 
@@ -80,3 +89,53 @@ def fill_mailbox(user: str, password: str, mails: Iterable[GeneratedMail]) -> di
     finally:
         client.logout()
     return counts
+
+
+def crm_outbound_events(inbox_id: str, mails: Iterable[GeneratedMail]) -> list[OutboundEvent]:
+    """What the CRM would have recorded for this mailbox: the owner's first mail of each
+    conversation it started (the CRM sent those through the inbox). Replies to them in INBOX
+    are what the processor turns into engagements; every other thread stays metadata only."""
+    events = []
+    for mail in mails:
+        if mail.folder != "Sent" or mail.message_id is None or ".m0." not in mail.message_id:
+            continue
+        parsed = BytesParser(policy=policy.default).parsebytes(mail.raw, headersonly=True)
+        to = getaddresses([str(parsed.get("To", ""))])
+        name, email = to[0] if to else ("", "")
+        message_id = mail.message_id  # bare, as producers/parse.py and send.py keep them
+        events.append(
+            OutboundEvent(
+                event_id=hashlib.sha256(f"outbound\0{message_id}".encode()).hexdigest()[:32],
+                message_id=message_id,
+                kind="sent",
+                inbox_id=inbox_id,
+                contact_email=email or None,
+                contact_name=name or None,
+                subject=str(parsed.get("Subject", "")) or None,
+                crm_ref=f"demo-{mail.thread}",
+                sent_at=parsedate_to_datetime(str(parsed["Date"])),
+            )
+        )
+    return events
+
+
+async def publish_crm_outbound(settings: Settings, events: Iterable[OutboundEvent]) -> int:
+    """Publish the CRM's records the way producers/send.py does (key = Message-ID)."""
+    await ensure_topics(settings.kafka, settings.topics, [settings.topics.crm_outbound])
+    serde = serde_for(OutboundEvent)
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    n = 0
+    try:
+        for event in events:
+            await producer.send(
+                settings.topics.crm_outbound.name,
+                value=serde.encode(event),
+                key=event.message_id.encode(),
+                headers=serde.headers("outbound.sent"),
+            )
+            n += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n

@@ -63,7 +63,10 @@ def generate_mailbox(
     owner_name = "Demo Owner"
     for t in range(threads):
         contact_name, contact = _person(rng)
-        subject = rng.choice(TOPICS).format(n=1000 + t)
+        company = dict(COMPANIES)[contact.split("@")[1].encode().decode("idna")]
+        # The company in the subject, as CRM mail has it: RFC 5256 merges conversations whose
+        # base subjects are equal, so ten bare topics would fold unrelated threads together.
+        subject = f"{rng.choice(TOPICS).format(n=1000 + t)} – {company}"
         ids: list[str] = []
         inbound_first = rng.random() < 0.6
         for depth in range(rng.randint(1, 6)):

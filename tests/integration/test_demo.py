@@ -1,5 +1,6 @@
 """The README's demo command, run for real: it prints rows read back from ClickHouse, and a
-second run works, reinstalls nothing and counts the same messages (idempotent re-sync)."""
+second run works, reinstalls nothing and counts the same messages (idempotent re-sync).
+Replies to the mail the CRM sent become engagements, through the exactly-once processor."""
 
 from __future__ import annotations
 
@@ -34,11 +35,13 @@ def test_demo_prints_rows_and_reruns_idempotently(
     expected = list(generate_mailbox(user, threads=6))
     inbox_count = sum(1 for m in expected if m.folder == "INBOX")
     try:
-        first = _run(["demo", "--threads", "6", "--user", user], env)
+        args = ["demo", "--threads", "6", "--user", user, "--processor-group", f"proc-{unique}"]
+        first = _run(args, env)
         assert first.returncode == 0, first.stderr[-3000:]
         assert f"filled {user}" in first.stderr
         assert "Messages per folder" in first.stdout
         assert "Top sender domains" in first.stdout
+        assert "Reply rate and median reply time to CRM mail" in first.stdout
         # the INBOX row of the first table, read back from ClickHouse
         assert any(
             line.split("│")[1:4] == [" INBOX  ", " inbox       ", f" {inbox_count:<8} "]
@@ -46,7 +49,7 @@ def test_demo_prints_rows_and_reruns_idempotently(
             if line.count("│") >= 4
         ), first.stdout
 
-        second = _run(["demo", "--threads", "6", "--user", user], env)
+        second = _run(args, env)
         assert second.returncode == 0, second.stderr[-3000:]
         assert "already has mail" in second.stderr
         assert "kafka: already running" in second.stderr
@@ -67,6 +70,30 @@ def test_demo_prints_rows_and_reruns_idempotently(
             "INBOX": inbox_count,
             "Sent": sum(1 for m in expected if m.folder == "Sent"),
         }
+        # Engagements: exactly the incoming replies in conversations the CRM started, each
+        # once after two runs; the owner's own follow-ups in Sent are not engagements.
+        crm_threads = {
+            m.thread
+            for m in expected
+            if m.folder == "Sent" and m.message_id and ".m0." in m.message_id
+        }
+        replies = {
+            m.message_id for m in expected if m.thread in crm_threads and m.folder == "INBOX"
+        }
+        assert replies, "the generated mailbox should hold replies to CRM mail"
+        engaged = _run(
+            [
+                "query",
+                "--format",
+                "json",
+                f"SELECT message_id AS folder, count() AS n "
+                f"FROM inboxstream.engagements_current WHERE inbox_id = '{user}' "
+                f"GROUP BY message_id",
+            ],
+            env,
+        )
+        assert engaged.returncode == 0, engaged.stderr[-3000:]
+        assert _folder_counts(engaged.stdout) == dict.fromkeys(replies, 1)
     finally:
         dovecot.remove_user(user)
 
