@@ -47,7 +47,7 @@ from aiokafka import AIOKafkaProducer
 
 from producers.budget import BudgetRegistry
 from producers.folders import Folder, assign_roles
-from producers.imap import ImapConnection, ImapEndpoint
+from producers.imap import ImapConnection, ImapEndpoint, endpoint_for_inbox
 from producers.smtp import (
     InvalidAddressError,
     InvalidMessageError,
@@ -290,13 +290,8 @@ def sender_mailbox(inbox: InboxSettings) -> Mailbox:
 
 
 def imap_endpoint(inbox: InboxSettings) -> ImapEndpoint:
-    return ImapEndpoint(
-        host=inbox.imap_host,
-        port=inbox.imap_port,
-        security=inbox.imap_security,
-        allow_unverified_certificate=inbox.allow_unverified_certificate,
-        ca_file=inbox.ca_file,
-    )
+    """The same endpoint the producers use (TLS 1.0/1.1 only when the inbox opted in)."""
+    return endpoint_for_inbox(inbox)
 
 
 def smtp_endpoint(inbox: InboxSettings) -> SmtpEndpoint:
@@ -306,6 +301,7 @@ def smtp_endpoint(inbox: InboxSettings) -> SmtpEndpoint:
         security=inbox.smtp_security,
         allow_unverified_certificate=inbox.allow_unverified_certificate,
         ca_file=inbox.ca_file,
+        tls_min_version="TLSv1" if inbox.allow_legacy_tls else "TLSv1.2",
     )
 
 
