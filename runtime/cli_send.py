@@ -21,18 +21,25 @@ console = Console(stderr=True)
 
 
 def _inbox(settings: Settings, inbox_id: str | None) -> InboxSettings:
-    if not settings.inboxes:
-        raise click.UsageError("no inboxes configured (set [[inboxes]] in the config file)")
+    """The inbox to send through: from the config file or from ``inboxstream inbox add``'s
+    registry (the registry wins for an id in both: it is what the producer service runs)."""
+    from producers.registry import InboxRegistry
+
+    inboxes = {i.id: i for i in settings.inboxes}
+    inboxes.update(InboxRegistry(settings.producer.registry_dir).load())
+    if not inboxes:
+        raise click.UsageError(
+            "no inboxes configured (`inboxstream inbox add`, or [[inboxes]] in the config file)"
+        )
     if inbox_id is None:
-        if len(settings.inboxes) > 1:
-            ids = ", ".join(i.id for i in settings.inboxes)
+        if len(inboxes) > 1:
+            ids = ", ".join(sorted(inboxes))
             raise click.UsageError(
                 f"several inboxes are configured; pick one with --from-inbox ({ids})"
             )
-        return settings.inboxes[0]
-    for inbox in settings.inboxes:
-        if inbox.id == inbox_id:
-            return inbox
+        return next(iter(inboxes.values()))
+    if inbox_id in inboxes:
+        return inboxes[inbox_id]
     raise click.UsageError(f"no configured inbox has id {inbox_id!r}")
 
 

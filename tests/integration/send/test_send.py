@@ -318,3 +318,32 @@ def test_cli_send(
     bad = CliRunner().invoke(main, [*args[:3], "--to", "nobody", "--subject", "x", "--body", "y"])
     assert bad.exit_code == 1
     assert "invalid_address" in bad.output
+
+
+def test_cli_send_through_an_inbox_added_with_inbox_add(
+    people: Callable[..., Person],
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An inbox the producer service runs (from `inboxstream inbox add`, not the config file)
+    can send: the only inbox there, so no --from-inbox is needed."""
+    from producers.registry import InboxRegistry
+
+    yuri, zoe = people("yuri"), people("zoe")
+    InboxRegistry(tmp_path / "inboxes").add(yuri.inbox(security="tls"))
+    monkeypatch.delenv("INBOXSTREAM_INBOXES", raising=False)
+    monkeypatch.setenv("INBOXSTREAM_PRODUCER__REGISTRY_DIR", str(tmp_path / "inboxes"))
+    monkeypatch.setenv("INBOXSTREAM_KAFKA__BOOTSTRAP_SERVERS", settings.kafka.bootstrap_servers)
+    monkeypatch.setenv("INBOXSTREAM_TOPICS__CRM_OUTBOUND__NAME", settings.topics.crm_outbound.name)
+    monkeypatch.setenv("INBOXSTREAM_TOPICS__CRM_OUTBOUND__RETENTION_MS", "-1")
+    args = ["send", "--to", zoe.name, "--subject", "from the registry", "--body", "hi"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(yuri.messages("Sent")) == 1
+    assert b"from the registry" in zoe.wait_for("INBOX", 1)[0]
+    empty = tmp_path / "none"
+    monkeypatch.setenv("INBOXSTREAM_PRODUCER__REGISTRY_DIR", str(empty))
+    nothing = CliRunner().invoke(main, args)
+    assert nothing.exit_code != 0
+    assert "inboxstream inbox add" in nothing.output
