@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from processors.jwz import Algorithm
-from processors.processor import ProcessorConfig, ProcessorStats, StreamProcessor
+from processors.processor import ProcessorConfig, ProcessorStats, run_processor
 from processors.topology import ProcessorTopics
 from runtime.kafka import ensure_topics, make_consumer
 from runtime.settings import Settings
@@ -76,9 +76,4 @@ async def replay(
     config = ProcessorConfig(
         group_id=group, instance_id="replay", algorithm=algorithm, version=version
     )
-    processor = StreamProcessor(settings, config)
-    await processor.start()
-    try:
-        return await processor.run(stop, idle_exit_s=idle_exit_s)
-    finally:
-        await processor.stop()
+    return await run_processor(settings, config, stop=stop, idle_exit_s=idle_exit_s)

@@ -86,17 +86,12 @@ async def sync_folder(
         acks = []
         for item in fetched:
             message, body = parse_message(
-                FetchedMessage(
+                FetchedMessage.from_item(
+                    item,
                     inbox_id=inbox_id,
                     folder=folder,
                     folder_role=role,
                     uidvalidity=selected.uidvalidity,
-                    uid=item.uid,
-                    raw=item.raw or b"",
-                    flags=item.flags,
-                    internal_date=item.internal_date,
-                    size=item.size,
-                    modseq=item.modseq,
                 ),
                 log_attachments=log_attachments,
                 producer=producer_name,

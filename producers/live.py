@@ -273,17 +273,12 @@ class FolderWatch:
         """The message's envelope with its new flags; event_id includes the MODSEQ, so each
         change is its own event and a re-sent change keeps its id."""
         message, _ = parse_message(
-            FetchedMessage(
+            FetchedMessage.from_item(
+                item,
                 inbox_id=self.inbox_id,
                 folder=self.folder,
                 folder_role=self.role,
                 uidvalidity=selected.uidvalidity,
-                uid=item.uid,
-                raw=item.raw or b"",
-                flags=item.flags,
-                internal_date=item.internal_date,
-                size=item.size,
-                modseq=item.modseq,
             ),
             log_attachments=False,
             producer=self.producer_name,

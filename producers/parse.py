@@ -20,6 +20,7 @@ from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import TypeVar
 
+from producers.fetch import FetchedItem
 from schemas.models import Address, Attachment, BodyEvent, FolderRole, MessageEvent
 
 ATTACHMENT_LOG_LIMIT = 50 * 1024 * 1024  # the source documents: "less than 50 MB"
@@ -43,6 +44,30 @@ class FetchedMessage:
     internal_date: datetime | None = None
     size: int | None = None
     modseq: int | None = None
+
+    @classmethod
+    def from_item(
+        cls,
+        item: FetchedItem,
+        *,
+        inbox_id: str,
+        folder: str,
+        folder_role: FolderRole,
+        uidvalidity: int,
+    ) -> FetchedMessage:
+        """One parsed FETCH response item, placed in its inbox and folder."""
+        return cls(
+            inbox_id=inbox_id,
+            folder=folder,
+            folder_role=folder_role,
+            uidvalidity=uidvalidity,
+            uid=item.uid,
+            raw=item.raw or b"",
+            flags=item.flags,
+            internal_date=item.internal_date,
+            size=item.size,
+            modseq=item.modseq,
+        )
 
 
 def event_id(
