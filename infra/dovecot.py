@@ -24,6 +24,7 @@ import pwd
 import re
 import shutil
 import smtplib
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -385,6 +386,27 @@ def _write_config() -> bool:
     return old != text
 
 
+# Every IDLE-ing imap process holds one inotify instance, all under the one vmail uid. The
+# kernel's default of 128 instances per uid means that past ~128 idle connections Dovecot
+# falls back to polling the mailbox every mailbox_idle_check_interval (the config sets 1 s).
+INOTIFY_INSTANCES = 8192
+_INOTIFY_PATH = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def _raise_inotify_limit() -> None:
+    """Best effort: raise the per-uid inotify instance limit when we may (root, writable)."""
+    try:
+        current = int(_INOTIFY_PATH.read_text())
+        if current < INOTIFY_INSTANCES:
+            _INOTIFY_PATH.write_text(f"{INOTIFY_INSTANCES}\n")
+    except (OSError, ValueError) as exc:
+        print(
+            f"dovecot: could not raise {_INOTIFY_PATH} to {INOTIFY_INSTANCES} ({exc}); beyond "
+            "~128 idle connections IDLE falls back to 1-second polling",
+            file=sys.stderr,
+        )
+
+
 def _fix_users_perms(path: Path, mode: int) -> None:
     """The auth process runs as the dovecot user, so it must be able to read the files."""
     try:
@@ -430,6 +452,7 @@ def start(timeout: float = 30) -> bool:
                 f"{ep.host}:{port} is already in use by another process; stop it or set "
                 "INBOXSTREAM_IMAP_PORT / INBOXSTREAM_IMAPS_PORT / INBOXSTREAM_LMTP_PORT"
             )
+    _raise_inotify_limit()
     # The penalty socket is disabled (mode 0), so the master never recreates it; a stale one
     # from an older config makes the auth process retry connecting to it for 5 seconds.
     (_base_dir() / "anvil-auth-penalty").unlink(missing_ok=True)
