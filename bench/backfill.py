@@ -12,7 +12,8 @@ folder:
 Prints messages/s for both, the ratio, and our process's RSS (psutil, sampled every 50 ms):
 before the backfill, the peak during it, and the folder's size for scale.
 
-Run: ``.venv/bin/python -m bench.backfill [N] [BATCH]`` (default 20,000 messages).
+Run: ``.venv/bin/python -m bench.backfill [N] [BATCH] [WORKERS,...]`` (default 20,000 messages,
+batch BACKFILL_BATCH, parse workers 0 (inline) and 2; one backfill run per worker count).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from infra import dovecot, kafka
 from producers.fetch import BACKFILL_BATCH, parse_fetch_lines
 from producers.folder_sync import FETCH_ITEMS_CONDSTORE, sync_folder
 from producers.imap import ImapConnection, ImapEndpoint
+from producers.parse_pool import ParsePool
 from producers.publish import EventPublisher
 from runtime.kafka import client_options, ensure_topics, make_producer
 from runtime.settings import KafkaSettings, TopicSettings
@@ -88,9 +90,18 @@ def imaplib_loop(user: str, password: str, n: int, batch: int, *, parse: bool = 
 
 
 async def ours(
-    user: str, password: str, n: int, batch: int, settings: KafkaSettings, topics: TopicSettings
+    user: str,
+    password: str,
+    n: int,
+    batch: int,
+    settings: KafkaSettings,
+    topics: TopicSettings,
+    workers: int = 0,
 ) -> tuple[float, int, int]:
     ep = dovecot.endpoints()
+    pool = ParsePool(workers)
+    if workers:  # start the workers before the clock, as the service does once per process
+        await pool.encode([])
     producer = make_producer(settings)
     await producer.start()
     conn = await ImapConnection.open(
@@ -102,7 +113,7 @@ async def ours(
             start = time.perf_counter()
             result = await sync_folder(
                 conn,
-                EventPublisher(producer, topics),
+                EventPublisher(producer, topics, pool),
                 inbox_id=user,
                 folder="INBOX",
                 role="inbox",
@@ -113,6 +124,7 @@ async def ours(
     finally:
         await conn.logout()
         await producer.stop()
+        pool.close()
     assert result.published == n, (result.published, n)
     return n / elapsed, before, rss.peak
 
@@ -132,7 +144,7 @@ async def warm(user: str, password: str, batch: int) -> None:
         await conn.logout()
 
 
-async def main(n: int, batch: int) -> None:
+async def main(n: int, batch: int, workers: list[int]) -> None:
     for mod in (kafka, dovecot):
         mod.install()
         mod.start()
@@ -151,13 +163,22 @@ async def main(n: int, batch: int) -> None:
         print(f"imaplib UID FETCH loop (fetch only):       {base:9.0f} msg/s", flush=True)
         parsed = await asyncio.to_thread(imaplib_loop, user, password, n, batch, parse=True)
         print(f"imaplib loop + stdlib MIME parse only:     {parsed:9.0f} msg/s", flush=True)
-        rate, before, peak = await ours(user, password, n, batch, settings, topics)
-        print(f"inboxstream backfill (fetch+parse+Kafka):  {rate:9.0f} msg/s")
-        print(f"ratio inboxstream / imaplib:               {rate / base:9.2f}")
-        print(
-            f"RSS: {before / 1e6:.0f} MB before, peak {peak / 1e6:.0f} MB during the backfill "
-            f"(growth {(peak - before) / 1e6:.0f} MB for a {size / 1e6:.0f} MB folder)"
-        )
+        for w in workers:
+            # A fresh topic pair per run, so each contender writes to empty partitions.
+            run_topics = TopicSettings().with_prefix(f"{topics.messages.name}.w{w}.")
+            run_specs = [run_topics.messages, run_topics.bodies, run_topics.status]
+            await ensure_topics(settings, run_topics, run_specs)
+            specs += run_specs
+            rate, before, peak = await ours(user, password, n, batch, settings, run_topics, w)
+            how = "inline" if w == 0 else f"{w} parse workers"
+            print(f"inboxstream backfill, {how + ':':18} {rate:9.0f} msg/s", flush=True)
+            print(f"  ratio inboxstream / imaplib:           {rate / base:9.2f}")
+            print(
+                f"  RSS of this process: {before / 1e6:.0f} MB before, peak {peak / 1e6:.0f} MB "
+                f"(growth {(peak - before) / 1e6:.0f} MB for a {size / 1e6:.0f} MB folder; "
+                "workers not counted)",
+                flush=True,
+            )
     finally:
         dovecot.remove_user(user)
         admin = AIOKafkaAdminClient(**client_options(settings))
@@ -170,4 +191,6 @@ async def main(n: int, batch: int) -> None:
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    asyncio.run(main(count, int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_BATCH))
+    batch_arg = int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_BATCH
+    workers_arg = [int(w) for w in sys.argv[3].split(",")] if len(sys.argv) > 3 else [0, 2]
+    asyncio.run(main(count, batch_arg, workers_arg))

@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from producers.fetch import BACKFILL_BATCH, parse_fetch_lines
+from producers.encode import EncodedMessage
+from producers.fetch import BACKFILL_BATCH, FetchedItem, parse_fetch_lines
 from producers.imap import ImapConnection, SelectedFolder
-from producers.parse import FetchedMessage, parse_message
+from producers.parse import FetchedMessage
 from producers.publish import EventPublisher
-from schemas.exceptions import EncodeError
-from schemas.models import FolderRole, MessageEvent
+from schemas.models import FolderRole
 
 log = logging.getLogger(__name__)
 
@@ -61,50 +61,35 @@ async def sync_folder(
     """Publish every message with UID > after_uid; return the highest UID acked by Kafka.
 
     Pass ``selected`` when the caller has just selected the folder (it read UIDVALIDITY to
-    check its checkpoint); otherwise the folder is selected here.
+    check its checkpoint); otherwise the folder is selected here. Messages are parsed and
+    encoded in the publisher's parse pool (inline or worker processes).
     """
+    pool = publisher.parse_pool
+    key = inbox_id.encode()
     if selected is None:
         selected = await conn.select(folder)
     items = FETCH_ITEMS_CONDSTORE if conn.has("CONDSTORE") else FETCH_ITEMS
     last_uid = after_uid
     published = 0
     lo = after_uid + 1
-    # The next range is fetched while this one is parsed and published, so the server works
-    # while we do (bench/backfill.py: +15-30% messages/s); at most two batches are held. After
-    # an error a pending read-ahead just completes (or fails with the connection) unobserved.
+    # A three-stage pipeline, so the server, the parse workers and Kafka all work at once: while
+    # batch k is published and its acks awaited, batch k+1 is parsed (producers/parse_pool.py)
+    # and batch k+2 is read ahead from the server. At most three batches are held, so memory
+    # stays bounded; acks are still awaited batch by batch, in order, before each checkpoint.
+    # After an error a pending read-ahead or parse just completes (or fails) unobserved.
     ahead: asyncio.Future[Any] | None = None
-    # UIDNEXT may be absent on old servers: then fetch lo:* once per batch until empty.
-    while selected.uidnext == 0 or lo < selected.uidnext:
-        hi = lo + batch_size - 1
-        uid_set = f"{lo}:{hi}" if selected.uidnext else f"{lo}:*"
-        response = await (ahead if ahead is not None else conn.uid_fetch(uid_set, items))
-        ahead = None
-        if selected.uidnext and hi + 1 < selected.uidnext:
-            ahead = asyncio.ensure_future(conn.uid_fetch(f"{hi + 1}:{hi + batch_size}", items))
-            ahead.add_done_callback(_consume_error)
-        fetched = [f for f in parse_fetch_lines(response.lines) if f.uid >= lo]
-        acks = []
-        for item in fetched:
-            message, body = parse_message(
-                FetchedMessage.from_item(
-                    item,
-                    inbox_id=inbox_id,
-                    folder=folder,
-                    folder_role=role,
-                    uidvalidity=selected.uidvalidity,
-                ),
-                log_attachments=log_attachments,
-                producer=producer_name,
-            )
-            try:
-                acks.append(await publisher.send(message, inbox_id))
-                acks.append(await publisher.send(body, inbox_id))
-            except EncodeError as exc:
-                # parse_message never raises, but one unencodable field must not wedge the
-                # folder (every retry would hit it again): publish the message's identity
-                # with the reason instead, and move on.
-                log.warning("%s %s UID %d: %s", inbox_id, folder, item.uid, exc)
-                acks.append(await publisher.send(identity_only(message, exc), inbox_id))
+    pending: tuple[list[FetchedItem], asyncio.Future[list[EncodedMessage]]] | None = None
+
+    async def publish(
+        fetched: list[FetchedItem], encoding: asyncio.Future[list[EncodedMessage]]
+    ) -> None:
+        nonlocal last_uid, published
+        encoded = await encoding
+        acks = [
+            await publisher.send_encoded(record, key)
+            for message in encoded
+            for record in message.records
+        ]
         await asyncio.gather(*acks)  # the checkpoint may move only past acked events
         if fetched:
             last_uid = max(last_uid, max(f.uid for f in fetched))
@@ -115,9 +100,48 @@ async def sync_folder(
             maybe = on_progress(FolderProgress(folder, published, selected.exists, last_uid))
             if maybe is not None:
                 await maybe
-        if not selected.uidnext and not fetched:
-            break
-        lo = hi + 1
+
+    try:
+        # UIDNEXT may be absent on old servers: then fetch lo:* once per batch until empty.
+        while selected.uidnext == 0 or lo < selected.uidnext:
+            hi = lo + batch_size - 1
+            uid_set = f"{lo}:{hi}" if selected.uidnext else f"{lo}:*"
+            response = await (ahead if ahead is not None else conn.uid_fetch(uid_set, items))
+            ahead = None
+            if selected.uidnext and hi + 1 < selected.uidnext:
+                ahead = asyncio.ensure_future(conn.uid_fetch(f"{hi + 1}:{hi + batch_size}", items))
+                ahead.add_done_callback(_consume_error)
+            fetched = [f for f in parse_fetch_lines(response.lines) if f.uid >= lo]
+            encoding = asyncio.ensure_future(
+                pool.encode(
+                    [
+                        FetchedMessage.from_item(
+                            item,
+                            inbox_id=inbox_id,
+                            folder=folder,
+                            folder_role=role,
+                            uidvalidity=selected.uidvalidity,
+                        )
+                        for item in fetched
+                    ],
+                    log_attachments=log_attachments,
+                    producer=producer_name,
+                )
+            )
+            if pending is not None:
+                previous, pending = pending, None
+                await publish(*previous)
+            pending = (fetched, encoding)
+            if not selected.uidnext and not fetched:
+                break
+            lo = hi + 1
+        if pending is not None:
+            previous, pending = pending, None
+            await publish(*previous)
+    finally:
+        if pending is not None and not pending[1].done():
+            pending[1].add_done_callback(_consume_error)
+            pending[1].cancel()
     return SyncResult(selected, published, last_uid)
 
 
@@ -125,25 +149,3 @@ def _consume_error(future: asyncio.Future[Any]) -> None:
     """A read-ahead left behind by an error: its own failure is expected and not news."""
     if not future.cancelled():
         future.exception()
-
-
-def identity_only(message: MessageEvent, exc: Exception) -> MessageEvent:
-    """The fields that identify a message (all ASCII or numbers), plus why the rest is missing."""
-    safe_id = message.message_id.encode("ascii", "replace").decode()
-    return MessageEvent(
-        event_id=message.event_id,
-        event_type=message.event_type,
-        inbox_id=message.inbox_id,
-        folder=message.folder,
-        folder_role=message.folder_role,
-        uidvalidity=message.uidvalidity,
-        uid=message.uid,
-        modseq=message.modseq,
-        message_id=safe_id,
-        message_id_synthetic=message.message_id_synthetic,
-        size=message.size,
-        raw_headers=b"",
-        parse_error=f"event could not be encoded, fields dropped: {exc}"[:1000],
-        observed_at=message.observed_at,
-        producer=message.producer,
-    )

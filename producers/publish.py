@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
+from producers.encode import EncodedRecord
+from producers.parse_pool import INLINE, ParsePool
 from runtime.settings import TopicSettings
 from schemas.models import BodyEvent, Event, MessageEvent, StatusEvent
-from schemas.serde import serde_for
+from schemas.serde import HEADER_EVENT_TYPE, serde_for
 
 
 @dataclass
 class EventPublisher:
-    """Sends events and hands back futures so callers checkpoint only after Kafka acked."""
+    """Sends events and hands back futures so callers checkpoint only after Kafka acked.
+
+    ``parse_pool`` is where backfill batches are parsed and Avro-encoded before sending
+    (producers/parse_pool.py; setting ``producer.parse_workers``); by default inline.
+    """
 
     producer: AIOKafkaProducer
     topics: TopicSettings
+    parse_pool: ParsePool = field(default=INLINE)
 
     def _topic_for(self, event: Event) -> str:
-        if isinstance(event, MessageEvent):
+        return self._topic_for_model(type(event))
+
+    def _topic_for_model(self, model: type[Event]) -> str:
+        if issubclass(model, MessageEvent):
             return self.topics.messages.name
-        if isinstance(event, BodyEvent):
+        if issubclass(model, BodyEvent):
             return self.topics.bodies.name
-        if isinstance(event, StatusEvent):
+        if issubclass(model, StatusEvent):
             return self.topics.status.name
-        raise TypeError(f"no topic for {type(event).__name__}")
+        raise TypeError(f"no topic for {model.__name__}")
 
     async def send(self, event: Event, key: str) -> asyncio.Future[object]:
         """Queue one event; await the returned future for the broker's ack."""
@@ -37,5 +47,16 @@ class EventPublisher:
             value=serde.encode(event),
             key=key.encode(),
             headers=serde.headers(event_type),
+        )
+        return future
+
+    async def send_encoded(self, record: EncodedRecord, key: bytes) -> asyncio.Future[object]:
+        """Queue one value already Avro-encoded (producers/encode.py), with the same headers
+        ``send`` would give its event."""
+        model: type[Event] = MessageEvent if record.topic == "messages" else BodyEvent
+        topic = self._topic_for_model(model)
+        headers = [*serde_for(model).headers(), (HEADER_EVENT_TYPE, record.event_type.encode())]
+        future: asyncio.Future[object] = await self.producer.send(
+            topic, value=record.value, key=key, headers=headers
         )
         return future

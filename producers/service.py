@@ -35,6 +35,7 @@ from producers.folder_sync import FolderProgress
 from producers.folders import assign_roles
 from producers.imap import ImapConnection, endpoint_for_inbox
 from producers.live import FolderWatch, LiveTimings, wait_for_change
+from producers.parse_pool import ParsePool
 from producers.publish import EventPublisher
 from producers.registry import InboxRegistry, inbox_fingerprint
 from producers.status import StatusReporter
@@ -293,7 +294,9 @@ class ProducerService:
         await ensure_topics(self.settings.kafka, self.settings.topics)
         producer = make_producer(self.settings.kafka)
         await producer.start()
-        self.publisher = EventPublisher(producer, self.settings.topics)
+        self.publisher = EventPublisher(
+            producer, self.settings.topics, ParsePool(self.settings.producer.parse_workers)
+        )
         self.store = CheckpointStore(
             self.settings.kafka,
             self.settings.topics.checkpoints.name,
@@ -318,6 +321,7 @@ class ProducerService:
             )
             await self.store.stop()
             await producer.stop()
+            self.publisher.parse_pool.close()
 
     async def reconcile(self, desired: dict[str, InboxSettings]) -> None:
         """Start new inboxes, stop removed ones, restart changed ones."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from producers.folder_sync import FolderProgress, SyncResult, sync_folder
 from producers.folders import assign_roles
 from producers.imap import ImapConnection, ImapEndpoint, endpoint_for_inbox
+from producers.parse_pool import ParsePool
 from producers.publish import EventPublisher
 from runtime.kafka import ensure_topics, make_consumer, make_producer
 from runtime.settings import InboxSettings, Settings
@@ -54,8 +55,9 @@ async def sync_inbox_once(
     await ensure_topics(settings.kafka, settings.topics)
     producer = make_producer(settings.kafka)
     await producer.start()
+    pool = ParsePool(settings.producer.parse_workers)
     try:
-        publisher = EventPublisher(producer, settings.topics)
+        publisher = EventPublisher(producer, settings.topics, pool)
         conn = await ImapConnection.open(
             endpoint_for(inbox), inbox.username, inbox.password.get_secret_value()
         )
@@ -78,6 +80,7 @@ async def sync_inbox_once(
         await producer.flush()
     finally:
         await producer.stop()
+        pool.close()
     return InboxSyncReport(inbox.id, results)
 
 

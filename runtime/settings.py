@@ -137,6 +137,9 @@ class ProducerSettings(_Frozen):
     registry_poll_s: float = Field(default=2.0, gt=0)
     # Messages per UID FETCH; chosen from measurements, see BACKFILL_BATCH in producers/fetch.py.
     batch_size: int = Field(default=500, ge=1, le=1000)
+    # Processes that MIME-parse and Avro-encode backfill batches (0 = inline in the event loop);
+    # see producers/parse_pool.py and the README for the measurements behind the default.
+    parse_workers: int = Field(default=2, ge=0, le=64)
     keepalive_s: float = Field(default=120.0, gt=0, le=25 * 60)
     read_timeout_s: float = Field(default=15.0, gt=0)
     poll_interval_s: float = Field(default=30.0, gt=0)

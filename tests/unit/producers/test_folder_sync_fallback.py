@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from producers.folder_sync import identity_only
+from producers.encode import identity_only
 from schemas.exceptions import EncodeError
 from schemas.models import MessageEvent
 from schemas.serde import serde_for

@@ -1,0 +1,82 @@
+"""MIME parsing and Avro encoding of backfill batches, inline or in worker processes.
+
+Parsing is pure CPU in Python (the stdlib email parser holds the GIL), so the only way to use
+a second core is another process: raw bytes go in, ready Avro values come out, and the event
+loop meanwhile keeps reading IMAP and talking to Kafka. ``workers=0`` runs everything inline,
+with exactly the same results (both paths call ``producers.encode.encode_message``).
+
+Workers start from a forkserver, not by forking the running event loop process (its threads
+and sockets must not be copied). A pool that breaks (a worker killed, e.g. by the OOM killer)
+is replaced, and the batch that hit it is encoded inline, so a backfill never stops over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from producers.encode import EncodedMessage, encode_chunk
+from producers.parse import FetchedMessage
+
+log = logging.getLogger(__name__)
+
+#: Messages per task sent to a worker: large enough to amortise pickling and the pipe round
+#: trip, small enough that a 500-message batch still spreads over every worker.
+CHUNK = 64
+
+
+class ParsePool:
+    """Encodes FETCH batches; shared by every folder of the process (one pool, many inboxes)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 0:
+            raise ValueError("parse workers must be 0 (inline) or more")
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["producers.encode"])
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return self._executor
+
+    async def encode(
+        self, batch: list[FetchedMessage], *, log_attachments: bool = True, producer: str = ""
+    ) -> list[EncodedMessage]:
+        """Both events of every message in the batch, in batch order."""
+        if self.workers == 0 or not batch:
+            return encode_chunk(batch, log_attachments, producer)
+        loop = asyncio.get_running_loop()
+        size = max(1, min(CHUNK, -(-len(batch) // self.workers)))
+        chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        try:
+            pool = self._pool()
+            parts = await asyncio.gather(
+                *(
+                    loop.run_in_executor(pool, encode_chunk, c, log_attachments, producer)
+                    for c in chunks
+                )
+            )
+        except BrokenProcessPool as exc:
+            log.error("parse worker died (%s): new pool, this batch encoded inline", exc)
+            self._discard()
+            return encode_chunk(batch, log_attachments, producer)
+        return [m for part in parts for m in part]
+
+    def _discard(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def close(self) -> None:
+        """Stop the workers (waits for running chunks; call once the syncs are done)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+INLINE = ParsePool(0)

@@ -1,0 +1,111 @@
+"""The parse pool (worker processes) gives exactly what inline parsing gives, for good and
+malformed mail, in batch order; and one unencodable message still yields its identity."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from producers.encode import EncodedMessage, encode_message
+from producers.parse import FetchedMessage
+from producers.parse_pool import ParsePool
+from runtime.mailgen import generate_mailbox
+from schemas.exceptions import EncodeError
+from schemas.models import BodyEvent, MessageEvent
+from schemas.serde import serde_for
+
+MALFORMED = [
+    b"",
+    b"no header block at all",
+    b"Subject: =?utf-8?q?broken\r\nContent-Type: multipart/mixed; boundary=Q\r\n\r\n--Q\r\n",
+    b"From: <<<\r\nDate: yesterday\r\nMessage-ID: no brackets\r\n\r\nbody",
+    b"Subject: caf\xe9\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\n\xff\xfe",
+]
+
+
+def _batch() -> list[FetchedMessage]:
+    raws = [m.raw for m in itertools.islice(generate_mailbox("o@x.test", threads=40), 150)]
+    raws[10:10] = MALFORMED
+    return [
+        FetchedMessage("i@x.test", "INBOX", "inbox", 7, uid, raw)
+        for uid, raw in enumerate(raws, start=1)
+    ]
+
+
+def _decoded(messages: list[EncodedMessage]) -> list[tuple[int, list[dict[str, Any]]]]:
+    """Records decoded back, observed_at dropped (it is the wall clock at parse time)."""
+    out = []
+    for m in messages:
+        records = []
+        for r in m.records:
+            serde = serde_for(MessageEvent if r.topic == "messages" else BodyEvent)
+            record = serde.decode_record(r.value, serde.headers())
+            record.pop("observed_at")
+            records.append({"topic": r.topic, "event_type": r.event_type, **record})
+        out.append((m.uid, records))
+    return out
+
+
+async def test_workers_give_what_inline_gives_in_order() -> None:
+    batch = _batch()
+    inline = await ParsePool(0).encode(batch, log_attachments=True, producer="p")
+    pool = ParsePool(2)
+    try:
+        pooled = await pool.encode(batch, log_attachments=True, producer="p")
+        again = await pool.encode(batch[:3], log_attachments=False, producer="p")
+    finally:
+        pool.close()
+    assert [m.uid for m in pooled] == list(range(1, len(batch) + 1))
+    assert _decoded(pooled) == _decoded(inline)
+    assert all(len(m.records) == 2 for m in pooled)
+    assert [r.topic for r in pooled[0].records] == ["messages", "bodies"]
+    # malformed mail is published with its parse error, never dropped
+    bad = _decoded(pooled)[11][1][0]
+    assert bad["parse_error"] and bad["message_id_synthetic"]
+    # options reach the workers
+    assert all(not rec["attachments_logged"] for _, recs in _decoded(again) for rec in recs[1:])
+
+
+async def test_empty_batch_and_bad_worker_count() -> None:
+    assert await ParsePool(2).encode([]) == []
+    with pytest.raises(ValueError):
+        ParsePool(-1)
+
+
+async def test_a_dead_worker_pool_is_replaced_and_the_batch_encoded_inline() -> None:
+    pool = ParsePool(1)
+    batch = _batch()[:5]
+    try:
+        await pool.encode(batch)
+        executor = pool._executor
+        assert executor is not None
+        for proc in list(executor._processes.values()):  # what the OOM killer would do
+            proc.kill()
+            proc.join()
+        encoded = await pool.encode(batch)
+        assert [m.uid for m in encoded] == [1, 2, 3, 4, 5]
+        assert pool._executor is None  # discarded; the next batch gets a fresh pool
+        assert [m.uid for m in await pool.encode(batch)] == [1, 2, 3, 4, 5]
+    finally:
+        pool.close()
+
+
+def test_unencodable_event_is_followed_by_the_identity_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing parse_message builds from real mail is known to fail encoding (it decodes with
+    replacement), so the failure is forced: the body event's encoder raises."""
+
+    def refuse(event: BodyEvent) -> bytes:
+        raise EncodeError("inbox.bodies: forced")
+
+    monkeypatch.setattr(serde_for(BodyEvent), "encode", refuse)
+    raw = b"Message-ID: <a@b>\r\nSubject: ok\r\n\r\nhi"
+    encoded = encode_message(FetchedMessage("i@x.test", "INBOX", "inbox", 7, 3, raw))
+    assert [r.topic for r in encoded.records] == ["messages", "messages"]
+    serde = serde_for(MessageEvent)
+    fallback = serde.decode(encoded.records[1].value, serde.headers())
+    assert fallback.uid == 3 and fallback.message_id == "a@b" and fallback.subject is None
+    assert fallback.parse_error is not None and "forced" in fallback.parse_error
