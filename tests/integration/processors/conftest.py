@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TypeVar
 
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from processors.topology import ProcessorTopics
 from producers.parse import FetchedMessage, parse_message
-from runtime.kafka import ensure_topics, make_consumer, make_producer
-from runtime.settings import Settings
-from schemas.models import BodyEvent, Event, MessageEvent, OutboundEvent
+from runtime.kafka import client_options, ensure_topics, make_consumer, make_producer
+from runtime.settings import Settings, TopicSpec
+from schemas.models import (
+    BodyEvent,
+    EngagementEvent,
+    Event,
+    MessageEvent,
+    OutboundEvent,
+    ThreadEvent,
+)
 from schemas.serde import serde_for
 
 E = TypeVar("E", bound=Event)
@@ -159,3 +173,94 @@ def conversations(
             msgs[1], msgs[2] = msgs[2], msgs[1]
         raws.extend(msgs)
     return events_for(inbox_id, raws, start_uid=start_uid), crm
+
+
+# --- exactly-once runs: the same inputs, processor instances as subprocesses, outputs ---
+
+INBOXSTREAM = str(Path(sys.executable).parent / "inboxstream")
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """A config file for ``inboxstream --config``: this test's Kafka and topic names."""
+    lines = ["[kafka]", f'bootstrap_servers = "{settings.kafka.bootstrap_servers}"', ""]
+    lines += ["[topics]", f"partitions = {settings.topics.partitions}", ""]
+    for field in type(settings.topics).model_fields:
+        spec = getattr(settings.topics, field)
+        if isinstance(spec, TopicSpec):
+            lines += [f"[topics.{field}]", f'name = "{spec.name}"']
+            lines += [
+                f"retention_ms = {spec.retention_ms}",
+                f"compacted = {str(spec.compacted).lower()}",
+                "",
+            ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def load_inputs(settings: Settings, unique: str, inboxes: int = 3) -> None:
+    """``inboxes`` x 60 messages with bodies, every third conversation CRM mail."""
+    for n in range(inboxes):
+        inbox = f"box{n}-{unique}@inboxstream.test"
+        pairs, crm = conversations(inbox, threads=12, per_thread=5)
+        # half the CRM records before the mail, half after (replies held, then matched)
+        t = settings.topics
+        await publish(settings, [(t.crm_outbound.name, c.message_id, c) for c in crm[::2]])
+        await publish_inbox(settings, pairs)
+        await publish(settings, [(t.crm_outbound.name, c.message_id, c) for c in crm[1::2]])
+
+
+def event_ids(events: list[ThreadEvent] | list[EngagementEvent]) -> Counter[str]:
+    return Counter(e.event_id for e in events)
+
+
+async def outputs(settings: Settings, version: str) -> tuple[Counter[str], Counter[str]]:
+    topics = ProcessorTopics.build(settings.topics, version)
+    threads = await read_all(settings, topics.threads, ThreadEvent)
+    engagements = await read_all(settings, topics.engagements, EngagementEvent)
+    return event_ids(threads), event_ids(engagements)
+
+
+async def count_uncommitted(settings: Settings, topic: str) -> int:
+    """Records in the log including aborted ones (read_uncommitted)."""
+    return len(await read_all(settings, topic, ThreadEvent, isolation="read_uncommitted"))
+
+
+def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
+    """``inboxstream process`` as its own process (so it can be killed or frozen)."""
+    return subprocess.Popen(
+        [INBOXSTREAM, "--config", str(config), "process", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+async def group_state(settings: Settings, group: str) -> tuple[str, int]:
+    """The consumer group's state (Stable, PreparingRebalance, Empty...) and member count."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([group])
+        [described] = response.to_object()["groups"]
+        return described["state"], len(described["members"])
+    finally:
+        await admin.close()
+
+
+async def group_offsets(settings: Settings, group: str) -> dict[TopicPartition, int]:
+    """The offsets the group has committed, by partition."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in committed.items()}
+    finally:
+        await admin.close()
+
+
+def final_stats(stderr: str) -> dict[str, int]:
+    """The JSON line ``inboxstream process`` prints on exit (records and counters)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("{")]
+    assert lines, f"no stats line in:\n{stderr[-3000:]}"
+    stats: dict[str, int] = json.loads(lines[-1])
+    return stats

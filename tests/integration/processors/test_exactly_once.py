@@ -5,71 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 from processors.processor import ProcessorConfig, StreamProcessor, run_processor
 from processors.topology import ProcessorTopics
-from runtime.settings import Settings, TopicSpec
-from schemas.models import EngagementEvent, ThreadEvent
-from tests.integration.processors.conftest import conversations, publish, publish_inbox, read_all
-
-INBOXSTREAM = str(Path(sys.executable).parent / "inboxstream")
-
-
-def write_config(settings: Settings, path: Path) -> Path:
-    lines = ["[kafka]", f'bootstrap_servers = "{settings.kafka.bootstrap_servers}"', ""]
-    lines += ["[topics]", f"partitions = {settings.topics.partitions}", ""]
-    for field in type(settings.topics).model_fields:
-        spec = getattr(settings.topics, field)
-        if isinstance(spec, TopicSpec):
-            lines += [f"[topics.{field}]", f'name = "{spec.name}"']
-            lines += [
-                f"retention_ms = {spec.retention_ms}",
-                f"compacted = {str(spec.compacted).lower()}",
-                "",
-            ]
-    path.write_text("\n".join(lines))
-    return path
-
-
-async def load_inputs(settings: Settings, unique: str, inboxes: int = 3) -> None:
-    for n in range(inboxes):
-        inbox = f"box{n}-{unique}@inboxstream.test"
-        pairs, crm = conversations(inbox, threads=12, per_thread=5)
-        # half the CRM records before the mail, half after (replies held, then matched)
-        t = settings.topics
-        await publish(settings, [(t.crm_outbound.name, c.message_id, c) for c in crm[::2]])
-        await publish_inbox(settings, pairs)
-        await publish(settings, [(t.crm_outbound.name, c.message_id, c) for c in crm[1::2]])
-
-
-def event_ids(events: list[ThreadEvent] | list[EngagementEvent]) -> Counter[str]:
-    return Counter(e.event_id for e in events)
-
-
-async def outputs(settings: Settings, version: str) -> tuple[Counter[str], Counter[str]]:
-    topics = ProcessorTopics.build(settings.topics, version)
-    threads = await read_all(settings, topics.threads, ThreadEvent)
-    engagements = await read_all(settings, topics.engagements, EngagementEvent)
-    return event_ids(threads), event_ids(engagements)
-
-
-async def count_uncommitted(settings: Settings, topic: str) -> int:
-    """Records in the log including aborted ones (read_uncommitted)."""
-    return len(await read_all(settings, topic, ThreadEvent, isolation="read_uncommitted"))
-
-
-def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [INBOXSTREAM, "--config", str(config), "process", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+from runtime.settings import Settings
+from tests.integration.processors.conftest import (
+    count_uncommitted,
+    load_inputs,
+    outputs,
+    run_cli,
+    write_config,
+)
 
 
 async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(

@@ -16,15 +16,17 @@ from processors.topology import ProcessorTopics
 from runtime.settings import Settings
 from schemas.models import ThreadEvent
 from tests.integration.processors.conftest import (
+    INBOXSTREAM,
     T0,
     conversations,
     events_for,
+    outputs,
     publish,
     publish_inbox,
     read_all,
     reply_raw,
+    write_config,
 )
-from tests.integration.processors.test_exactly_once import INBOXSTREAM, outputs, write_config
 
 
 async def assignments(settings: Settings, version: str = "") -> dict[str, str]:
