@@ -95,6 +95,10 @@ class ProcessorConfig:
     # Test hook: sleep this long inside each transaction after the outputs were sent, and call
     # ``on_in_transaction`` first, so a test can kill the process with a transaction open.
     pause_in_transaction_s: float = 0.0
+    # How long the group waits for a silent instance before giving its partitions to the others
+    # (a frozen or partitioned instance; heartbeats go every third of it, at most every 3 s).
+    # Tests shorten it; the broker's group.min.session.timeout.ms (6 s by default) is the floor.
+    session_timeout_ms: int = 10_000
 
 
 @dataclass
@@ -171,6 +175,8 @@ class StreamProcessor:
             group_id=self.config.group_id,
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_poll_interval_ms=300_000,
+            session_timeout_ms=self.config.session_timeout_ms,
+            heartbeat_interval_ms=min(3_000, self.config.session_timeout_ms // 3),
         )
         await self._consumer.start()
         await self._check_copartitioned()
@@ -304,26 +310,27 @@ class StreamProcessor:
                     await asyncio.sleep(self.config.pause_in_transaction_s)
                 if offsets:
                     await self._producer.send_offsets_to_transaction(offsets, self.config.group_id)
-        except ProducerFenced:
+        except Exception as exc:
+            if not (isinstance(exc, ProducerFenced) or _unusable(self._producer)):
+                self.stats.aborted += 1
+                log.exception(
+                    "%s: batch of partition %d aborted; restoring and rewinding",
+                    self.name,
+                    partition,
+                )
+                await self._rewind({partition})
+                await asyncio.sleep(1.0)
+                return
             # A newer owner of this partition exists (we were expelled from the group and the
             # rebalance has not reached us yet): its transaction is the one that counts. Forget
-            # the partition; our next assignment restores what is committed.
+            # the partition; our next assignment restores what is committed. Never retry with
+            # this producer, and never replace it: a new one would fence the rightful owner.
             self.stats.counts["fenced"] += 1
-            log.warning("%s: fenced on partition %d; dropping it", self.name, partition)
+            log.warning("%s: fenced on partition %d (%r); dropping it", self.name, partition, exc)
             self.states.pop(partition, None)
             producer = self._producers.pop(partition, None)
             if producer is not None:
                 await producer.stop()
-            return
-        except Exception:
-            self.stats.aborted += 1
-            log.exception(
-                "%s: batch of partition %d aborted; restoring and rewinding",
-                self.name,
-                partition,
-            )
-            await self._rewind({partition})
-            await asyncio.sleep(1.0)
             return
         self.stats.batches += 1
 
@@ -683,6 +690,17 @@ class StreamProcessor:
                 for event_id, entry in list(index.entries.items()):
                     if expired(entry.observed_ms, wm, METADATA_TTL_MS):
                         state.drop_message(inbox, event_id)
+
+
+def _unusable(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer hit a fatal error (fenced, in practice) in an earlier call.
+
+    aiokafka raises ProducerFenced only to the call that met it - often its background sender,
+    where nobody awaits it; the zombie's next calls on that producer then fail with
+    IllegalOperation ("Not in the middle of a transaction") or a state assertion instead. The
+    transaction manager keeps the fatal state (no public accessor)."""
+    txn = getattr(producer, "_txn_manager", None)
+    return bool(txn is not None and txn.is_fatal_error())
 
 
 def _body_json(ev: BodyEvent) -> dict[str, Any]:

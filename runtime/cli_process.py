@@ -38,6 +38,7 @@ def thread(algorithm: str, file: Path) -> None:
 @click.option("--until-idle", type=float, default=None, help="Exit after this many idle seconds.")
 @click.option("--max-records", type=int, default=1000, show_default=True, help="Batch size.")
 @click.option("--pause-in-transaction", type=float, default=0.0, hidden=True)
+@click.option("--session-timeout-ms", type=int, default=10_000, hidden=True)
 @click.pass_context
 def process(
     ctx: click.Context,
@@ -47,6 +48,7 @@ def process(
     until_idle: float | None,
     max_records: int,
     pause_in_transaction: float,
+    session_timeout_ms: int,
 ) -> None:
     """Run the stream processor (threads, CRM engagements, retention), exactly once."""
     import asyncio
@@ -61,6 +63,7 @@ def process(
         algorithm="rfc5256" if algorithm == "rfc5256" else "references",
         max_records=max_records,
         pause_in_transaction_s=pause_in_transaction,
+        session_timeout_ms=session_timeout_ms,
     )
     log = logging.getLogger("inboxstream.process")
 
