@@ -45,17 +45,30 @@ DEFAULT_BATCH = BACKFILL_BATCH
 
 
 class PeakRss:
-    """Samples this process's RSS in a thread, so a busy event loop cannot hide a peak."""
+    """Samples this process's RSS in a thread, so a busy event loop cannot hide a peak; and,
+    separately, the peak sum over its child processes (the parse workers and their
+    forkserver)."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.proc = psutil.Process()
         self.peak = self.proc.memory_info().rss
+        self.children_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _children_rss(self) -> int:
+        total = 0
+        for child in self.proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
             self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.children_peak = max(self.children_peak, self._children_rss())
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -97,7 +110,7 @@ async def ours(
     settings: KafkaSettings,
     topics: TopicSettings,
     workers: int = 0,
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, int]:
     ep = dovecot.endpoints()
     pool = ParsePool(workers)
     if workers:  # start the workers before the clock, as the service does once per process
@@ -126,7 +139,7 @@ async def ours(
         await producer.stop()
         pool.close()
     assert result.published == n, (result.published, n)
-    return n / elapsed, before, rss.peak
+    return n / elapsed, before, rss.peak, rss.children_peak
 
 
 async def warm(user: str, password: str, batch: int) -> None:
@@ -169,14 +182,16 @@ async def main(n: int, batch: int, workers: list[int]) -> None:
             run_specs = [run_topics.messages, run_topics.bodies, run_topics.status]
             await ensure_topics(settings, run_topics, run_specs)
             specs += run_specs
-            rate, before, peak = await ours(user, password, n, batch, settings, run_topics, w)
+            rate, before, peak, workers_peak = await ours(
+                user, password, n, batch, settings, run_topics, w
+            )
             how = "inline" if w == 0 else f"{w} parse workers"
             print(f"inboxstream backfill, {how + ':':18} {rate:9.0f} msg/s", flush=True)
             print(f"  ratio inboxstream / imaplib:           {rate / base:9.2f}")
             print(
                 f"  RSS of this process: {before / 1e6:.0f} MB before, peak {peak / 1e6:.0f} MB "
-                f"(growth {(peak - before) / 1e6:.0f} MB for a {size / 1e6:.0f} MB folder; "
-                "workers not counted)",
+                f"(growth {(peak - before) / 1e6:.0f} MB for a {size / 1e6:.0f} MB folder); "
+                f"parse workers + forkserver: peak {workers_peak / 1e6:.0f} MB together",
                 flush=True,
             )
     finally:

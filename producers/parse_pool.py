@@ -53,8 +53,8 @@ class ParsePool:
         loop = asyncio.get_running_loop()
         size = max(1, min(CHUNK, -(-len(batch) // self.workers)))
         chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
+        pool = self._pool()
         try:
-            pool = self._pool()
             parts = await asyncio.gather(
                 *(
                     loop.run_in_executor(pool, encode_chunk, c, log_attachments, producer)
@@ -63,13 +63,14 @@ class ParsePool:
             )
         except BrokenProcessPool as exc:
             log.error("parse worker died (%s): new pool, this batch encoded inline", exc)
-            self._discard()
+            self._discard(pool)
             return encode_chunk(batch, log_attachments, producer)
         return [m for part in parts for m in part]
 
-    def _discard(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+    def _discard(self, broken: ProcessPoolExecutor) -> None:
+        """Drop the pool that broke, never a fresh one another folder has started since."""
+        broken.shutdown(wait=False, cancel_futures=True)
+        if self._executor is broken:
             self._executor = None
 
     def close(self) -> None:

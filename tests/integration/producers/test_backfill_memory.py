@@ -99,7 +99,8 @@ async def test_ten_thousand_messages_flat_memory_exactly_once(
     assert progress[-1].done == N and progress[-1].total == N
     growth = sampler.peak - marks["first_1000"]
     # Holding the folder would cost at least its size (51 MB) plus the events; a bounded
-    # backfill holds one batch (~2.5 MB raw) and the producer's in-flight buffers.
+    # backfill holds at most three batches (fetch, parse and publish stages, ~2.5 MB raw
+    # each) and the producer's in-flight buffers.
     assert growth < folder_bytes * 0.2, (
         f"RSS grew {growth / 1e6:.1f} MB after the first 1,000 messages "
         f"for a {folder_bytes / 1e6:.1f} MB folder"

@@ -3,6 +3,7 @@ malformed mail, in batch order; and one unencodable message still yields its ide
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -109,3 +110,16 @@ def test_unencodable_event_is_followed_by_the_identity_with_the_reason(
     fallback = serde.decode(encoded.records[1].value, serde.headers())
     assert fallback.uid == 3 and fallback.message_id == "a@b" and fallback.subject is None
     assert fallback.parse_error is not None and "forced" in fallback.parse_error
+
+
+async def test_folders_share_one_pool_concurrently() -> None:
+    """The service hands one pool to every folder of every inbox: concurrent batches must
+    come back whole and each to its own caller."""
+    batch = _batch()
+    pool = ParsePool(2)
+    try:
+        parts = await asyncio.gather(*(pool.encode(batch[i::4]) for i in range(4)))
+    finally:
+        pool.close()
+    for i, part in enumerate(parts):
+        assert [m.uid for m in part] == [f.uid for f in batch[i::4]]
