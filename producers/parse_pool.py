@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -41,7 +42,14 @@ class ParsePool:
         if self._executor is None:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["producers.encode"])
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            # Ctrl-C reaches the whole process group: the workers ignore it and leave the
+            # shutdown to the service, which closes the pool once its folders have stopped.
+            self._executor = ProcessPoolExecutor(
+                self.workers,
+                mp_context=ctx,
+                initializer=signal.signal,
+                initargs=(signal.SIGINT, signal.SIG_IGN),
+            )
         return self._executor
 
     async def encode(
