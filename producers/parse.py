@@ -86,7 +86,9 @@ def event_id(
     parts = [inbox_id, folder, str(uidvalidity), str(uid), event_type]
     if event_type != "message.new":
         parts.append(str(modseq or 0))
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+    # surrogatepass: a hostile server's folder name can decode to a lone surrogate; the key
+    # must stay stable and never raise (UTF-8 text hashes exactly as before).
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def split_header_block(raw: bytes) -> bytes:

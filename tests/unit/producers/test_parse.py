@@ -154,3 +154,13 @@ def test_hostile_headers_never_raise(headers: list[tuple[str, bytes]], body: byt
     raw = b"".join(n.encode() + b": " + v.replace(b"\n", b" ") + b"\r\n" for n, v in headers)
     m, _ = parse_message(fetched(raw + b"\r\n" + body, size=len(raw)))
     assert m.size == len(raw)
+
+
+@given(st.text(), st.text(), st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1))
+def test_event_id_never_raises_and_is_deterministic(
+    inbox: str, folder: str, uidvalidity: int, uid: int
+) -> None:
+    """Any folder name a server sends, lone surrogates included, gives one stable key."""
+    a = event_id(inbox, folder, uidvalidity, uid)
+    assert a == event_id(inbox, folder, uidvalidity, uid)
+    assert len(a) == 32
