@@ -156,7 +156,12 @@ def test_hostile_headers_never_raise(headers: list[tuple[str, bytes]], body: byt
     assert m.size == len(raw)
 
 
-@given(st.text(), st.text(), st.integers(0, 2**32 - 1), st.integers(1, 2**32 - 1))
+@given(
+    st.text(),
+    st.text(st.characters(exclude_categories=())),  # surrogates included
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 2**32 - 1),
+)
 def test_event_id_never_raises_and_is_deterministic(
     inbox: str, folder: str, uidvalidity: int, uid: int
 ) -> None:
@@ -164,3 +169,6 @@ def test_event_id_never_raises_and_is_deterministic(
     a = event_id(inbox, folder, uidvalidity, uid)
     assert a == event_id(inbox, folder, uidvalidity, uid)
     assert len(a) == 32
+    assert event_id(inbox, "bad\udcff", uidvalidity, uid) != event_id(
+        inbox, "bad", uidvalidity, uid
+    )
