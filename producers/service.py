@@ -69,15 +69,26 @@ async def cancel_and_wait(tasks: set[asyncio.Task[None]]) -> None:
     Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that races with its inner
     future completing (gh-86296); under load that happens, and a worker would live on after
     its inbox was removed. Re-cancelling makes stopping reliable.
+
+    A cancellation of the caller itself (a worker being stopped while it stops its own role
+    tasks) must not cut this short either, or a role task would outlive its worker and run on
+    after the Kafka producer closed: finish stopping the tasks, then re-raise it.
     """
     pending = {t for t in tasks if not t.done()}
+    interrupted = False
     while pending:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
+        try:
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        except asyncio.CancelledError:
+            interrupted = True
+            pending = {t for t in pending if not t.done()}
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             log.debug("task %s ended with %r", task.get_name(), task.exception())
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 def _stops_inbox(exc: BaseException) -> bool:
