@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -233,6 +234,27 @@ def run_cli(config: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL,
         text=True,
     )
+
+
+def wait_inside_a_transaction(
+    proc: subprocess.Popen[str], *, after: int, timeout: float, what: str
+) -> None:
+    """Return while ``proc`` (run with ``--pause-in-transaction``) holds a transaction open
+    that has thread output, after at least ``after`` transactions and once earlier ones had
+    thread output: the moment to kill or freeze it."""
+    assert proc.stderr is not None
+    seen, committed_threads = 0, 0
+    deadline = time.monotonic() + timeout
+    while True:
+        line = proc.stderr.readline()
+        assert line or proc.poll() is None, f"processor exited before the {what}"
+        assert time.monotonic() < deadline, "processor never opened a transaction"
+        if line.startswith("IN-TRANSACTION"):
+            seen += 1
+            assigned = int(line.split()[1])  # thread events sent so far, this one included
+            if seen >= after and committed_threads and assigned > committed_threads:
+                return
+            committed_threads = assigned
 
 
 async def group_state(settings: Settings, group: str) -> tuple[str, int]:

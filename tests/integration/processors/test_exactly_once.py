@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 from processors.processor import ProcessorConfig, StreamProcessor, run_processor
@@ -16,6 +15,7 @@ from tests.integration.processors.conftest import (
     load_inputs,
     outputs,
     run_cli,
+    wait_inside_a_transaction,
     write_config,
 )
 
@@ -36,20 +36,7 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     config = write_config(settings, tmp_path / "config.toml")
     group = ["--group-id", f"eos-{unique}", "--max-records", "50"]
     victim = run_cli(config, *group, "--instance-id", "a", "--pause-in-transaction", "0.5")
-    assert victim.stderr is not None
-    seen, committed_threads = 0, 0
-    deadline = time.monotonic() + 120
-    while True:
-        # kill inside a transaction that has thread output, after some others committed it
-        line = victim.stderr.readline()
-        assert line or victim.poll() is None, "processor exited before the kill"
-        assert time.monotonic() < deadline, "processor never opened a transaction"
-        if line.startswith("IN-TRANSACTION"):
-            seen += 1
-            assigned = int(line.split()[1])  # thread events sent so far, this one included
-            if seen >= 3 and committed_threads and assigned > committed_threads:
-                break
-            committed_threads = assigned
+    wait_inside_a_transaction(victim, after=3, timeout=120, what="kill")
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait(30) == -signal.SIGKILL
 

@@ -22,6 +22,7 @@ from tests.integration.processors.conftest import (
     load_inputs,
     outputs,
     run_cli,
+    wait_inside_a_transaction,
     write_config,
 )
 
@@ -49,19 +50,7 @@ async def test_frozen_instance_is_fenced_and_commits_nothing(
     )
     assert zombie.stderr is not None
     try:
-        seen, committed_threads = 0, 0
-        deadline = time.monotonic() + 60
-        while True:
-            # freeze inside a transaction that has thread output, after others committed some
-            line = zombie.stderr.readline()
-            assert line or zombie.poll() is None, "processor exited before the freeze"
-            assert time.monotonic() < deadline, "processor never opened a transaction"
-            if line.startswith("IN-TRANSACTION"):
-                seen += 1
-                assigned = int(line.split()[1])
-                if seen >= 2 and committed_threads and assigned > committed_threads:
-                    break
-                committed_threads = assigned
+        wait_inside_a_transaction(zombie, after=2, timeout=60, what="freeze")
         os.kill(zombie.pid, signal.SIGSTOP)
 
         topics = ProcessorTopics.build(settings.topics)

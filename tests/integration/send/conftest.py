@@ -43,7 +43,7 @@ class Person:
         try:
             typ, _ = client.select(f'"{folder}"', readonly=True)
             assert typ == "OK", f"cannot select {folder!r}"
-            _, data = client.uid("SEARCH", None, "ALL")
+            _, data = client.uid("SEARCH", "ALL")
             uids = data[0].split()
             out = []
             for uid in uids:
@@ -57,7 +57,11 @@ class Person:
         client = self.client()
         try:
             _, data = client.list()
-            return [line.decode().rsplit(' "/" ', 1)[1].strip('"') for line in data if line]
+            return [
+                line.decode().rsplit(' "/" ', 1)[1].strip('"')
+                for line in data
+                if isinstance(line, bytes) and line
+            ]
         finally:
             client.logout()
 
