@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from schemas.models import (
+    Attachment,
+    AttachmentRef,
     BodyEvent,
     EngagementEvent,
     MessageEvent,
@@ -15,8 +18,18 @@ from schemas.models import (
 )
 
 
-def _millis(event: MessageEvent) -> int:
-    return int(event.observed_at.timestamp() * 1000)
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _attachment_columns(attachments: Sequence[Attachment | AttachmentRef]) -> dict[str, Any]:
+    """The parallel attachment arrays that ``bodies`` and ``engagements`` both carry."""
+    return {
+        "attachment_filenames": [a.filename or "" for a in attachments],
+        "attachment_content_types": [a.content_type for a in attachments],
+        "attachment_sizes": [a.size for a in attachments],
+        "attachment_sha256": [a.sha256 for a in attachments],
+    }
 
 
 def metadata_row(event: MessageEvent) -> dict[str, Any]:
@@ -49,12 +62,8 @@ def metadata_row(event: MessageEvent) -> dict[str, Any]:
         "raw_headers": event.raw_headers.decode("utf-8", "replace"),
         "parse_error": event.parse_error,
         "observed_at": event.observed_at,
-        "version": _millis(event),
+        "version": _ms(event.observed_at),
     }
-
-
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
 
 
 def body_row(event: BodyEvent) -> dict[str, Any]:
@@ -68,10 +77,7 @@ def body_row(event: BodyEvent) -> dict[str, Any]:
         "message_id": event.message_id,
         "text": event.text,
         "html": event.html,
-        "attachment_filenames": [a.filename or "" for a in event.attachments],
-        "attachment_content_types": [a.content_type for a in event.attachments],
-        "attachment_sizes": [a.size for a in event.attachments],
-        "attachment_sha256": [a.sha256 for a in event.attachments],
+        **_attachment_columns(event.attachments),
         "attachments_logged": event.attachments_logged,
         "attachments_skipped_reason": event.attachments_skipped_reason,
         "size": event.size,
@@ -135,10 +141,7 @@ def engagement_row(event: EngagementEvent) -> dict[str, Any]:
         "contact_name": event.contact_name or "",
         "subject": event.subject or "",
         "body_text": event.body_text,
-        "attachment_filenames": [a.filename or "" for a in event.attachments],
-        "attachment_content_types": [a.content_type for a in event.attachments],
-        "attachment_sizes": [a.size for a in event.attachments],
-        "attachment_sha256": [a.sha256 for a in event.attachments],
+        **_attachment_columns(event.attachments),
         "occurred_at": event.occurred_at,
         "version": _ms(event.occurred_at),
     }
