@@ -28,6 +28,17 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _mutate_engagements(ch: ClickHouse, action: str, ids: list[str]) -> None:
+    """``ALTER TABLE engagements <action>`` for these engagement ids, a chunk at a time.
+    mutations_sync=2 waits until the mutation is done, so "purged" means purged."""
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ", ".join(_quote(i) for i in ids[start : start + _CHUNK])
+        ch.command(
+            f"ALTER TABLE {ch.database}.engagements {action} "
+            f"WHERE engagement_id IN ({chunk}) SETTINGS mutations_sync = 2"
+        )
+
+
 def purge_deleted_engagements(ch: ClickHouse, now: datetime | None = None) -> int:
     """Delete every row of engagements deleted more than 90 days ago (sequence mail excepted);
     return how many engagements were purged."""
@@ -44,13 +55,7 @@ def purge_deleted_engagements(ch: ClickHouse, now: datetime | None = None) -> in
         f"< toDateTime64('{_ts(cutoff)}', 3, 'UTC')"
     )
     ids = [str(r["engagement_id"]) for r in rows]
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ", ".join(_quote(i) for i in ids[start : start + _CHUNK])
-        # mutations_sync=2 waits until the rows are gone, so "purged" means purged.
-        ch.command(
-            f"ALTER TABLE {ch.database}.engagements DELETE WHERE engagement_id IN ({chunk}) "
-            "SETTINGS mutations_sync = 2"
-        )
+    _mutate_engagements(ch, "DELETE", ids)
     if ids:
         log.info("purged %d engagements deleted before %s", len(ids), _ts(cutoff))
     return len(ids)
@@ -65,12 +70,7 @@ def drop_expired_bodies(ch: ClickHouse) -> int:
         f"SELECT engagement_id FROM {ch.database}.engagements WHERE body_text IS NOT NULL)"
     )
     ids = [str(r["engagement_id"]) for r in rows]
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ", ".join(_quote(i) for i in ids[start : start + _CHUNK])
-        ch.command(
-            f"ALTER TABLE {ch.database}.engagements UPDATE body_text = NULL "
-            f"WHERE engagement_id IN ({chunk}) SETTINGS mutations_sync = 2"
-        )
+    _mutate_engagements(ch, "UPDATE body_text = NULL", ids)
     return len(ids)
 
 
