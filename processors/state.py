@@ -103,7 +103,8 @@ class PartitionState:
         """Keys of held replies that reference ``message_id``, in key order."""
         return sorted(self.pending_refs.get(message_id, ()))
 
-    def put(self, store: str, key: str, value: Json | None) -> None:
+    def _set(self, store: str, key: str, value: Json | None) -> None:
+        """Write one key of a dict store in memory (keeping the pending index in step)."""
         table: dict[str, Json] = getattr(self, store)
         if store == "pending":
             self._index_pending(key, table.get(key), value)
@@ -111,6 +112,9 @@ class PartitionState:
             table.pop(key, None)
         else:
             table[key] = value
+
+    def put(self, store: str, key: str, value: Json | None) -> None:
+        self._set(store, key, value)
         self._record(store, key, value)
 
     def advance(self, event_ms: int) -> None:
@@ -136,13 +140,7 @@ class PartitionState:
         elif store == "meta":
             self.watermark_ms = int(data["ms"]) if data else 0
         else:
-            table: dict[str, Json] = getattr(self, store)
-            if store == "pending":
-                self._index_pending(key, table.get(key), data)
-            if data is None:
-                table.pop(key, None)
-            else:
-                table[key] = data
+            self._set(store, key, data)
 
 
 async def restore(
