@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -223,6 +224,13 @@ def serving(server: ScriptedServer) -> Iterator[ScriptedServer]:
         thread.join(5)
 
 
+async def open_scripted(fake: ScriptedServer, ca_file: Path, security: Security = "tls") -> None:
+    """Log in as u / secret-pw to ``fake``, served just for this; the tests expect a refusal."""
+    with serving(fake):
+        ep = ImapEndpoint("127.0.0.1", fake.port, security, ca_file=ca_file, timeout=5)
+        await ImapConnection.open(ep, "u", "secret-pw")
+
+
 def _server_tls(configure: Callable[[ssl.SSLContext], None] | None = None) -> ssl.SSLContext:
     """Our Dovecot's certificate (valid for 127.0.0.1), so only the behaviour differs."""
     tls = service_dir("dovecot") / "tls"
@@ -245,12 +253,8 @@ async def test_courier_greeting_is_refused(
     dovecot_server: dovecot.DovecotEndpoints, security: Security
 ) -> None:
     fake = ScriptedServer(COURIER_GREETING, tls=_server_tls() if security == "tls" else None)
-    with serving(fake):
-        ep = ImapEndpoint(
-            "127.0.0.1", fake.port, security, ca_file=dovecot_server.ca_cert, timeout=5
-        )
-        with pytest.raises(UnsupportedServerError) as info:
-            await ImapConnection.open(ep, "u", "secret-pw")
+    with pytest.raises(UnsupportedServerError) as info:
+        await open_scripted(fake, dovecot_server.ca_cert, security)
     assert not info.value.retriable
     assert "Courier-IMAP is not supported" in str(info.value)
     assert fake.received == []  # refused on the greeting: not even CAPABILITY was sent
@@ -268,10 +272,8 @@ async def test_courier_identified_by_id_is_refused_before_login(
         },
         tls=_server_tls(),
     )
-    with serving(fake):
-        ep = ImapEndpoint("127.0.0.1", fake.port, ca_file=dovecot_server.ca_cert, timeout=5)
-        with pytest.raises(UnsupportedServerError) as info:
-            await ImapConnection.open(ep, "u", "secret-pw")
+    with pytest.raises(UnsupportedServerError) as info:
+        await open_scripted(fake, dovecot_server.ca_cert)
     assert "Courier-IMAP is not supported" in str(info.value)
     sent = b"\n".join(fake.received)
     assert b' ID ( "name" "inboxstream"' in sent
@@ -286,12 +288,8 @@ async def test_pop3_greeting_is_refused(
         b"+OK POP3 server ready <1896.697170952@pop.example>",
         tls=_server_tls() if security == "tls" else None,
     )
-    with serving(fake):
-        ep = ImapEndpoint(
-            "127.0.0.1", fake.port, security, ca_file=dovecot_server.ca_cert, timeout=5
-        )
-        with pytest.raises(UnsupportedServerError) as info:
-            await ImapConnection.open(ep, "u", "secret-pw")
+    with pytest.raises(UnsupportedServerError) as info:
+        await open_scripted(fake, dovecot_server.ca_cert, security)
     assert not info.value.retriable
     assert "this is a POP3 server" in str(info.value)
 
@@ -304,10 +302,8 @@ async def test_a_server_without_imap4rev1_is_refused(
         {"CAPABILITY": [b"CAPABILITY IMAP4 AUTH=PLAIN"], "LOGIN": []},
         tls=_server_tls(),
     )
-    with serving(fake):
-        ep = ImapEndpoint("127.0.0.1", fake.port, ca_file=dovecot_server.ca_cert, timeout=5)
-        with pytest.raises(CapabilityError) as info:
-            await ImapConnection.open(ep, "u", "secret-pw")
+    with pytest.raises(CapabilityError) as info:
+        await open_scripted(fake, dovecot_server.ca_cert)
     assert not info.value.retriable
     assert "IMAP4rev1" in str(info.value)
     assert not any(b"LOGIN" in line for line in fake.received)
@@ -316,10 +312,8 @@ async def test_a_server_without_imap4rev1_is_refused(
 async def test_a_bye_greeting_is_retriable(dovecot_server: dovecot.DovecotEndpoints) -> None:
     """A busy server says BYE at once: try again later, it is not a wrong configuration."""
     fake = ScriptedServer(b"* BYE Too many connections, try later", tls=_server_tls())
-    with serving(fake):
-        ep = ImapEndpoint("127.0.0.1", fake.port, ca_file=dovecot_server.ca_cert, timeout=5)
-        with pytest.raises(ProtocolError) as info:
-            await ImapConnection.open(ep, "u", "secret-pw")
+    with pytest.raises(ProtocolError) as info:
+        await open_scripted(fake, dovecot_server.ca_cert)
     assert info.value.retriable
     assert "closed the session at once" in str(info.value) and "Too many connections" in str(
         info.value
