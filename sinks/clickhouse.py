@@ -83,6 +83,12 @@ def json_each_row(rows: Iterable[Mapping[str, Any]]) -> bytes:
     ).encode()
 
 
+def parse_json_each_row(raw: bytes) -> list[dict[str, Any]]:
+    """Rows of a JSONEachRow answer. A String column may hold bytes that are not UTF-8 (a
+    byte-wise substring cut a character in two): show U+FFFD there rather than fail it all."""
+    return [json.loads(line) for line in raw.decode(errors="replace").split("\n") if line.strip()]
+
+
 def _refuse_if_locked(path: Path) -> None:
     """ClickHouse holds an flock on ``<path>/status`` while a process has the path open; chDB
     reports a second opener only as a vague initialisation error, so probe the lock first."""
@@ -172,10 +178,7 @@ class EmbeddedClickHouse:
         self._run(sql)
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        # A String column may hold bytes that are not UTF-8 (a byte-wise substring cut a
-        # character in two): show U+FFFD there rather than fail the whole result.
-        text = self.query_bytes(sql).decode(errors="replace")
-        return [json.loads(line) for line in text.split("\n") if line.strip()]
+        return parse_json_each_row(self.query_bytes(sql))
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
         result = self._run(sql, fmt)
@@ -225,14 +228,8 @@ class ServerClickHouse:
             raise self._wrap(exc) from exc
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        try:
-            # JSONEachRow through the raw path keeps types identical to the embedded backend.
-            raw = self._client.raw_query(sql, fmt="JSONEachRow")
-        except self._driver_error as exc:
-            raise self._wrap(exc) from exc
-        return [
-            json.loads(line) for line in raw.decode(errors="replace").split("\n") if line.strip()
-        ]
+        # JSONEachRow through the raw path keeps types identical to the embedded backend.
+        return parse_json_each_row(self.query_bytes(sql))
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
         try:

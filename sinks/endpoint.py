@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from sinks.clickhouse import EmbeddedClickHouse
+from sinks.clickhouse import EmbeddedClickHouse, parse_json_each_row
 from sinks.exceptions import ClickHouseError
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,7 @@ class RemoteEmbeddedClickHouse:
             ) from None
 
     def query(self, sql: str) -> list[dict[str, Any]]:
-        text = self.query_bytes(sql).decode()
-        return [json.loads(line) for line in text.split("\n") if line.strip()]
+        return parse_json_each_row(self.query_bytes(sql))
 
     def command(self, sql: str) -> None:
         raise ClickHouseError(
