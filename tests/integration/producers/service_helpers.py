@@ -142,6 +142,11 @@ def checkpoint_reader(settings: Settings) -> TopicReader:
     return TopicReader(settings, settings.topics.checkpoints.name, CheckpointEvent)
 
 
+def idle_on(folder: str) -> Callable[[list[StatusEvent]], bool]:
+    """A ``wait_for`` condition: some status event says ``folder`` is idle."""
+    return lambda events: any(e.state == "idle" and e.folder == folder for e in events)
+
+
 def states(events: list[StatusEvent], folder: str | None = None) -> list[str]:
     return [e.state for e in events if folder is None or e.folder == folder]
 

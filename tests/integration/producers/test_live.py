@@ -17,6 +17,7 @@ from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     checkpoint_reader,
     fast_settings,
+    idle_on,
     new_messages,
     readers,
     running_service,
@@ -40,10 +41,6 @@ def append(user: MailUser, folder: str, raw: bytes) -> None:
         assert typ == "OK", data
     finally:
         client.logout()
-
-
-def idle_on(folder: str):  # type: ignore[no-untyped-def]
-    return lambda events: any(e.state == "idle" and e.folder == folder for e in events)
 
 
 def subjects(events: list[MessageEvent], folder: str) -> set[str | None]:

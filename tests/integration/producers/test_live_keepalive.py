@@ -21,6 +21,7 @@ from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     deliver_many,
     fast_settings,
+    idle_on,
     readers,
     running_service,
 )
@@ -89,7 +90,7 @@ async def test_silent_dead_connection_is_detected_and_replaced(
         InboxRegistry(s.producer.registry_dir).add(inbox)
         async with readers(s) as (messages, status), running_service(s):
             await status.wait_for(
-                lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+                idle_on("INBOX"),
                 what="INBOX idle",
             )
             before = len(await status.read_to_end())

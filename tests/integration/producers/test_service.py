@@ -19,6 +19,7 @@ from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     deliver_many,
     fast_settings,
+    idle_on,
     new_messages,
     readers,
     running_service,
@@ -61,7 +62,7 @@ async def test_wrong_password_disconnects_once_then_new_password_reconnects(
 
         registry.add(good)  # the owner re-entered the password: the inbox restarts
         await status.wait_for(
-            lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+            idle_on("INBOX"),
             what="INBOX idle after the fix",
         )
         got = await messages.wait_for(
@@ -141,7 +142,7 @@ async def test_dropped_connections_reconnect_and_sync_continues(
     InboxRegistry(s.producer.registry_dir).add(mail_user.inbox())
     async with readers(s) as (messages, status), running_service(s):
         await status.wait_for(
-            lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+            idle_on("INBOX"),
             what="INBOX idle",
         )
         await asyncio.to_thread(dovecot.doveadm, "kick", mail_user.name)
@@ -210,7 +211,7 @@ async def test_revoked_access_while_running_stops_the_inbox_without_a_storm(
     InboxRegistry(s.producer.registry_dir).add(mail_user.inbox())
     async with readers(s) as (_, status), running_service(s) as service:
         await status.wait_for(
-            lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+            idle_on("INBOX"),
             what="INBOX idle",
         )
         before = auth_failures(mail_user.name)

@@ -18,6 +18,7 @@ from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     deliver_many,
     fast_settings,
+    idle_on,
     readers,
     running_service,
     service_env,
@@ -74,7 +75,7 @@ async def test_inbox_commands(
     s = fast_settings(settings, tmp_path / "inboxes")
     async with readers(s) as (_, status), running_service(s):
         await status.wait_for(
-            lambda ev: any(e.state == "idle" and e.folder == "INBOX" for e in ev),
+            idle_on("INBOX"),
             what="INBOX idle",
         )
     # The CLI runs its own event loop: call it from a thread, as from a shell.
