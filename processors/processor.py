@@ -66,7 +66,7 @@ from processors.retention import (
     REPLY_HOLD_MS,
     expired,
 )
-from processors.state import PartitionState, restore
+from processors.state import PartitionState, message_key, restore
 from processors.topology import ProcessorTopics
 from runtime.kafka import client_options, ensure_topics, make_consumer, send_to_dead_letter
 from runtime.settings import Settings
@@ -458,7 +458,7 @@ class StreamProcessor:
             state.record_message(inbox, e)
         for event in events:
             self._emit(self.topics.threads, inbox, event, event.event_type)
-        key = f"{inbox}\x00{ev.event_id}"
+        key = message_key(inbox, ev.event_id)
         orphan = state.pending.get(key)  # its body came first: we hold only the body's offset
         body_at = orphan.get("body_at") if orphan else None
         if (
@@ -494,7 +494,7 @@ class StreamProcessor:
             await self._emit_engagement(state, key)
 
     async def _on_body(self, state: PartitionState, rec: Record, ev: BodyEvent) -> None:
-        key = f"{ev.inbox_id}\x00{ev.event_id}"
+        key = message_key(ev.inbox_id, ev.event_id)
         held = state.pending.get(key)
         if expired(_ms(ev.observed_at) or 0, state.watermark_ms, BODY_TTL_MS):
             self.stats.counts["bodies_too_old"] += 1

@@ -39,6 +39,11 @@ STORES = ("threads", "crm", "pending", "engagements", "meta")
 Json = dict[str, Any]
 
 
+def message_key(inbox_id: str, event_id: str) -> str:
+    """The key of one message in ``threads`` and ``pending``: ``inbox\\0event id``."""
+    return f"{inbox_id}\x00{event_id}"
+
+
 def _split(key: str) -> tuple[str, str]:
     inbox, _, rest = key.partition("\x00")
     return inbox, rest
@@ -79,11 +84,11 @@ class PartitionState:
 
     def record_message(self, inbox_id: str, entry: MessageEntry) -> None:
         """Write an entry the index already holds (new, or its thread changed)."""
-        self._record("threads", f"{inbox_id}\x00{entry.event_id}", entry.to_json())
+        self._record("threads", message_key(inbox_id, entry.event_id), entry.to_json())
 
     def drop_message(self, inbox_id: str, event_id: str) -> None:
         self.inbox(inbox_id).remove(event_id)
-        self._record("threads", f"{inbox_id}\x00{event_id}", None)
+        self._record("threads", message_key(inbox_id, event_id), None)
 
     def _index_pending(self, key: str, old: Json | None, new: Json | None) -> None:
         for held, add in ((old, False), (new, True)):
