@@ -1,16 +1,13 @@
-"""Errors of the stream processors. ``retriable`` tells the loop whether a retry can help."""
+"""Errors of the stream processors, under the project's root error (``runtime.errors``):
+``retriable`` tells the loop whether a retry can help."""
 
 from __future__ import annotations
 
+from runtime.errors import InboxstreamError
 
-class ProcessorError(Exception):
+
+class ProcessorError(InboxstreamError):
     """Root of processor errors."""
-
-    retriable: bool = False
-
-
-class PoisonRecordError(ProcessorError):
-    """One input record cannot be processed (undecodable, impossible values): dead-letter it."""
 
 
 class StateRestoreError(ProcessorError):
