@@ -338,6 +338,7 @@ class ProducerService:
         """Start new inboxes, stop removed ones, restart changed ones."""
         for inbox_id in [i for i in self.workers if i not in desired]:
             await self._stop_worker(inbox_id, "the inbox was removed from this producer")
+        starting: list[tuple[InboxSettings, str]] = []
         for inbox_id, inbox in desired.items():
             fingerprint = inbox_fingerprint(inbox)
             running = self.workers.get(inbox_id)
@@ -345,11 +346,15 @@ class ProducerService:
                 continue
             if running is not None:
                 await self._stop_worker(inbox_id, "the inbox settings changed; reconnecting")
-            await self._start_worker(inbox, fingerprint)
+            starting.append((inbox, fingerprint))
+        if starting:
+            assert self.store is not None
+            await self.store.refresh()  # checkpoints another process wrote (takeover)
+        for inbox, fingerprint in starting:
+            self._start_worker(inbox, fingerprint)
 
-    async def _start_worker(self, inbox: InboxSettings, fingerprint: str) -> None:
+    def _start_worker(self, inbox: InboxSettings, fingerprint: str) -> None:
         assert self.store is not None and self.publisher is not None
-        await self.store.refresh()  # checkpoints another process wrote (takeover)
         worker = InboxWorker(
             inbox,
             self.settings.producer,
