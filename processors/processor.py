@@ -60,8 +60,8 @@ from processors.matcher import (
 )
 from processors.retention import (
     BODY_TTL_MS,
-    DAY_MS,
     DELETED_PURGE_MS,
+    HOUR_MS,
     METADATA_TTL_MS,
     REPLY_HOLD_MS,
     expired,
@@ -683,7 +683,7 @@ class StreamProcessor:
                     "body.expired",
                 )
         # Metadata: swept at most once per event-time hour (a full scan of the thread index).
-        bucket = wm // (DAY_MS // 24)
+        bucket = wm // HOUR_MS
         if bucket != state.swept_bucket:
             state.swept_bucket = bucket
             for inbox, index in list(state.threads.items()):

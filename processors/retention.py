@@ -7,8 +7,9 @@ watermark: the largest event time it has processed.
 
 from __future__ import annotations
 
-HOUR_MS = 3600 * 1000
-DAY_MS = 24 * HOUR_MS
+from runtime.settings import DAY_MS
+
+HOUR_MS = DAY_MS // 24
 
 #: A reply can be processed before the crm.outbound record of the mail it answers (the topics
 #: are independent). We hold its metadata and body this long, then drop the body (and the

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from processors.state import STORES
-from runtime.settings import DAY_MS, TopicSettings, TopicSpec
+from runtime.settings import TopicSettings, TopicSpec
 
 
 def topic_prefix(topics: TopicSettings) -> str:
@@ -86,6 +86,3 @@ class ProcessorTopics:
             changelogs=changelogs,
             specs=specs,
         )
-
-
-__all__ = ["DAY_MS", "ProcessorTopics", "topic_prefix"]
