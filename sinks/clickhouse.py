@@ -167,11 +167,13 @@ class EmbeddedClickHouse:
     def path(self) -> Path:
         return self._engine.path
 
-    def _run(self, sql: str, fmt: str = "CSV") -> Any:
+    def _run(self, sql: str, fmt: str = "CSV", *, inserting: bool = False) -> Any:
         with self._engine.lock:
             try:
                 return self._engine.session.query(sql, fmt)
             except Exception as exc:
+                if inserting:
+                    raise insert_error("embedded", exc) from exc
                 raise ClickHouseError(f"ClickHouse (embedded): {exc}") from exc
 
     def command(self, sql: str) -> None:
@@ -188,12 +190,9 @@ class EmbeddedClickHouse:
         if not rows:
             return
         payload = json_each_row(rows).decode()
-        sql = f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}"
-        with self._engine.lock:
-            try:
-                self._engine.session.query(sql, "CSV")
-            except Exception as exc:
-                raise insert_error("embedded", exc) from exc
+        self._run(
+            f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}", inserting=True
+        )
 
     def close(self) -> None:
         """Release the engine so another process may open the path."""
