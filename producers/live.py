@@ -31,6 +31,7 @@ import re
 from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from aioimaplib import aioimaplib
@@ -47,6 +48,9 @@ from producers.status import StatusReporter
 from schemas.models import FolderRole, MessageEvent
 
 log = logging.getLogger(__name__)
+
+#: Called with the inbox id and the folder's progress after each batch of a catch-up.
+ProgressCallback = Callable[[str, FolderProgress], Awaitable[None] | None]
 
 CHANGES_ITEMS = "(UID FLAGS MODSEQ RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
 _VANISHED_RE = re.compile(rb"^(?:\* )?VANISHED (?:\(EARLIER\) )?([0-9:,]+)$", re.IGNORECASE)
@@ -130,7 +134,7 @@ class FolderWatch:
     log_attachments: bool = True
     producer_name: str = ""
     batch_size: int = 200
-    on_progress: Callable[[str, FolderProgress], Awaitable[None] | None] | None = None
+    on_progress: ProgressCallback | None = None
     # UIDs seen at the previous poll, for expunge detection without QRESYNC.
     known_uids: array[int] | None = field(default=None, init=False)
     caught_up: bool = field(default=False, init=False)
@@ -334,8 +338,6 @@ def expunged_event(
 ) -> MessageEvent:
     """The message is gone, so only its identity is known: (folder, UIDVALIDITY, UID) - the
     same fields its ``message.new`` event_id was made from. Message-ID stays empty."""
-    from datetime import UTC, datetime
-
     return MessageEvent(
         event_id=event_id(inbox_id, folder, uidvalidity, uid, "message.expunged"),
         event_type="message.expunged",

@@ -25,20 +25,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from producers.budget import BudgetRegistry, ConnectionRole
 from producers.checkpoints import CheckpointStore, default_owner
 from producers.exceptions import ProtocolError
-from producers.folder_sync import FolderProgress
 from producers.folders import assign_roles
 from producers.imap import ImapConnection, endpoint_for_inbox
-from producers.live import FolderWatch, LiveTimings, wait_for_change
+from producers.live import FolderWatch, LiveTimings, ProgressCallback, wait_for_change
 from producers.parse_pool import ParsePool
 from producers.publish import EventPublisher
 from producers.registry import InboxRegistry, inbox_fingerprint
 from producers.status import StatusReporter
+from runtime.errors import InboxstreamError
 from runtime.kafka import ensure_topics, make_producer
 from runtime.settings import InboxSettings, ProducerSettings, Settings
 from schemas.models import FolderRole
@@ -51,8 +50,6 @@ _ROLE_TEXT: dict[ConnectionRole, str] = {
     "other": "other-folders connection",
     "send": "sending connection",
 }
-
-ProgressCallback = Callable[[str, FolderProgress], Awaitable[None] | None]
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -93,8 +90,6 @@ async def cancel_and_wait(tasks: set[asyncio.Task[None]]) -> None:
 
 def _stops_inbox(exc: BaseException) -> bool:
     """Only our own non-retriable errors stop an inbox; Kafka hiccups and bugs reconnect."""
-    from runtime.errors import InboxstreamError
-
     return isinstance(exc, InboxstreamError) and not exc.retriable
 
 
