@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from processors.jwz import Algorithm
+
+
+def _algorithm(name: str) -> Algorithm:
+    """The --algorithm choice as the processors' literal type."""
+    return "rfc5256" if name == "rfc5256" else "references"
 
 
 @click.command("thread")
@@ -22,7 +31,7 @@ def thread(algorithm: str, file: Path) -> None:
     """Thread an mbox FILE offline; one JSON object per thread per line."""
     from processors.mbox import thread_mbox
 
-    for obj in thread_mbox(file, "rfc5256" if algorithm == "rfc5256" else "references"):
+    for obj in thread_mbox(file, _algorithm(algorithm)):
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
@@ -60,7 +69,7 @@ def process(
     config = ProcessorConfig(
         group_id=group_id,
         instance_id=instance_id,
-        algorithm="rfc5256" if algorithm == "rfc5256" else "references",
+        algorithm=_algorithm(algorithm),
         max_records=max_records,
         pause_in_transaction_s=pause_in_transaction,
         session_timeout_ms=session_timeout_ms,
@@ -126,7 +135,7 @@ def replay(
             settings,
             version=version,
             base_group_id=group_id,
-            algorithm="rfc5256" if algorithm == "rfc5256" else "references",
+            algorithm=_algorithm(algorithm),
             start=start,
             idle_exit_s=until_idle,
         )
