@@ -11,7 +11,7 @@ from producers.encode import EncodedRecord
 from producers.parse_pool import INLINE, ParsePool
 from runtime.settings import TopicSettings
 from schemas.models import BodyEvent, Event, MessageEvent, StatusEvent
-from schemas.serde import HEADER_EVENT_TYPE, serde_for
+from schemas.serde import serde_for
 
 
 @dataclass
@@ -55,8 +55,7 @@ class EventPublisher:
         ``send`` would give its event."""
         model: type[Event] = MessageEvent if record.topic == "messages" else BodyEvent
         topic = self._topic_for_model(model)
-        headers = [*serde_for(model).headers(), (HEADER_EVENT_TYPE, record.event_type.encode())]
         future: asyncio.Future[object] = await self.producer.send(
-            topic, value=record.value, key=key, headers=headers
+            topic, value=record.value, key=key, headers=serde_for(model).headers(record.event_type)
         )
         return future
