@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from processors.topology import ProcessorTopics
@@ -93,10 +93,10 @@ async def publish_inbox(
     await publish(settings, items)
 
 
-async def read_all(
-    settings: Settings, topic: str, model: type[E], isolation: str = "read_committed"
-) -> list[E]:
-    """Every committed record of ``topic`` (read_committed), decoded, in partition order."""
+async def read_records(
+    settings: Settings, topic: str, isolation: str = "read_committed"
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every committed record of ``topic`` (read_committed), in partition order."""
     consumer = make_consumer(settings.kafka, group_id=None, isolation_level=isolation)
     await consumer.start()
     try:
@@ -110,17 +110,26 @@ async def read_all(
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
-        out: list[E] = []
+        out: list[ConsumerRecord[bytes, bytes]] = []
         remaining = {tp for tp in tps if end[tp] > 0}
-        serde = serde_for(model)
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000)
             for records in batch.values():
-                out.extend(serde.decode(r.value, r.headers) for r in records)
+                out.extend(records)
             remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
         return out
     finally:
         await consumer.stop()
+
+
+async def read_all(
+    settings: Settings, topic: str, model: type[E], isolation: str = "read_committed"
+) -> list[E]:
+    """Every committed record of ``topic`` (read_committed), decoded, in partition order."""
+    serde = serde_for(model)
+    return [
+        serde.decode(r.value, r.headers) for r in await read_records(settings, topic, isolation)
+    ]
 
 
 def reply_raw(

@@ -20,6 +20,7 @@ from tests.integration.processors.conftest import (
     publish,
     publish_inbox,
     read_all,
+    read_records,
     reply_raw,
 )
 
@@ -127,25 +128,4 @@ async def test_event_time_retention_and_deletes(settings: Settings, unique: str)
 
 
 async def read_all_raw(settings: Settings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
-    from aiokafka import TopicPartition
-
-    from runtime.kafka import make_consumer
-
-    consumer = make_consumer(settings.kafka, group_id=None)
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[tuple[bytes, dict[str, bytes]]] = []
-        remaining = {tp for tp in tps if end[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for records in batch.values():
-                out += [(r.value or b"", dict(r.headers)) for r in records]
-            remaining = {tp for tp in remaining if await consumer.position(tp) < end[tp]}
-        return out
-    finally:
-        await consumer.stop()
+    return [(r.value or b"", dict(r.headers)) for r in await read_records(settings, topic)]
