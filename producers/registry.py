@@ -27,9 +27,14 @@ log = logging.getLogger(__name__)
 
 def inbox_fingerprint(inbox: InboxSettings) -> str:
     """Changes whenever any setting, the password included, changes. Never printed."""
+    return hashlib.sha256(json.dumps(_with_password(inbox), sort_keys=True).encode()).hexdigest()
+
+
+def _with_password(inbox: InboxSettings) -> dict[str, object]:
+    """Every setting as JSON data, the password in clear (for the 0600 file and fingerprint)."""
     data = inbox.model_dump(mode="json")
     data["password"] = inbox.password.get_secret_value()
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return data
 
 
 @dataclass
@@ -46,8 +51,7 @@ class InboxRegistry:
         """Create or replace; True if it was new. Written atomically, mode 0600."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
-        data = inbox.model_dump(mode="json")
-        data["password"] = inbox.password.get_secret_value()
+        data = _with_password(inbox)
         path = self._path(inbox.id)
         existed = path.exists()
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
