@@ -375,11 +375,11 @@ async def wait_for_change(conn: ImapConnection, timings: LiveTimings) -> bool:
             {idle, ack, closed}, timeout=timings.read_timeout_s, return_when="FIRST_COMPLETED"
         )
         if closed.done():
-            raise ProtocolError(f"{_where(conn)} closed the connection")
+            raise ProtocolError(f"{conn.where} closed the connection")
         if not ack.done():
             if idle.done():
-                raise ProtocolError(f"{_where(conn)} refused IDLE: {idle.result().result}")
-            raise ConnectTimeoutError(f"{_where(conn)} did not acknowledge IDLE in time")
+                raise ProtocolError(f"{conn.where} refused IDLE: {idle.result().result}")
+            raise ConnectTimeoutError(f"{conn.where} did not acknowledge IDLE in time")
         changed = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timings.keepalive_s
@@ -395,7 +395,7 @@ async def wait_for_change(conn: ImapConnection, timings: LiveTimings) -> bool:
                 changed = True
                 break
         if closed.done():
-            raise ProtocolError(f"{_where(conn)} closed the connection")
+            raise ProtocolError(f"{conn.where} closed the connection")
         protocol.idle_done()
         await _bounded(idle, timings.read_timeout_s, "IDLE/DONE", conn)
         return changed
@@ -410,9 +410,5 @@ async def _bounded(aw: Awaitable[Any], timeout: float, what: str, conn: ImapConn
         return await asyncio.wait_for(aw, timeout)
     except TimeoutError:
         raise ConnectTimeoutError(
-            f"{_where(conn)} did not answer {what} within {timeout:.0f}s: connection presumed dead"
+            f"{conn.where} did not answer {what} within {timeout:.0f}s: connection presumed dead"
         ) from None
-
-
-def _where(conn: ImapConnection) -> str:
-    return f"{conn.endpoint.host}:{conn.endpoint.port}"
