@@ -13,13 +13,12 @@ import email.utils
 import hashlib
 import mailbox
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
 from processors.jwz import Algorithm, ThreadInput, thread_messages
-from producers.parse import decode_text, parse_msg_ids
+from producers.parse import decode_text, parse_date, parse_msg_ids
 
 
 def _header(msg: Message, name: str) -> str | None:
@@ -28,16 +27,6 @@ def _header(msg: Message, name: str) -> str | None:
     except Exception:  # a header the parser cannot even hold: treat as absent
         return None
     return None if value is None else str(value)
-
-
-def _date(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def thread_input_from_bytes(key: int, raw: bytes) -> ThreadInput[int]:
@@ -53,7 +42,7 @@ def thread_input_from_bytes(key: int, raw: bytes) -> ThreadInput[int]:
         references=tuple(parse_msg_ids(_header(msg, "References"))),
         in_reply_to=tuple(parse_msg_ids(_header(msg, "In-Reply-To"))),
         subject=decode_text(_header(msg, "Subject")),
-        date=_date(_header(msg, "Date")),
+        date=parse_date(_header(msg, "Date")),
     )
 
 

@@ -176,7 +176,12 @@ def _parse_addresses(values: tuple[str, ...]) -> tuple[Address, ...]:
 
 
 def _date(msg: Message) -> datetime | None:
-    value = msg.get("Date")
+    return parse_date(msg.get("Date"))
+
+
+def parse_date(value: object) -> datetime | None:
+    """An RFC 5322 Date header as an aware datetime, or None when it is garbage; never raises
+    (a huge zone offset or year makes the stdlib raise OverflowError)."""
     if not value:
         return None
     try:

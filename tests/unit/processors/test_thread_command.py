@@ -60,3 +60,18 @@ def test_empty_mbox_prints_nothing(tmp_path: Path) -> None:
     path = tmp_path / "empty.mbox"
     path.write_bytes(b"")
     assert run(path) == []
+
+
+def test_absurd_dates_never_break_threading() -> None:
+    """A zone offset or year too big for the stdlib raised OverflowError out of the offline
+    command; the date is dropped instead, as the producers drop it."""
+    from processors.mbox import thread_input_from_bytes
+
+    for date in (
+        b"Mon, 1 Jan 2020 00:00:00 +99999999999999999999",
+        b"Mon, 1 Jan 99999999999999999999 00:00:00 +0000",
+    ):
+        raw = b"Message-ID: <a@b>\r\nDate: " + date + b"\r\nSubject: x\r\n\r\nbody\r\n"
+        parsed = thread_input_from_bytes(0, raw)
+        assert parsed.message_id == "a@b"
+        assert parsed.date is None
