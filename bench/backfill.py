@@ -32,14 +32,14 @@ import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.big_mailbox import filled_user
-from infra import dovecot, kafka
-from producers.fetch import BACKFILL_BATCH, parse_fetch_lines
-from producers.folder_sync import FETCH_ITEMS_CONDSTORE, sync_folder
-from producers.imap import ImapConnection, ImapEndpoint
-from producers.parse_pool import ParsePool
-from producers.publish import EventPublisher
-from runtime.kafka import client_options, ensure_topics, make_producer
-from runtime.settings import KafkaSettings, TopicSettings
+from inboxstream.core.kafka import client_options, ensure_topics, make_producer
+from inboxstream.core.settings import KafkaSettings, TopicSettings
+from inboxstream.imap.connection import ImapConnection, ImapEndpoint
+from inboxstream.imap.fetch import BACKFILL_BATCH, parse_fetch_lines
+from inboxstream.infra import dovecot, kafka
+from inboxstream.producers.folder_sync import FETCH_ITEMS_CONDSTORE, sync_folder
+from inboxstream.producers.parse_pool import ParsePool
+from inboxstream.producers.publish import EventPublisher
 
 DEFAULT_BATCH = BACKFILL_BATCH
 

@@ -1,6 +1,6 @@
 """A big, realistic mailbox for the backfill benchmarks, filled in seconds.
 
-``runtime.mailgen`` composes each message with the email package (about a millisecond each),
+``inboxstream.app.mailgen`` composes each message with the email package (about a millisecond each),
 so we compose a pool of distinct messages once and repeat it with a unique Message-ID per copy:
 sizes, MIME structure and header mix stay those of the generator.
 """
@@ -11,8 +11,8 @@ import itertools
 import secrets
 from collections.abc import Iterator
 
-from infra import dovecot
-from runtime.mailgen import generate_mailbox
+from inboxstream.app.mailgen import generate_mailbox
+from inboxstream.infra import dovecot
 
 POOL = 2_000
 

@@ -2,7 +2,7 @@
 
 aioimaplib 2.0 reads a FETCH response in O(n^2) (it rescans the response so far at every
 line) and recurses once per line of each read, so big batches slow down and then fail with
-RecursionError. ``producers/response.py`` replaces that reader; this script measures both on
+RecursionError. ``imap/response.py`` replaces that reader; this script measures both on
 the same Dovecot folder (the backfill's FETCH items, BODY.PEEK[] included), fetching the same
 messages with each batch size, and prints messages/s and the ratio ours/stock; then the same
 for a flags-only FETCH, whose short lines are where the recursion limit is reached.
@@ -20,10 +20,10 @@ import time
 from aioimaplib import aioimaplib
 
 from bench.big_mailbox import filled_user
-from infra import dovecot, kafka
-from producers.fetch import parse_fetch_lines
-from producers.folder_sync import FETCH_ITEMS_CONDSTORE
-from producers.imap import ImapConnection, ImapEndpoint
+from inboxstream.imap.connection import ImapConnection, ImapEndpoint
+from inboxstream.imap.fetch import parse_fetch_lines
+from inboxstream.infra import dovecot, kafka
+from inboxstream.producers.folder_sync import FETCH_ITEMS_CONDSTORE
 
 BATCHES = (50, 100, 200, 500, 1_000, 2_000, 4_000)
 #: What a flag resync fetches: short lines, so one read holds thousands of them.

@@ -28,14 +28,14 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra import dovecot, kafka
-from producers.registry import InboxRegistry
-from producers.service import ProducerService
-from runtime.demo import demo_inbox, imap_client
-from runtime.kafka import client_options, ensure_topics
-from runtime.settings import KafkaSettings, ProducerSettings, TopicSettings, load_settings
-from schemas.models import MessageEvent, StatusEvent
-from schemas.serde import serde_for
+from inboxstream.app.demo import demo_inbox, imap_client
+from inboxstream.core.kafka import client_options, ensure_topics
+from inboxstream.core.settings import KafkaSettings, ProducerSettings, TopicSettings, load_settings
+from inboxstream.infra import dovecot, kafka
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.producers.service import ProducerService
+from inboxstream.schemas.models import MessageEvent, StatusEvent
+from inboxstream.schemas.serde import serde_for
 
 
 def _fmt(values: list[float]) -> str:

@@ -30,15 +30,15 @@ from pathlib import Path
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra import dovecot, kafka
-from producers.budget import BudgetRegistry
-from producers.registry import InboxRegistry
-from producers.service import ProducerService
-from runtime.demo import demo_inbox
-from runtime.kafka import client_options, ensure_topics
-from runtime.settings import KafkaSettings, ProducerSettings, Settings, TopicSettings
-from schemas.models import MessageEvent
-from schemas.serde import serde_for
+from inboxstream.app.demo import demo_inbox
+from inboxstream.core.kafka import client_options, ensure_topics
+from inboxstream.core.settings import KafkaSettings, ProducerSettings, Settings, TopicSettings
+from inboxstream.imap.budget import BudgetRegistry
+from inboxstream.infra import dovecot, kafka
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.producers.service import ProducerService
+from inboxstream.schemas.models import MessageEvent
+from inboxstream.schemas.serde import serde_for
 
 
 def _mail(user: str, i: int, tag: str) -> bytes:

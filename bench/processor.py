@@ -23,13 +23,13 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from infra import kafka
-from processors.processor import ProcessorConfig, ProcessorStats, run_processor
-from producers.parse import FetchedMessage, parse_message
-from runtime.kafka import ensure_topics, make_producer
-from runtime.settings import KafkaSettings, Settings, TopicSettings, load_settings
-from schemas.models import Event, OutboundEvent
-from schemas.serde import serde_for
+from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.settings import KafkaSettings, Settings, TopicSettings, load_settings
+from inboxstream.infra import kafka
+from inboxstream.processors.processor import ProcessorConfig, ProcessorStats, run_processor
+from inboxstream.producers.parse import FetchedMessage, parse_message
+from inboxstream.schemas.models import Event, OutboundEvent
+from inboxstream.schemas.serde import serde_for
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PER_THREAD = 5

@@ -21,11 +21,11 @@ import sys
 import time
 import uuid
 
-from infra import dovecot, kafka, postfix
-from producers.send import Draft, MailSender
-from runtime.demo import demo_inbox, message_count
-from runtime.kafka import ensure_topics, make_producer
-from runtime.settings import KafkaSettings, TopicSettings
+from inboxstream.app.demo import demo_inbox, message_count
+from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.settings import KafkaSettings, TopicSettings
+from inboxstream.infra import dovecot, kafka, postfix
+from inboxstream.send.sender import Draft, MailSender
 
 
 def _fmt(values: list[float]) -> str:

@@ -23,22 +23,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from infra import kafka
-from runtime.kafka import ensure_topics, make_producer
-from runtime.pipeline import run_sink
-from runtime.settings import (
+from inboxstream.app.pipeline import run_sink
+from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.settings import (
     ClickHouseSettings,
     KafkaSettings,
     SinkSettings,
     TopicSettings,
     load_settings,
 )
-from schemas.models import Address, MessageEvent
-from schemas.serde import serde_for
-from sinks.clickhouse import EmbeddedClickHouse
-from sinks.migrate import migrate
-from sinks.rows import metadata_row
-from sinks.runner import SinkStats
+from inboxstream.infra import kafka
+from inboxstream.schemas.models import Address, MessageEvent
+from inboxstream.schemas.serde import serde_for
+from inboxstream.sinks.clickhouse import EmbeddedClickHouse
+from inboxstream.sinks.migrate import migrate
+from inboxstream.sinks.rows import metadata_row
+from inboxstream.sinks.runner import SinkStats
 
 BATCH = 5_000
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from infra.common import InfraError, ServiceStatus
+from inboxstream.infra.common import InfraError, ServiceStatus
 
 NAME = "clickhouse"
 
@@ -22,9 +22,9 @@ def install() -> bool:
 
 
 def start(timeout: float = 60) -> bool:
-    from runtime.settings import load_settings
-    from sinks.clickhouse import connect
-    from sinks.migrate import migrate
+    from inboxstream.core.settings import load_settings
+    from inboxstream.sinks.clickhouse import connect
+    from inboxstream.sinks.migrate import migrate
 
     settings = load_settings()
     ch = connect(settings.clickhouse)
@@ -40,7 +40,7 @@ def stop() -> None:
 
 
 def status() -> ServiceStatus:
-    from runtime.settings import load_settings
+    from inboxstream.core.settings import load_settings
 
     settings = load_settings()
     ch = settings.clickhouse

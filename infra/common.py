@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from inboxstream.core.paths import state_dir
+from inboxstream.errors import InboxstreamError
 
 
-class InfraError(RuntimeError):
+class InfraError(InboxstreamError):
     """A service could not be installed, started or stopped; the message says what to do."""
 
 
@@ -34,12 +35,6 @@ class ServiceStatus:
     pid: int | None
     endpoints: dict[str, str]
     detail: str = ""
-
-
-def state_dir() -> Path:
-    path = Path(os.environ.get("INBOXSTREAM_HOME", REPO_ROOT / ".inboxstream"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def service_dir(name: str) -> Path:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.common import (
+from inboxstream.infra.common import (
     InfraError,
     ServiceStatus,
     apt_install,

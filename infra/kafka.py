@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from infra.common import (
+from inboxstream.infra.common import (
     InfraError,
     ServiceStatus,
     apt_install,

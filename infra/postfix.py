@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import dovecot
-from infra.common import (
+from inboxstream.infra import dovecot
+from inboxstream.infra.common import (
     InfraError,
     ServiceStatus,
     apt_install,

@@ -21,8 +21,8 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from processors.jwz import Algorithm, ThreadInput, thread_messages
-from schemas.models import ThreadEvent
+from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
+from inboxstream.schemas.models import ThreadEvent
 
 
 @dataclass
@@ -145,7 +145,7 @@ class InboxThreads:
         return len(self.entries)
 
     def _subject(self, entry: MessageEntry) -> str:
-        from processors.subject import base_subject
+        from inboxstream.processors.subject import base_subject
 
         return base_subject(entry.subject) if self.algorithm == "rfc5256" else ""
 

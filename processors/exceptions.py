@@ -1,9 +1,9 @@
-"""Errors of the stream processors, under the project's root error (``runtime.errors``):
+"""Errors of the stream processors, under the project's root error (``inboxstream.errors``):
 ``retriable`` tells the loop whether a retry can help."""
 
 from __future__ import annotations
 
-from runtime.errors import InboxstreamError
+from inboxstream.errors import InboxstreamError
 
 
 class ProcessorError(InboxstreamError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
-from processors.subject import base_subject
+from inboxstream.processors.subject import base_subject
 
 Algorithm = Literal["rfc5256", "references"]
 K = TypeVar("K", bound=Hashable)

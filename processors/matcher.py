@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from schemas.models import AttachmentRef, EngagementEvent
+from inboxstream.schemas.models import AttachmentRef, EngagementEvent
 
 MatchedBy = Literal["in_reply_to", "references"]
 

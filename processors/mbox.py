@@ -17,8 +17,8 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-from processors.jwz import Algorithm, ThreadInput, thread_messages
-from producers.parse import decode_text, parse_date, parse_msg_ids
+from inboxstream.mail.headers import decode_text, parse_date, parse_msg_ids
+from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
 
 
 def _header(msg: Message, name: str) -> str | None:

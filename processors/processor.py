@@ -48,17 +48,19 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 
-from processors.assign import MessageEntry
-from processors.exceptions import TopologyError
-from processors.jwz import Algorithm
-from processors.matcher import (
+from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, send_to_dead_letter
+from inboxstream.core.settings import Settings
+from inboxstream.processors.assign import MessageEntry
+from inboxstream.processors.exceptions import TopologyError
+from inboxstream.processors.jwz import Algorithm
+from inboxstream.processors.matcher import (
     Match,
     build_engagement,
     engagement_id,
     find_match,
     lifecycle_event_id,
 )
-from processors.retention import (
+from inboxstream.processors.retention import (
     BODY_TTL_MS,
     DELETED_PURGE_MS,
     HOUR_MS,
@@ -66,12 +68,16 @@ from processors.retention import (
     REPLY_HOLD_MS,
     expired,
 )
-from processors.state import PartitionState, message_key, restore
-from processors.topology import ProcessorTopics
-from runtime.kafka import client_options, ensure_topics, make_consumer, send_to_dead_letter
-from runtime.settings import Settings
-from schemas.models import BodyEvent, EngagementEvent, Event, MessageEvent, OutboundEvent
-from schemas.serde import serde_for
+from inboxstream.processors.state import PartitionState, message_key, restore
+from inboxstream.processors.topology import ProcessorTopics
+from inboxstream.schemas.models import (
+    BodyEvent,
+    EngagementEvent,
+    Event,
+    MessageEvent,
+    OutboundEvent,
+)
+from inboxstream.schemas.serde import serde_for
 
 log = logging.getLogger(__name__)
 

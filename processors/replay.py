@@ -19,11 +19,11 @@ from datetime import datetime
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from processors.jwz import Algorithm
-from processors.processor import ProcessorConfig, ProcessorStats, run_processor
-from processors.topology import ProcessorTopics
-from runtime.kafka import ensure_topics, make_consumer
-from runtime.settings import Settings
+from inboxstream.core.kafka import ensure_topics, make_consumer
+from inboxstream.core.settings import Settings
+from inboxstream.processors.jwz import Algorithm
+from inboxstream.processors.processor import ProcessorConfig, ProcessorStats, run_processor
+from inboxstream.processors.topology import ProcessorTopics
 
 
 def replay_group(base_group_id: str, version: str) -> str:

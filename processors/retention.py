@@ -7,7 +7,7 @@ watermark: the largest event time it has processed.
 
 from __future__ import annotations
 
-from runtime.settings import DAY_MS
+from inboxstream.core.settings import DAY_MS
 
 HOUR_MS = DAY_MS // 24
 

@@ -27,11 +27,11 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from processors.assign import InboxThreads, MessageEntry
-from processors.exceptions import StateRestoreError
-from processors.jwz import Algorithm
-from runtime.kafka import make_consumer
-from runtime.settings import KafkaSettings
+from inboxstream.core.kafka import make_consumer
+from inboxstream.core.settings import KafkaSettings
+from inboxstream.processors.assign import InboxThreads, MessageEntry
+from inboxstream.processors.exceptions import StateRestoreError
+from inboxstream.processors.jwz import Algorithm
 
 log = logging.getLogger(__name__)
 

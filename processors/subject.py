@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from producers.parse import decode_text
+from inboxstream.mail.headers import decode_text
 
 # subj-trailer = "(fwd)" / WSP
 _TRAILER_RE = re.compile(r"(?:\s|\(fwd\))+$", re.IGNORECASE)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from processors.state import STORES
-from runtime.settings import TopicSettings, TopicSpec
+from inboxstream.core.settings import TopicSettings, TopicSpec
+from inboxstream.processors.state import STORES
 
 
 def topic_prefix(topics: TopicSettings) -> str:

@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from runtime.kafka import client_options
-from runtime.settings import KafkaSettings
-from schemas.exceptions import DecodeError
-from schemas.models import CheckpointEvent
-from schemas.serde import serde_for
+from inboxstream.core.kafka import client_options
+from inboxstream.core.settings import KafkaSettings
+from inboxstream.schemas.exceptions import DecodeError
+from inboxstream.schemas.models import CheckpointEvent
+from inboxstream.schemas.serde import serde_for
 
 log = logging.getLogger(__name__)
 

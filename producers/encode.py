@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from producers.parse import FetchedMessage, parse_message
-from schemas.exceptions import EncodeError
-from schemas.models import BodyEvent, MessageEvent
-from schemas.serde import serde_for
+from inboxstream.producers.parse import FetchedMessage, parse_message
+from inboxstream.schemas.exceptions import EncodeError
+from inboxstream.schemas.models import BodyEvent, MessageEvent
+from inboxstream.schemas.serde import serde_for
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from producers.encode import EncodedMessage
-from producers.fetch import BACKFILL_BATCH, FetchedItem, parse_fetch_lines
-from producers.imap import ImapConnection, SelectedFolder
-from producers.parse import FetchedMessage
-from producers.publish import EventPublisher
-from schemas.models import FolderRole
+from inboxstream.imap.connection import ImapConnection, SelectedFolder
+from inboxstream.imap.fetch import BACKFILL_BATCH, FetchedItem, parse_fetch_lines
+from inboxstream.producers.encode import EncodedMessage
+from inboxstream.producers.parse import FetchedMessage
+from inboxstream.producers.publish import EventPublisher
+from inboxstream.schemas.models import FolderRole
 
 log = logging.getLogger(__name__)
 

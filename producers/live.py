@@ -36,16 +36,15 @@ from typing import Any
 
 from aioimaplib import aioimaplib
 
-from producers.checkpoints import Checkpoint, CheckpointStore
-from producers.exceptions import ConnectTimeoutError, ProtocolError
-from producers.fetch import FetchedItem, parse_fetch_lines
-from producers.folder_sync import FolderProgress, sync_folder
-from producers.imap import ImapConnection, SelectedFolder
-from producers.parse import FetchedMessage, event_id, parse_message
-from producers.publish import EventPublisher
-from producers.send import search_uids
-from producers.status import StatusReporter
-from schemas.models import FolderRole, MessageEvent
+from inboxstream.imap.connection import ImapConnection, SelectedFolder
+from inboxstream.imap.exceptions import ConnectTimeoutError, ProtocolError
+from inboxstream.imap.fetch import FetchedItem, parse_fetch_lines, search_uids
+from inboxstream.producers.checkpoints import Checkpoint, CheckpointStore
+from inboxstream.producers.folder_sync import FolderProgress, sync_folder
+from inboxstream.producers.parse import FetchedMessage, event_id, parse_message
+from inboxstream.producers.publish import EventPublisher
+from inboxstream.producers.status import StatusReporter
+from inboxstream.schemas.models import FolderRole, MessageEvent
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.header import decode_header
 from email.message import Message
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import getaddresses
 from typing import TypeVar
 
-from producers.fetch import FetchedItem
-from schemas.models import Address, Attachment, BodyEvent, FolderRole, MessageEvent
+from inboxstream.imap.fetch import FetchedItem
+from inboxstream.mail.headers import decode_bytes, decode_text, parse_date, parse_msg_ids
+from inboxstream.schemas.models import Address, Attachment, BodyEvent, FolderRole, MessageEvent
 
 ATTACHMENT_LOG_LIMIT = 50 * 1024 * 1024  # the source documents: "less than 50 MB"
 
 T = TypeVar("T")
-_MSGID_RE = re.compile(rb"<([^<>\s]+)>")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 
 
@@ -97,61 +96,11 @@ def split_header_block(raw: bytes) -> bytes:
     return raw[: match.start()] + b"\r\n" if match else raw
 
 
-def parse_msg_ids(value: str | bytes | None) -> list[str]:
-    """Message-IDs from a Message-ID / In-Reply-To / References value, leniently.
-
-    Angle-bracketed ids are taken in order, duplicates dropped. A value with no brackets at all
-    (seen from broken mailers) falls back to its whitespace-separated tokens that contain '@'.
-    """
-    if not value:
-        return []
-    data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    found = [m.decode("utf-8", "replace") for m in _MSGID_RE.findall(data)]
-    if not found:
-        found = [t.decode("utf-8", "replace").strip("<>,;\"'") for t in data.split() if b"@" in t]
-    seen: set[str] = set()
-    out = []
-    for mid in found:
-        if mid and mid not in seen:
-            seen.add(mid)
-            out.append(mid)
-    return out
-
-
 def synthetic_message_id(header_block: bytes) -> str:
     """A deterministic id for mail without Message-ID: the same bytes give the same id,
     so the copy in INBOX and the copy in another folder still thread together."""
     digest = hashlib.sha256(header_block.replace(b"\r\n", b"\n").strip()).hexdigest()[:40]
     return f"{digest}@synthetic.inboxstream.invalid"
-
-
-def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode with the declared charset; an unknown or lying charset falls back to UTF-8,
-    then Latin-1 (which never fails), so text is never lost, only possibly mis-decoded."""
-    for candidate in (charset, "utf-8"):
-        if not candidate:
-            continue
-        try:
-            return data.decode(candidate)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return data.decode("latin-1")
-
-
-def decode_text(value: str | None) -> str | None:
-    """Decode RFC 2047 encoded words, chunk by chunk, never raising."""
-    if value is None:
-        return None
-    try:
-        chunks = decode_header(value)
-    except (ValueError, email.errors.HeaderParseError):
-        return value
-    out = []
-    for chunk, charset in chunks:
-        out.append(_decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk)
-    # decode_header drops the whitespace between an encoded word and plain text only when
-    # both sides are encoded; joining plain chunks keeps their own spacing.
-    return "".join(out).strip() if len(out) > 1 else (out[0] if out else "")
 
 
 def _addresses(msg: Message, name: str) -> list[Address]:
@@ -179,28 +128,11 @@ def _date(msg: Message) -> datetime | None:
     return parse_date(msg.get("Date"))
 
 
-def parse_date(value: object) -> datetime | None:
-    """An RFC 5322 Date header as an aware datetime, or None when it is garbage; never raises
-    (a huge zone offset or year makes the stdlib raise OverflowError)."""
-    if not value:
-        return None
-    try:
-        parsed = parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    # Dates before 1970 or absurdly far ahead are garbage from broken mailers.
-    if not 1970 <= parsed.year <= 9999:
-        return None
-    return parsed
-
-
 def _decode_part(part: Message) -> str | None:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return None
-    return _decode_bytes(payload, part.get_content_charset())
+    return decode_bytes(payload, part.get_content_charset())
 
 
 def _attachments(msg: Message) -> list[Attachment]:

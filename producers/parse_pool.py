@@ -19,8 +19,8 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from producers.encode import EncodedMessage, encode_chunk
-from producers.parse import FetchedMessage
+from inboxstream.producers.encode import EncodedMessage, encode_chunk
+from inboxstream.producers.parse import FetchedMessage
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ParsePool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["producers.encode"])
+            ctx.set_forkserver_preload(["inboxstream.producers.encode"])
             # Ctrl-C reaches the whole process group: the workers ignore it and leave the
             # shutdown to the service, which closes the pool once its folders have stopped.
             self._executor = ProcessPoolExecutor(

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
-from producers.encode import EncodedRecord
-from producers.parse_pool import INLINE, ParsePool
-from runtime.settings import TopicSettings
-from schemas.models import BodyEvent, Event, MessageEvent, StatusEvent
-from schemas.serde import serde_for
+from inboxstream.core.settings import TopicSettings
+from inboxstream.producers.encode import EncodedRecord
+from inboxstream.producers.parse_pool import INLINE, ParsePool
+from inboxstream.schemas.models import BodyEvent, Event, MessageEvent, StatusEvent
+from inboxstream.schemas.serde import serde_for
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from runtime.settings import InboxSettings, describe_validation_error
+from inboxstream.core.settings import InboxSettings, describe_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The producer service: one asyncio process keeping many inboxes in Kafka.
 
 Per inbox (``InboxWorker``), every connection is taken through the shared ``BudgetRegistry``
-(producers/budget.py), so together with a ``MailSender`` in the same process an inbox never
+(imap/budget.py), so together with a ``MailSender`` in the same process an inbox never
 has more than five connections:
 
 * "inbox" slot: INBOX, backfill from its checkpoint, then IDLE (or NOOP polling);
@@ -27,20 +27,20 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from producers.budget import BudgetRegistry, ConnectionRole
-from producers.checkpoints import CheckpointStore, default_owner
-from producers.exceptions import ProtocolError
-from producers.folders import assign_roles
-from producers.imap import ImapConnection, endpoint_for_inbox
-from producers.live import FolderWatch, LiveTimings, ProgressCallback, wait_for_change
-from producers.parse_pool import ParsePool
-from producers.publish import EventPublisher
-from producers.registry import InboxRegistry, inbox_fingerprint
-from producers.status import StatusReporter
-from runtime.errors import InboxstreamError
-from runtime.kafka import ensure_topics, make_producer
-from runtime.settings import InboxSettings, ProducerSettings, Settings
-from schemas.models import FolderRole
+from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.settings import InboxSettings, ProducerSettings, Settings
+from inboxstream.errors import InboxstreamError
+from inboxstream.imap.budget import BudgetRegistry, ConnectionRole
+from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
+from inboxstream.imap.exceptions import ProtocolError
+from inboxstream.imap.folders import assign_roles
+from inboxstream.producers.checkpoints import CheckpointStore, default_owner
+from inboxstream.producers.live import FolderWatch, LiveTimings, ProgressCallback, wait_for_change
+from inboxstream.producers.parse_pool import ParsePool
+from inboxstream.producers.publish import EventPublisher
+from inboxstream.producers.registry import InboxRegistry, inbox_fingerprint
+from inboxstream.producers.status import StatusReporter
+from inboxstream.schemas.models import FolderRole
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer
 
-from producers.checkpoints import assign_all
-from producers.publish import EventPublisher
-from runtime.errors import InboxstreamError
-from runtime.kafka import client_options
-from runtime.settings import KafkaSettings
-from schemas.exceptions import DecodeError
-from schemas.models import InboxState, StatusEvent
-from schemas.serde import serde_for
+from inboxstream.core.kafka import client_options
+from inboxstream.core.settings import KafkaSettings
+from inboxstream.errors import InboxstreamError
+from inboxstream.producers.checkpoints import assign_all
+from inboxstream.producers.publish import EventPublisher
+from inboxstream.schemas.exceptions import DecodeError
+from inboxstream.schemas.models import InboxState, StatusEvent
+from inboxstream.schemas.serde import serde_for
 
 log = logging.getLogger(__name__)
 

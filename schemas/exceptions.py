@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.errors import InboxstreamError
+from inboxstream.errors import InboxstreamError
 
 
 class SerdeError(InboxstreamError):

@@ -23,8 +23,8 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from schemas.exceptions import DecodeError, EncodeError, UnknownSchemaError
-from schemas.models import Event
+from inboxstream.schemas.exceptions import DecodeError, EncodeError, UnknownSchemaError
+from inboxstream.schemas.models import Event
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "avro"
 HEADER_SCHEMA = "inboxstream.schema"

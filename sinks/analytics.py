@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sinks.clickhouse import ClickHouse
+from inboxstream.sinks.clickhouse import ClickHouse
 
 ANALYTICS_DIR = Path(__file__).resolve().parent / "sql" / "analytics"
 DB_PARAM = "{db:Identifier}"

@@ -18,8 +18,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from runtime.settings import ClickHouseSettings
-from sinks.exceptions import BadRowError, ClickHouseError, PathLockedError
+from inboxstream.core.settings import ClickHouseSettings
+from inboxstream.sinks.exceptions import BadRowError, ClickHouseError, PathLockedError
 
 # ClickHouse error names that mean "this data", not "this server": the same rows would fail
 # again, so the sink isolates and dead-letters them instead of waiting.
@@ -250,22 +250,6 @@ class ServerClickHouse:
         self._client.close()
 
 
-def connect_for_reading(settings: ClickHouseSettings) -> ClickHouse:
-    """A handle for readers. A server is shared, so just connect. An embedded path that a
-    running sink owns is read through that sink's query endpoint (sinks/endpoint.py); a free
-    path is opened here, as usual."""
-    if settings.url is None:
-        from sinks.endpoint import EndpointInfo, RemoteEmbeddedClickHouse
-
-        info = EndpointInfo.read(settings.path)
-        if info is not None and info.alive():
-            remote = RemoteEmbeddedClickHouse(info, settings.database)
-            try:
-                remote.query("SELECT 1")
-                return remote
-            except ClickHouseError:
-                pass  # a stale file (the pid was reused): the path may well be free
-    return connect(settings)
 
 
 def connect(settings: ClickHouseSettings) -> ClickHouse:

@@ -30,8 +30,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from sinks.clickhouse import EmbeddedClickHouse, parse_json_each_row
-from sinks.exceptions import ClickHouseError
+from inboxstream.core.settings import ClickHouseSettings
+from inboxstream.sinks.clickhouse import (
+    ClickHouse,
+    EmbeddedClickHouse,
+    connect,
+    parse_json_each_row,
+)
+from inboxstream.sinks.exceptions import ClickHouseError
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +198,18 @@ class RemoteEmbeddedClickHouse:
 
     def close(self) -> None:
         """Nothing to release: the owner keeps the engine."""
+
+def connect_for_reading(settings: ClickHouseSettings) -> ClickHouse:
+    """A handle for readers. A server is shared, so just connect. An embedded path that a
+    running sink owns is read through that sink's query endpoint (below); a free
+    path is opened here, as usual."""
+    if settings.url is None:
+        info = EndpointInfo.read(settings.path)
+        if info is not None and info.alive():
+            remote = RemoteEmbeddedClickHouse(info, settings.database)
+            try:
+                remote.query("SELECT 1")
+                return remote
+            except ClickHouseError:
+                pass  # a stale file (the pid was reused): the path may well be free
+    return connect(settings)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sinks.clickhouse import ClickHouse
+from inboxstream.sinks.clickhouse import ClickHouse
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "sql" / "migrations"
 _NAME_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")

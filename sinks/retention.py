@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sinks.clickhouse import ClickHouse
+from inboxstream.sinks.clickhouse import ClickHouse
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from schemas.models import (
+from inboxstream.schemas.models import (
     Attachment,
     AttachmentRef,
     BodyEvent,

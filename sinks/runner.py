@@ -23,11 +23,11 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
-from runtime.kafka import send_to_dead_letter
-from schemas.models import Event
-from schemas.serde import AvroSerde
-from sinks.clickhouse import ClickHouse
-from sinks.exceptions import BadRowError, ClickHouseError
+from inboxstream.core.kafka import send_to_dead_letter
+from inboxstream.schemas.models import Event
+from inboxstream.schemas.serde import AvroSerde
+from inboxstream.sinks.clickhouse import ClickHouse
+from inboxstream.sinks.exceptions import BadRowError, ClickHouseError
 
 log = logging.getLogger(__name__)
 

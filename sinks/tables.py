@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.settings import TopicSettings
-from schemas.models import (
+from inboxstream.core.settings import TopicSettings
+from inboxstream.schemas.models import (
     BodyEvent,
     EngagementEvent,
     MessageEvent,
@@ -13,8 +13,8 @@ from schemas.models import (
     StatusEvent,
     ThreadEvent,
 )
-from schemas.serde import serde_for
-from sinks.rows import (
+from inboxstream.schemas.serde import serde_for
+from inboxstream.sinks.rows import (
     body_row,
     engagement_row,
     metadata_row,
@@ -22,7 +22,7 @@ from sinks.rows import (
     status_row,
     thread_row,
 )
-from sinks.runner import TableSink
+from inboxstream.sinks.runner import TableSink
 
 
 def table_sinks(topics: TopicSettings) -> dict[str, TableSink[Any]]:

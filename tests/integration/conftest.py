@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from infra import dovecot, kafka, postfix
-from runtime.settings import (
+from inboxstream.core.settings import (
     ClickHouseSettings,
     InboxSettings,
     KafkaSettings,
@@ -27,6 +26,7 @@ from runtime.settings import (
     TopicSettings,
     load_settings,
 )
+from inboxstream.infra import dovecot, kafka, postfix
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +106,7 @@ class MailUser:
     password: str = field(repr=False)
 
     def inbox(self) -> InboxSettings:
-        from runtime.demo import demo_inbox
+        from inboxstream.app.demo import demo_inbox
 
         return demo_inbox(self.password, self.name)
 

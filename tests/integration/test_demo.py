@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra import dovecot
-from runtime.mailgen import generate_mailbox
+from inboxstream.app.mailgen import generate_mailbox
+from inboxstream.infra import dovecot
 
 INBOXSTREAM = str(Path(sys.executable).parent / "inboxstream")
 

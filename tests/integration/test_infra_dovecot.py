@@ -17,8 +17,8 @@ from email.utils import make_msgid
 import aioimaplib
 import pytest
 
-from infra import dovecot
-from infra.common import InfraError, service_dir
+from inboxstream.infra import dovecot
+from inboxstream.infra.common import InfraError, service_dir
 
 pytestmark = pytest.mark.integration
 

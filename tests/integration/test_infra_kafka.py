@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from infra import kafka
-from infra.common import port_open, service_dir
+from inboxstream.infra import kafka
+from inboxstream.infra.common import port_open, service_dir
 
 pytestmark = pytest.mark.integration
 

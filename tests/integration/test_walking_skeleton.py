@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from infra import dovecot
-from runtime.kafka import DLQ_PREFIX, make_consumer, make_producer
-from runtime.pipeline import open_clickhouse, run_sink, sync_inbox_once
-from runtime.settings import Settings
-from schemas.models import BodyEvent, MessageEvent
-from schemas.serde import serde_for
+from inboxstream.app.pipeline import open_clickhouse, run_sink, sync_inbox_once
+from inboxstream.core.kafka import DLQ_PREFIX, make_consumer, make_producer
+from inboxstream.core.settings import Settings
+from inboxstream.infra import dovecot
+from inboxstream.schemas.models import BodyEvent, MessageEvent
+from inboxstream.schemas.serde import serde_for
 from tests.integration.conftest import MailUser
 
 

@@ -16,11 +16,11 @@ from typing import TypeVar
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processors.topology import ProcessorTopics
-from producers.parse import FetchedMessage, parse_message
-from runtime.kafka import client_options, ensure_topics, make_consumer, make_producer
-from runtime.settings import Settings, TopicSpec
-from schemas.models import (
+from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, make_producer
+from inboxstream.core.settings import Settings, TopicSpec
+from inboxstream.processors.topology import ProcessorTopics
+from inboxstream.producers.parse import FetchedMessage, parse_message
+from inboxstream.schemas.models import (
     BodyEvent,
     EngagementEvent,
     Event,
@@ -28,7 +28,7 @@ from schemas.models import (
     OutboundEvent,
     ThreadEvent,
 )
-from schemas.serde import serde_for
+from inboxstream.schemas.serde import serde_for
 
 E = TypeVar("E", bound=Event)
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

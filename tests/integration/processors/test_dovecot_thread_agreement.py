@@ -22,12 +22,12 @@ import imaplib
 import re
 from pathlib import Path
 
-from processors.mbox import thread_mbox
-from processors.processor import ProcessorConfig, run_processor
-from runtime.demo import imap_client
-from runtime.pipeline import sync_inbox_once
-from runtime.settings import Settings
-from schemas.models import MessageEvent
+from inboxstream.app.demo import imap_client
+from inboxstream.app.pipeline import sync_inbox_once
+from inboxstream.core.settings import Settings
+from inboxstream.processors.mbox import thread_mbox
+from inboxstream.processors.processor import ProcessorConfig, run_processor
+from inboxstream.schemas.models import MessageEvent
 from tests.integration.conftest import MailUser
 from tests.integration.processors.conftest import read_all
 from tests.integration.processors.test_scale_and_replay import assignments

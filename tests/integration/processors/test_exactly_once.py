@@ -7,9 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-from processors.processor import ProcessorConfig, StreamProcessor, run_processor
-from processors.topology import ProcessorTopics
-from runtime.settings import Settings
+from inboxstream.core.settings import Settings
+from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, run_processor
+from inboxstream.processors.topology import ProcessorTopics
 from tests.integration.processors.conftest import (
     count_uncommitted,
     load_inputs,

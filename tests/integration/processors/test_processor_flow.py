@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from processors.processor import ProcessorConfig, run_processor
-from processors.topology import ProcessorTopics
-from runtime.settings import Settings
-from schemas.models import EngagementEvent, ThreadEvent
+from inboxstream.core.settings import Settings
+from inboxstream.processors.processor import ProcessorConfig, run_processor
+from inboxstream.processors.topology import ProcessorTopics
+from inboxstream.schemas.models import EngagementEvent, ThreadEvent
 from tests.integration.processors.conftest import (
     events_for,
     outbound,
@@ -46,7 +46,7 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
     await publish(settings, [(t.crm_outbound.name, logged_id, logged)])  # broadcast
     # a record that is not Avro at all: dead-lettered, processing goes on
     producer_items = [(t.messages.name, inbox, b"\x00garbage")]
-    from runtime.kafka import make_producer
+    from inboxstream.core.kafka import make_producer
 
     p = make_producer(settings.kafka)
     await p.start()
@@ -93,7 +93,7 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
     assert r1.contact_email == "carla@example.test" and r1.crm_ref == "deal-1"
     assert r1.thread_id == r2.thread_id == latest[replies[0][0].event_id]
     # the non-CRM reply's body is in no output and no state
-    from processors.state import restore
+    from inboxstream.processors.state import restore
 
     states = await restore(settings.kafka, topics.changelogs, range(settings.topics.partitions))
     assert all("SECRET-NOT-CRM" not in repr(s.__dict__) for s in states.values())

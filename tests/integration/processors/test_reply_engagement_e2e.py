@@ -8,13 +8,13 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from infra import dovecot
-from processors.processor import ProcessorConfig, run_processor
-from processors.topology import ProcessorTopics
-from producers.send import Draft, MailSender
-from runtime.pipeline import sync_inbox_once
-from runtime.settings import Settings
-from schemas.models import EngagementEvent, MessageEvent
+from inboxstream.app.pipeline import sync_inbox_once
+from inboxstream.core.settings import Settings
+from inboxstream.infra import dovecot
+from inboxstream.processors.processor import ProcessorConfig, run_processor
+from inboxstream.processors.topology import ProcessorTopics
+from inboxstream.schemas.models import EngagementEvent, MessageEvent
+from inboxstream.send.sender import Draft, MailSender
 from tests.integration.processors.conftest import read_all
 from tests.integration.processors.test_scale_and_replay import assignments
 from tests.integration.send.conftest import Person, mail_sender, people

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from processors.matcher import engagement_id
-from processors.processor import ProcessorConfig, run_processor
-from processors.state import restore
-from processors.topology import ProcessorTopics
-from runtime.kafka import DLQ_PREFIX, make_producer
-from runtime.settings import Settings
-from schemas.models import EngagementEvent
+from inboxstream.core.kafka import DLQ_PREFIX, make_producer
+from inboxstream.core.settings import Settings
+from inboxstream.processors.matcher import engagement_id
+from inboxstream.processors.processor import ProcessorConfig, run_processor
+from inboxstream.processors.state import restore
+from inboxstream.processors.topology import ProcessorTopics
+from inboxstream.schemas.models import EngagementEvent
 from tests.integration.processors.conftest import (
     T0,
     events_for,

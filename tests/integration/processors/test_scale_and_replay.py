@@ -10,11 +10,11 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-from processors.processor import ProcessorConfig, StreamProcessor, run_processor
-from processors.replay import replay
-from processors.topology import ProcessorTopics
-from runtime.settings import Settings
-from schemas.models import ThreadEvent
+from inboxstream.core.settings import Settings
+from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, run_processor
+from inboxstream.processors.replay import replay
+from inboxstream.processors.topology import ProcessorTopics
+from inboxstream.schemas.models import ThreadEvent
 from tests.integration.processors.conftest import (
     INBOXSTREAM,
     T0,

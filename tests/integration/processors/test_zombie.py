@@ -11,9 +11,9 @@ import signal
 import time
 from pathlib import Path
 
-from processors.processor import ProcessorConfig, run_processor
-from processors.topology import ProcessorTopics
-from runtime.settings import Settings
+from inboxstream.core.settings import Settings
+from inboxstream.processors.processor import ProcessorConfig, run_processor
+from inboxstream.processors.topology import ProcessorTopics
 from tests.integration.processors.conftest import (
     count_uncommitted,
     final_stats,

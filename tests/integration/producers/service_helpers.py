@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from producers.budget import BudgetRegistry
-from producers.registry import InboxRegistry
-from producers.service import ProducerService
-from runtime.kafka import client_options
-from runtime.settings import ProducerSettings, Settings
-from schemas.models import CheckpointEvent, Event, MessageEvent, StatusEvent
-from schemas.serde import serde_for
+from inboxstream.core.kafka import client_options
+from inboxstream.core.settings import ProducerSettings, Settings
+from inboxstream.imap.budget import BudgetRegistry
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.producers.service import ProducerService
+from inboxstream.schemas.models import CheckpointEvent, Event, MessageEvent, StatusEvent
+from inboxstream.schemas.serde import serde_for
 
 E = TypeVar("E", bound=Event)
 
@@ -176,7 +176,7 @@ def deliver_many(user: str, count: int, *, start: int = 0) -> None:
     import smtplib
     from email.message import EmailMessage
 
-    from infra import dovecot
+    from inboxstream.infra import dovecot
 
     ep = dovecot.endpoints()
     with smtplib.LMTP(ep.host, ep.lmtp_port, timeout=60) as lmtp:

@@ -15,16 +15,16 @@ from collections.abc import Iterator
 
 import psutil
 
-from infra import dovecot
-from producers.fetch import BACKFILL_BATCH
-from producers.folder_sync import FolderProgress, sync_folder
-from producers.imap import ImapConnection, endpoint_for_inbox
-from producers.publish import EventPublisher
-from runtime.kafka import ensure_topics, make_consumer, make_producer
-from runtime.mailgen import generate_mailbox
-from runtime.settings import Settings
-from schemas.models import MessageEvent
-from schemas.serde import serde_for
+from inboxstream.app.mailgen import generate_mailbox
+from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
+from inboxstream.core.settings import Settings
+from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
+from inboxstream.imap.fetch import BACKFILL_BATCH
+from inboxstream.infra import dovecot
+from inboxstream.producers.folder_sync import FolderProgress, sync_folder
+from inboxstream.producers.publish import EventPublisher
+from inboxstream.schemas.models import MessageEvent
+from inboxstream.schemas.serde import serde_for
 from tests.integration.conftest import MailUser
 
 N = 10_000

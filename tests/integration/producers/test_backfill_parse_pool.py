@@ -7,17 +7,17 @@ import asyncio
 import itertools
 from typing import Any
 
-from infra import dovecot
-from producers.folder_sync import sync_folder
-from producers.imap import ImapConnection, SelectedFolder, endpoint_for_inbox
-from producers.parse import FetchedMessage, parse_message
-from producers.parse_pool import ParsePool
-from producers.publish import EventPublisher
-from runtime.kafka import ensure_topics, make_consumer, make_producer
-from runtime.mailgen import generate_mailbox
-from runtime.settings import Settings
-from schemas.models import BodyEvent, Event, MessageEvent
-from schemas.serde import serde_for
+from inboxstream.app.mailgen import generate_mailbox
+from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
+from inboxstream.core.settings import Settings
+from inboxstream.imap.connection import ImapConnection, SelectedFolder, endpoint_for_inbox
+from inboxstream.infra import dovecot
+from inboxstream.producers.folder_sync import sync_folder
+from inboxstream.producers.parse import FetchedMessage, parse_message
+from inboxstream.producers.parse_pool import ParsePool
+from inboxstream.producers.publish import EventPublisher
+from inboxstream.schemas.models import BodyEvent, Event, MessageEvent
+from inboxstream.schemas.serde import serde_for
 from tests.integration.conftest import MailUser
 
 N = 300

@@ -9,14 +9,14 @@ import asyncio
 import time
 from pathlib import Path
 
-from infra import dovecot, postfix
-from producers.budget import MAX_CONNECTIONS, BudgetRegistry
-from producers.registry import InboxRegistry
-from producers.send import Draft, MailSender
-from runtime.demo import imap_client
-from runtime.kafka import make_producer
-from runtime.settings import Settings
-from schemas.models import StatusEvent
+from inboxstream.app.demo import imap_client
+from inboxstream.core.kafka import make_producer
+from inboxstream.core.settings import Settings
+from inboxstream.imap.budget import MAX_CONNECTIONS, BudgetRegistry
+from inboxstream.infra import dovecot, postfix
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.schemas.models import StatusEvent
+from inboxstream.send.sender import Draft, MailSender
 from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     deliver_many,

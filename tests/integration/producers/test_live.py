@@ -8,11 +8,11 @@ import asyncio
 from email.message import EmailMessage
 from pathlib import Path
 
-from infra import dovecot
-from producers.registry import InboxRegistry
-from runtime.demo import imap_client
-from runtime.settings import Settings
-from schemas.models import MessageEvent, StatusEvent
+from inboxstream.app.demo import imap_client
+from inboxstream.core.settings import Settings
+from inboxstream.infra import dovecot
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.schemas.models import MessageEvent, StatusEvent
 from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     checkpoint_reader,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from infra import dovecot
-from producers.registry import InboxRegistry
-from runtime.settings import Settings
-from schemas.models import StatusEvent
+from inboxstream.core.settings import Settings
+from inboxstream.infra import dovecot
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.schemas.models import StatusEvent
 from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     deliver_many,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infra import dovecot
-from producers.checkpoints import CheckpointStore
-from runtime.cli import main
-from runtime.settings import Settings
+from inboxstream.app.cli import main
+from inboxstream.core.settings import Settings
+from inboxstream.infra import dovecot
+from inboxstream.producers.checkpoints import CheckpointStore
 from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     deliver_many,

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from producers.registry import InboxRegistry
-from runtime.settings import Settings
-from schemas.models import CheckpointEvent, MessageEvent, StatusEvent
+from inboxstream.core.settings import Settings
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.schemas.models import CheckpointEvent, MessageEvent, StatusEvent
 from tests.integration.conftest import MailUser
 from tests.integration.producers.service_helpers import (
     checkpoint_reader,

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from infra import dovecot, postfix
-from producers.send import MailSender
-from runtime.demo import demo_inbox, imap_client
-from runtime.kafka import ensure_topics, make_consumer, make_producer
-from runtime.settings import InboxSettings, Settings
+from inboxstream.app.demo import demo_inbox, imap_client
+from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
+from inboxstream.core.settings import InboxSettings, Settings
+from inboxstream.infra import dovecot, postfix
+from inboxstream.send.sender import MailSender
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra import postfix
-from infra.common import port_open
+from inboxstream.infra import postfix
+from inboxstream.infra.common import port_open
 
 pytestmark = pytest.mark.integration
 

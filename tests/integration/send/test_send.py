@@ -13,16 +13,19 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from infra import postfix
-from producers.exceptions import AuthError
-from producers.send import (
+from inboxstream.app.cli import main
+from inboxstream.core.settings import Settings
+from inboxstream.imap.exceptions import AuthError
+from inboxstream.infra import postfix
+from inboxstream.schemas.models import OutboundEvent
+from inboxstream.schemas.serde import serde_for
+from inboxstream.send.sender import (
     AttachmentFile,
     Draft,
     MailSender,
     NoSentFolderError,
-    search_uids,
 )
-from producers.smtp import (
+from inboxstream.send.smtp import (
     InvalidAddressError,
     MessageTooLargeError,
     SmtpEndpoint,
@@ -30,10 +33,6 @@ from producers.smtp import (
     SmtpTlsError,
     submit,
 )
-from runtime.cli import main
-from runtime.settings import Settings
-from schemas.models import OutboundEvent
-from schemas.serde import serde_for
 from tests.integration.send.conftest import Person, read_topic
 
 pytestmark = pytest.mark.integration
@@ -267,12 +266,6 @@ async def test_smtp_certificate_is_verified_unless_the_inbox_allows_otherwise(
     assert len(vic.wait_for("INBOX", 1)) == 1
 
 
-def test_search_uids_reads_both_response_styles() -> None:
-    assert search_uids([b"1 2 10"]) == [1, 2, 10]
-    assert search_uids([b"SEARCH 4"]) == [4]
-    assert search_uids([b"", b"SEARCH"]) == []
-
-
 def test_cli_send(
     people: Callable[..., Person],
     settings: Settings,
@@ -328,7 +321,7 @@ def test_cli_send_through_an_inbox_added_with_inbox_add(
 ) -> None:
     """An inbox the producer service runs (from `inboxstream inbox add`, not the config file)
     can send: the only inbox there, so no --from-inbox is needed."""
-    from producers.registry import InboxRegistry
+    from inboxstream.producers.registry import InboxRegistry
 
     yuri, zoe = people("yuri"), people("zoe")
     InboxRegistry(tmp_path / "inboxes").add(yuri.inbox(security="tls"))

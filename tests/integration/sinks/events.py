@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
 
-from runtime.kafka import ensure_topics, make_producer
-from runtime.settings import Settings
-from schemas.models import (
+from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.settings import Settings
+from inboxstream.schemas.models import (
     Address,
     BodyEvent,
     EngagementEvent,
@@ -20,7 +20,7 @@ from schemas.models import (
     StatusEvent,
     ThreadEvent,
 )
-from schemas.serde import serde_for
+from inboxstream.schemas.serde import serde_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

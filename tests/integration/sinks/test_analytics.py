@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from runtime.pipeline import open_clickhouse, run_sink
-from runtime.settings import Settings
-from sinks import analytics
-from sinks.clickhouse import ClickHouse
+from inboxstream.app.pipeline import open_clickhouse, run_sink
+from inboxstream.core.settings import Settings
+from inboxstream.sinks import analytics
+from inboxstream.sinks.clickhouse import ClickHouse
 from tests.integration.sinks import events as ev
 
 

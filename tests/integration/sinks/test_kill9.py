@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.settings import Settings
-from sinks.endpoint import EndpointInfo, RemoteEmbeddedClickHouse
+from inboxstream.core.settings import Settings
+from inboxstream.sinks.endpoint import EndpointInfo, RemoteEmbeddedClickHouse
 from tests.integration.sinks import events as ev
 
 INBOXSTREAM = str(Path(sys.executable).parent / "inboxstream")

@@ -6,10 +6,10 @@ purged within 90 days; sequence emails indefinitely."""
 
 from __future__ import annotations
 
-from runtime.pipeline import open_clickhouse, run_sink
-from runtime.settings import Settings
-from sinks.clickhouse import ClickHouse
-from sinks.retention import enforce_retention
+from inboxstream.app.pipeline import open_clickhouse, run_sink
+from inboxstream.core.settings import Settings
+from inboxstream.sinks.clickhouse import ClickHouse
+from inboxstream.sinks.retention import enforce_retention
 from tests.integration.sinks import events as ev
 
 AGES = (1, 8, 61)

@@ -8,13 +8,13 @@ import asyncio
 
 from aiokafka import ConsumerRecord
 
-from runtime.kafka import DLQ_PREFIX, make_consumer, make_producer
-from runtime.pipeline import open_clickhouse, run_sink
-from runtime.settings import Settings
-from schemas.models import ThreadEvent
-from schemas.serde import serde_for
-from sinks.clickhouse import ClickHouse
-from sinks.runner import SinkStats
+from inboxstream.app.pipeline import open_clickhouse, run_sink
+from inboxstream.core.kafka import DLQ_PREFIX, make_consumer, make_producer
+from inboxstream.core.settings import Settings
+from inboxstream.schemas.models import ThreadEvent
+from inboxstream.schemas.serde import serde_for
+from inboxstream.sinks.clickhouse import ClickHouse
+from inboxstream.sinks.runner import SinkStats
 from tests.integration.sinks import events as ev
 
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.assign import InboxThreads, MessageEntry, assign_threads
-from processors.jwz import Algorithm, ThreadInput, thread_messages
-from processors.mbox import thread_input_from_bytes
+from inboxstream.processors.assign import InboxThreads, MessageEntry, assign_threads
+from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
+from inboxstream.processors.mbox import thread_input_from_bytes
 from tests.unit.processors.mailboxes import tricky_mailbox
 from tests.unit.processors.test_jwz import forests
 

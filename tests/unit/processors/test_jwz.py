@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.jwz import Algorithm, ThreadInput, thread_messages
-from processors.mbox import thread_input_from_bytes
+from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
+from inboxstream.processors.mbox import thread_input_from_bytes
 from tests.unit.processors.mailboxes import tricky_mailbox
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -7,14 +7,14 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.matcher import (
+from inboxstream.processors.matcher import (
     Match,
     build_engagement,
     engagement_id,
     find_match,
     lifecycle_event_id,
 )
-from processors.retention import BODY_TTL_MS, DAY_MS, REPLY_HOLD_MS, expired
+from inboxstream.processors.retention import BODY_TTL_MS, DAY_MS, REPLY_HOLD_MS, expired
 
 CRM = {"crm@x", "crm2@x"}
 

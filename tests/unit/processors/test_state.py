@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from processors.assign import MessageEntry
-from processors.state import PartitionState
+from inboxstream.processors.assign import MessageEntry
+from inboxstream.processors.state import PartitionState
 
 
 def test_changelog_round_trip_and_pending_index() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.subject import base_subject, is_reply_or_forward
+from inboxstream.processors.subject import base_subject, is_reply_or_forward
 
 
 @pytest.mark.parametrize(

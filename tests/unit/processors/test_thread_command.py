@@ -8,7 +8,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from runtime.cli import main
+from inboxstream.app.cli import main
 from tests.unit.processors.mailboxes import to_mbox, tricky_mailbox
 
 NASTY = [
@@ -65,7 +65,7 @@ def test_empty_mbox_prints_nothing(tmp_path: Path) -> None:
 def test_absurd_dates_never_break_threading() -> None:
     """A zone offset or year too big for the stdlib raised OverflowError out of the offline
     command; the date is dropped instead, as the producers drop it."""
-    from processors.mbox import thread_input_from_bytes
+    from inboxstream.processors.mbox import thread_input_from_bytes
 
     for date in (
         b"Mon, 1 Jan 2020 00:00:00 +99999999999999999999",

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from producers.service import cancel_and_wait
+from inboxstream.producers.service import cancel_and_wait
 
 
 async def _stubborn(stopped: list[str]) -> None:

@@ -12,18 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.checkpoints import checkpoint_key
-from producers.live import (
+from inboxstream.app.cli_inbox import read_password
+from inboxstream.core.settings import InboxSettings
+from inboxstream.producers.checkpoints import checkpoint_key
+from inboxstream.producers.live import (
     LiveTimings,
     compress_uid_set,
     expand_uid_set,
     is_change,
     vanished_uids,
 )
-from producers.registry import InboxRegistry, inbox_fingerprint
-from producers.service import backoff_delay
-from runtime.cli_inbox import read_password
-from runtime.settings import InboxSettings
+from inboxstream.producers.registry import InboxRegistry, inbox_fingerprint
+from inboxstream.producers.service import backoff_delay
 
 
 @given(st.sets(st.integers(min_value=1, max_value=5000), min_size=1, max_size=200))

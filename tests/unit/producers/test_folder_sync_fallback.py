@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from producers.encode import identity_only
-from schemas.exceptions import EncodeError
-from schemas.models import MessageEvent
-from schemas.serde import serde_for
+from inboxstream.producers.encode import identity_only
+from inboxstream.schemas.exceptions import EncodeError
+from inboxstream.schemas.models import MessageEvent
+from inboxstream.schemas.serde import serde_for
 
 
 def test_unencodable_event_falls_back_to_its_identity() -> None:

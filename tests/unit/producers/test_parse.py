@@ -5,7 +5,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.parse import (
+from inboxstream.app.mailgen import generate_mailbox
+from inboxstream.producers.parse import (
     ATTACHMENT_LOG_LIMIT,
     FetchedMessage,
     decode_text,
@@ -15,7 +16,6 @@ from producers.parse import (
     split_header_block,
     synthetic_message_id,
 )
-from runtime.mailgen import generate_mailbox
 
 
 def fetched(raw: bytes, **kw: object) -> FetchedMessage:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from producers.encode import EncodedMessage, encode_message
-from producers.parse import FetchedMessage
-from producers.parse_pool import ParsePool
-from runtime.mailgen import generate_mailbox
-from schemas.exceptions import EncodeError
-from schemas.models import BodyEvent, MessageEvent
-from schemas.serde import serde_for
+from inboxstream.app.mailgen import generate_mailbox
+from inboxstream.producers.encode import EncodedMessage, encode_message
+from inboxstream.producers.parse import FetchedMessage
+from inboxstream.producers.parse_pool import ParsePool
+from inboxstream.schemas.exceptions import EncodeError
+from inboxstream.schemas.models import BodyEvent, MessageEvent
+from inboxstream.schemas.serde import serde_for
 
 MALFORMED = [
     b"",

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.exceptions import DecodeError, EncodeError
-from schemas.models import (
+from inboxstream.schemas.exceptions import DecodeError, EncodeError
+from inboxstream.schemas.models import (
     ALL_EVENTS,
     Address,
     Attachment,
@@ -26,7 +26,7 @@ from schemas.models import (
     StatusEvent,
     ThreadEvent,
 )
-from schemas.serde import (
+from inboxstream.schemas.serde import (
     HEADER_FINGERPRINT,
     SCHEMA_DIR,
     AvroSerde,

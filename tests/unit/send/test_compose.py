@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.folders import Folder
-from producers.send import (
+from inboxstream.imap.folders import Folder
+from inboxstream.send.sender import (
     MAX_MESSAGE_BYTES,
     AttachmentFile,
     Draft,
@@ -24,7 +24,7 @@ from producers.send import (
     outbound_event,
     parse_mailbox,
 )
-from producers.smtp import InvalidAddressError, InvalidMessageError, MessageTooLargeError
+from inboxstream.send.smtp import InvalidAddressError, InvalidMessageError, MessageTooLargeError
 
 _atom = st.text(
     alphabet="abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=20

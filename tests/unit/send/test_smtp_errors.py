@@ -6,7 +6,7 @@ import aiosmtplib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.smtp import (
+from inboxstream.send.smtp import (
     MessageTooLargeError,
     SmtpAuthError,
     SmtpConnectionError,

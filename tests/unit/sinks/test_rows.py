@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.models import Attachment, BodyEvent, EngagementEvent, MessageEvent
-from sinks.clickhouse import json_each_row
-from sinks.rows import body_row, engagement_row, metadata_row
+from inboxstream.schemas.models import Attachment, BodyEvent, EngagementEvent, MessageEvent
+from inboxstream.sinks.clickhouse import json_each_row
+from inboxstream.sinks.rows import body_row, engagement_row, metadata_row
 
 times = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)

@@ -12,11 +12,11 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.models import StatusEvent
-from schemas.serde import serde_for
-from sinks.exceptions import BadRowError, ClickHouseError
-from sinks.rows import status_row
-from sinks.runner import BatchingSink, TableSink
+from inboxstream.schemas.models import StatusEvent
+from inboxstream.schemas.serde import serde_for
+from inboxstream.sinks.exceptions import BadRowError, ClickHouseError
+from inboxstream.sinks.rows import status_row
+from inboxstream.sinks.runner import BatchingSink, TableSink
 
 TOPIC = "inbox.status"
 TP = TopicPartition(TOPIC, 0)
@@ -178,7 +178,7 @@ async def test_undecodable_records_are_dead_lettered_and_the_batch_goes_on() -> 
     ],
 )
 def test_insert_errors_are_classified(message: str, kind: type[ClickHouseError]) -> None:
-    from sinks.clickhouse import insert_error
+    from inboxstream.sinks.clickhouse import insert_error
 
     err = insert_error("embedded", RuntimeError(message))
     assert type(err) is kind

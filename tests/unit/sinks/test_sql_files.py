@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sinks import analytics
-from sinks.endpoint import is_read_only
-from sinks.migrate import load_migrations
+from inboxstream.sinks import analytics
+from inboxstream.sinks.endpoint import is_read_only
+from inboxstream.sinks.migrate import load_migrations
 
 
 def test_migrations_are_versioned_rerunnable_and_explained() -> None:

@@ -1,0 +1,302 @@
+"""``inboxstream inbox add|remove|list|status`` and ``inboxstream producer run``.
+
+Inboxes live in the registry directory (producers/registry.py); a running producer picks up
+every change within ``producer.registry_poll_s``. Passwords come from ``--password-env``,
+``--password-file`` or a hidden prompt, in that order, and are never echoed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
+from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
+from inboxstream.imap.exceptions import ImapError
+from inboxstream.imap.folders import assign_roles
+from inboxstream.producers.checkpoints import CheckpointStore
+from inboxstream.producers.folder_sync import FolderProgress
+from inboxstream.producers.registry import InboxRegistry
+from inboxstream.producers.service import ProducerService
+from inboxstream.producers.status import latest_status
+
+console = Console(stderr=True)
+
+
+def _out() -> Console:
+    """Made per call so the width follows the terminal (or ``COLUMNS``) of this run."""
+    return Console()
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]()
+    return settings
+
+
+def _registry(settings: Settings) -> InboxRegistry:
+    return InboxRegistry(settings.producer.registry_dir)
+
+
+def read_password(password_env: str | None, password_file: Path | None) -> str:
+    """From an env var, a file (first line) or a hidden prompt; never from the command line,
+    where it would land in the shell history and the process list."""
+    if password_env:
+        value = os.environ.get(password_env)
+        if not value:
+            raise click.UsageError(f"environment variable {password_env} is not set or empty")
+        return value
+    if password_file is not None:
+        lines = password_file.read_text().splitlines()
+        if not lines or not lines[0]:
+            raise click.UsageError(f"{password_file} is empty")
+        return lines[0]
+    prompted: str = click.prompt("IMAP password", hide_input=True)
+    return prompted
+
+
+@click.group("inbox")
+def inbox() -> None:
+    """Connect, disconnect and inspect inboxes (a running producer follows within seconds)."""
+
+
+@inbox.command("add")
+@click.argument("inbox_id")
+@click.option("--host", "imap_host", required=True, help="IMAP server host name.")
+@click.option("--port", "imap_port", type=int, default=993, show_default=True)
+@click.option(
+    "--security",
+    "imap_security",
+    type=click.Choice(["tls", "starttls"]),
+    default="tls",
+    show_default=True,
+)
+@click.option("--username", help="Login name (default: the inbox id).")
+@click.option("--password-env", metavar="VAR", help="Read the password from this env var.")
+@click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the password from the first line of this file.",
+)
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--allow-unverified-certificate", is_flag=True, help="Accept a self-signed cert.")
+@click.option("--allow-legacy-tls", is_flag=True, help="Allow TLS 1.0/1.1 for this inbox.")
+@click.option("--no-attachments", is_flag=True, help="Do not log attachment metadata.")
+@click.option(
+    "--verify", is_flag=True, help="Log in once and list the folders before saving the inbox."
+)
+@click.option("--smtp-host", help="SMTP submission host (default: the IMAP host).")
+@click.option("--smtp-port", type=int, default=465, show_default=True)
+@click.option(
+    "--smtp-security", type=click.Choice(["tls", "starttls"]), default="tls", show_default=True
+)
+@click.pass_context
+def inbox_add(
+    ctx: click.Context,
+    /,
+    inbox_id: str,
+    username: str | None,
+    password_env: str | None,
+    password_file: Path | None,
+    no_attachments: bool,
+    verify: bool,
+    **options: Any,
+) -> None:
+    """Add an inbox, or replace its settings (which reconnects it, e.g. after a new password)."""
+    password = read_password(password_env, password_file)
+    try:
+        settings = InboxSettings(
+            id=inbox_id,
+            username=username or inbox_id,
+            password=password,
+            log_attachments=not no_attachments,
+            **options,
+        )
+    except ValidationError as exc:
+        raise click.UsageError(describe_validation_error(exc)) from None
+    if verify:
+        try:
+            roles = asyncio.run(_verify(settings))
+        except ImapError as exc:  # typed, and never contains the password
+            console.print(f"[red]error:[/red] {exc}")
+            raise SystemExit(1) from None
+        folders = ", ".join(f"{name} ({role})" for name, role in roles.items())
+        console.print(f"verified: {folders}")
+    created = _registry(_settings(ctx)).add(settings)
+    console.print(f"{'added' if created else 'updated'} inbox {inbox_id}")
+
+
+async def _verify(inbox: InboxSettings) -> dict[str, str]:
+    conn = await ImapConnection.open(
+        endpoint_for_inbox(inbox), inbox.username, inbox.password.get_secret_value()
+    )
+    try:
+        return dict(assign_roles(await conn.list_folders()))
+    finally:
+        await conn.logout()
+
+
+@inbox.command("remove")
+@click.argument("inbox_id")
+@click.option(
+    "--forget-checkpoints",
+    is_flag=True,
+    help="Also delete its checkpoints: adding it again re-reads every folder.",
+)
+@click.pass_context
+def inbox_remove(ctx: click.Context, inbox_id: str, forget_checkpoints: bool) -> None:
+    """Stop syncing an inbox (its events stay in Kafka)."""
+    settings = _settings(ctx)
+    if not _registry(settings).remove(inbox_id):
+        raise click.UsageError(f"no inbox {inbox_id!r} in {settings.producer.registry_dir}")
+    if forget_checkpoints:
+        asyncio.run(_forget(settings, inbox_id))
+    console.print(f"removed inbox {inbox_id}")
+
+
+async def _forget(settings: Settings, inbox_id: str) -> None:
+    from inboxstream.core.kafka import ensure_topics, make_producer
+
+    await ensure_topics(settings.kafka, settings.topics, [settings.topics.checkpoints])
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    store = CheckpointStore(settings.kafka, settings.topics.checkpoints.name, producer)
+    try:
+        await store.start()
+        await store.forget_inbox(inbox_id)
+    finally:
+        await store.stop()
+        await producer.stop()
+
+
+@inbox.command("list")
+@click.pass_context
+def inbox_list(ctx: click.Context) -> None:
+    """The registered inboxes (never their passwords)."""
+    registry = _registry(_settings(ctx))
+    inboxes = registry.load()
+    table = Table("id", "imap", "security", "username", "attachments", "certificate")
+    for i in inboxes.values():
+        table.add_row(
+            i.id,
+            f"{i.imap_host}:{i.imap_port}",
+            i.imap_security,
+            i.username,
+            "logged" if i.log_attachments else "off",
+            "unverified allowed" if i.allow_unverified_certificate else "verified",
+        )
+    _out().print(table)
+    for name, reason in registry.errors.items():
+        console.print(f"[yellow]skipped {name}:[/yellow] {reason}")
+
+
+@inbox.command("status")
+@click.argument("inbox_id", required=False)
+@click.pass_context
+def inbox_status(ctx: click.Context, inbox_id: str | None) -> None:
+    """Latest state of each inbox (from inbox.status) and each folder's checkpoint."""
+    settings = _settings(ctx)
+    statuses, checkpoints = asyncio.run(_read_status(settings))
+    ids = sorted(set(statuses) | set(_registry(settings).load()))
+    if inbox_id is not None:
+        ids = [i for i in ids if i == inbox_id]
+        if not ids:
+            raise click.UsageError(f"nothing known about inbox {inbox_id!r}")
+    table = Table("inbox", "state", "folder", "progress", "reason", "at")
+    for i in ids:
+        event = statuses.get(i)
+        if event is None:
+            table.add_row(i, "(no status yet)", "", "", "", "")
+            continue
+        progress = (
+            f"{event.progress_done} of {event.progress_total}"
+            if event.progress_total is not None
+            else ""
+        )
+        table.add_row(
+            i,
+            event.state,
+            event.folder or "",
+            progress,
+            event.reason or "",
+            event.at.isoformat(timespec="seconds"),
+        )
+    _out().print(table)
+    folders = Table("inbox", "folder", "uidvalidity", "last uid", "highestmodseq")
+    for (i, folder), cp in sorted(checkpoints.items()):
+        if i in ids:
+            folders.add_row(
+                i, folder, str(cp.uidvalidity), str(cp.last_uid), str(cp.highestmodseq or "")
+            )
+    _out().print(folders)
+
+
+async def _read_status(settings: Settings) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
+    from inboxstream.core.kafka import ensure_topics
+
+    topics = settings.topics
+    await ensure_topics(settings.kafka, topics, [topics.status, topics.checkpoints])
+    statuses = await latest_status(settings.kafka, topics.status.name)
+    store = CheckpointStore(settings.kafka, topics.checkpoints.name)
+    try:
+        await store.start()
+    finally:
+        await store.stop()
+    known = {(cp.inbox_id, cp.folder): cp for cp in store.all()}
+    return statuses, known
+
+
+@click.group("producer")
+def producer() -> None:
+    """The IMAP producer service."""
+
+
+@producer.command("run")
+@click.option("--no-progress", is_flag=True, help="No progress bars (e.g. under a supervisor).")
+@click.pass_context
+def producer_run(ctx: click.Context, no_progress: bool) -> None:
+    """Sync every registered inbox into Kafka until stopped (Ctrl-C or SIGTERM).
+
+    Backfills from each folder's checkpoint, then follows live changes; inboxes added or
+    removed with ``inboxstream inbox`` are picked up without a restart.
+    """
+    settings = _settings(ctx)
+    console.print(
+        f"producer: registry {settings.producer.registry_dir}, "
+        f"{len(_registry(settings).load()) + len(settings.inboxes)} inbox(es)"
+    )
+    asyncio.run(_run(settings, progress=not no_progress and console.is_terminal))
+
+
+async def _run(settings: Settings, *, progress: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        disable=not progress,
+    )
+    tasks: dict[tuple[str, str], TaskID] = {}
+
+    def on_progress(inbox_id: str, p: FolderProgress) -> None:
+        key = (inbox_id, p.folder)
+        if key not in tasks:
+            tasks[key] = bars.add_task(f"{inbox_id} {p.folder}", total=max(p.total, 1))
+        bars.update(tasks[key], completed=min(p.done, p.total), total=max(p.total, 1))
+
+    service = ProducerService(settings, _registry(settings), on_progress=on_progress)
+    with bars:
+        await service.run(stop)
+    console.print("producer stopped")

@@ -1,0 +1,139 @@
+"""Kafka wiring shared by producers, processors and sinks: clients from settings, topics,
+and the dead-letter publisher."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from inboxstream.core.settings import KafkaSettings, TopicSettings, TopicSpec
+
+log = logging.getLogger(__name__)
+
+# Dead-letter headers follow Kafka Connect's names so existing tooling reads them.
+DLQ_PREFIX = "__connect.errors."
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "request_timeout_ms": settings.request_timeout_ms,
+    }
+    if settings.sasl_mechanism:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer with acks=all: a retry after a lost ack never duplicates."""
+    options = client_options(settings) | {
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        # Mail headers and bodies compress several-fold; lz4 costs little CPU on a small box.
+        "compression_type": "lz4",
+    }
+    return AIOKafkaProducer(**(options | overrides))
+
+
+def make_consumer(
+    settings: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer that commits only when told to and never reads aborted transactions."""
+    options = client_options(settings) | {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+    }
+    return AIOKafkaConsumer(*topics, **(options | overrides))
+
+
+def topic_config(spec: TopicSpec) -> dict[str, str]:
+    config = {"retention.ms": str(spec.retention_ms)}
+    if spec.compacted:
+        config["cleanup.policy"] = "compact"
+    return config
+
+
+async def ensure_topics(
+    settings: KafkaSettings, topics: TopicSettings, specs: Sequence[TopicSpec] | None = None
+) -> list[str]:
+    """Create the topics that are missing (idempotent); return the names created."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in (specs or topics.all()) if s.name not in existing]
+        if not wanted:
+            return []
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=topics.partitions,
+                replication_factor=topics.replication_factor,
+                topic_configs=topic_config(s),
+            )
+            for s in wanted
+        ]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass  # another process won the race; that is what we wanted
+        return [s.name for s in wanted]
+    finally:
+        await admin.close()
+
+
+def dead_letter_headers(
+    record: ConsumerRecord[bytes, bytes], stage: str, exc: BaseException
+) -> list[tuple[str, bytes]]:
+    """The original headers plus where and why it failed (Kafka Connect's ``errors.*``)."""
+    original = list(record.headers or ())
+    reason = [
+        ("topic", record.topic),
+        ("partition", str(record.partition)),
+        ("offset", str(record.offset)),
+        ("stage", stage),
+        ("exception.class.name", type(exc).__name__),
+        ("exception.message", str(exc)[:2000]),
+        ("exception.stacktrace", "".join(traceback.format_exception(exc))[-4000:]),
+    ]
+    return original + [(DLQ_PREFIX + k, v.encode()) for k, v in reason]
+
+
+async def send_to_dead_letter(
+    producer: AIOKafkaProducer,
+    topic: str,
+    record: ConsumerRecord[bytes, bytes],
+    stage: str,
+    exc: BaseException,
+) -> None:
+    """Keep the original key, value and headers; add the reason. Logged and counted."""
+    log.warning(
+        "dead-lettering %s[%d]@%d at %s: %s: %s",
+        record.topic,
+        record.partition,
+        record.offset,
+        stage,
+        type(exc).__name__,
+        exc,
+    )
+    await producer.send_and_wait(
+        topic,
+        value=record.value,
+        key=record.key,
+        headers=dead_letter_headers(record, stage, exc),
+    )

@@ -1,0 +1,207 @@
+"""Settings: one frozen model, read from ``INBOXSTREAM_*`` env vars and an optional TOML file.
+
+Nesting uses ``__`` (``INBOXSTREAM_KAFKA__BOOTSTRAP_SERVERS``). The config file is named by
+``INBOXSTREAM_CONFIG`` or ``--config``; env vars win over the file. A bad value fails at start
+with the field's dotted name. Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from inboxstream.core.paths import state_dir
+from inboxstream.errors import InboxstreamError
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class SettingsError(InboxstreamError, ValueError):
+    """The configuration is invalid; the message names each bad field."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    client_id: str = "inboxstream"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {part.strip()!r}")
+        return value
+
+
+class TopicSpec(_Frozen):
+    """One topic: its name and how long Kafka keeps it (-1 keeps forever)."""
+
+    name: str
+    retention_ms: int = Field(ge=-1)
+    compacted: bool = False
+
+
+class TopicSettings(_Frozen):
+    """Topic names, partitions and retention: defaults from the design, all overridable."""
+
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    messages: TopicSpec = TopicSpec(name="inbox.messages", retention_ms=60 * DAY_MS)
+    bodies: TopicSpec = TopicSpec(name="inbox.bodies", retention_ms=7 * DAY_MS)
+    status: TopicSpec = TopicSpec(name="inbox.status", retention_ms=60 * DAY_MS)
+    crm_outbound: TopicSpec = TopicSpec(name="crm.outbound", retention_ms=-1)
+    threads: TopicSpec = TopicSpec(name="inbox.threads", retention_ms=60 * DAY_MS)
+    engagements: TopicSpec = TopicSpec(name="crm.engagements", retention_ms=-1)
+    checkpoints: TopicSpec = TopicSpec(name="inbox.checkpoints", retention_ms=-1, compacted=True)
+    dead_letter: TopicSpec = TopicSpec(name="inboxstream.dead-letter", retention_ms=30 * DAY_MS)
+
+    def all(self) -> list[TopicSpec]:
+        return [
+            self.messages,
+            self.bodies,
+            self.status,
+            self.crm_outbound,
+            self.threads,
+            self.engagements,
+            self.checkpoints,
+            self.dead_letter,
+        ]
+
+    def with_prefix(self, prefix: str) -> TopicSettings:
+        """The same topics under a prefix: tests and replays get their own names."""
+        renamed = {
+            field: spec.model_copy(update={"name": f"{prefix}{spec.name}"})
+            for field in TopicSettings.model_fields
+            if isinstance(spec := getattr(self, field), TopicSpec)
+        }
+        return self.model_copy(update=renamed)
+
+
+class ClickHouseSettings(_Frozen):
+    """Embedded chDB at ``path`` by default; a server through clickhouse-connect when ``url``."""
+
+    path: Path = Field(default_factory=lambda: state_dir() / "clickhouse")
+    url: SecretStr | None = None  # may carry a password, so never printed
+    database: str = Field(default="inboxstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SinkSettings(_Frozen):
+    batch_size: int = Field(default=5_000, ge=1)
+    batch_timeout_s: float = Field(default=1.0, gt=0)
+    group_id: str = "inboxstream-sink"
+
+
+class InboxSettings(_Frozen):
+    """One connected mailbox: where it lives and how to reach it."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._@+-]{1,200}$")
+    imap_host: str
+    imap_port: int = Field(default=993, gt=0, lt=65536)
+    imap_security: Literal["tls", "starttls"] = "tls"
+    username: str
+    password: SecretStr
+    allow_unverified_certificate: bool = False
+    # TLS 1.0/1.1 for old servers: off unless the inbox opts in (TLS 1.2+ otherwise).
+    allow_legacy_tls: bool = False
+    ca_file: Path | None = None
+    log_attachments: bool = True
+    # Sending through the inbox (send/sender.py): SMTP submission, authenticated with the
+    # same username/password; TLS rules as for IMAP. No host means the IMAP host.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=465, gt=0, lt=65536)
+    smtp_security: Literal["tls", "starttls"] = "tls"
+
+
+class ProducerSettings(_Frozen):
+    """The long-running IMAP producer service (producers/service.py); see README for bounds."""
+
+    registry_dir: Path = Field(default_factory=lambda: state_dir() / "inboxes")
+    registry_poll_s: float = Field(default=2.0, gt=0)
+    # Messages per UID FETCH; chosen from measurements, see BACKFILL_BATCH in imap/fetch.py.
+    batch_size: int = Field(default=500, ge=1, le=1000)
+    # Processes that MIME-parse and Avro-encode backfill batches (0 = inline in the event loop);
+    # see producers/parse_pool.py and the README for the measurements behind the default.
+    parse_workers: int = Field(default=2, ge=0, le=64)
+    keepalive_s: float = Field(default=120.0, gt=0, le=25 * 60)
+    read_timeout_s: float = Field(default=15.0, gt=0)
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    other_folders_interval_s: float = Field(default=60.0, gt=0)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything inboxstream reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INBOXSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    sink: SinkSettings = SinkSettings()
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    inboxes: list[InboxSettings] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = getattr(settings_cls, "config_file", None) or os.environ.get("INBOXSTREAM_CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings, turning a validation failure into one readable SettingsError."""
+    path = config_file or (Path(p) if (p := os.environ.get("INBOXSTREAM_CONFIG")) else None)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        config_file: ClassVar[Path | None] = path
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad field, dotted path first; input values are left out (may be secrets)."""
+    lines = ["invalid settings:"]
+    for err in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from inboxstream.imap.connection import check_greeting
+from inboxstream.imap.fetch import parse_fetch_lines, parse_internaldate, search_uids
+from inboxstream.imap.folders import Folder, assign_roles, decode_mutf7, parse_list_lines
+
+
+def test_fetch_lines_with_literal_and_trailing_attributes() -> None:
+    lines: list[bytes | bytearray] = [
+        b'1 FETCH (UID 10 FLAGS (\\Seen \\Answered) INTERNALDATE "22-Nov-2026 10:00:00 +0100" '
+        b"RFC822.SIZE 5 MODSEQ (77) BODY[] {5}",
+        bytearray(b"hello"),
+        b")",
+        b"2 FETCH (BODY[] {3}",
+        bytearray(b"abc"),
+        b" UID 11 FLAGS ())",
+        b"3 FETCH (UID 12 FLAGS (\\Deleted))",
+        b"Fetch completed (0.001 + 0.000 secs).",
+    ]
+    items = parse_fetch_lines(lines)
+    assert [i.uid for i in items] == [10, 11, 12]
+    first = items[0]
+    assert first.raw == b"hello" and first.size == 5 and first.modseq == 77
+    assert first.flags == ("\\Seen", "\\Answered")
+    assert first.internal_date == datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+    assert items[1].raw == b"abc" and items[1].flags == ()
+    assert items[2].raw is None and items[2].flags == ("\\Deleted",)
+
+
+def test_internaldate_junk_is_none() -> None:
+    assert parse_internaldate(b"garbage") is None
+    tz = timezone(timedelta(hours=-5))
+    assert parse_internaldate(b" 1-Jan-2026 00:00:00 -0500") == datetime(2026, 1, 1, tzinfo=tz)
+
+
+def test_list_parsing_quoting_literals_and_mutf7() -> None:
+    lines: list[bytes | bytearray] = [
+        b'LIST (\\HasNoChildren) "/" INBOX',
+        b'(\\HasNoChildren \\Sent) "/" "Sent"',
+        b'LIST (\\HasNoChildren) "." "Sent Items"',
+        b'LIST (\\Noselect \\HasChildren) "/" "Projects"',
+        b'LIST () "/" "Entw&APw-rfe"',
+        b'LIST () "/" {9}',
+        b'quote "q"',
+        b'LIST () NIL "Odd \\"name\\""',
+        b"List completed.",
+    ]
+    folders = parse_list_lines(lines)
+    names = [f.name for f in folders]
+    assert names == [
+        "INBOX",
+        "Sent",
+        "Sent Items",
+        "Projects",
+        "Entwürfe",
+        'quote "q"',
+        'Odd "name"',
+    ]
+    assert folders[4].wire_name == "Entw&APw-rfe"
+    assert not folders[3].selectable
+    assert folders[6].delimiter is None
+
+
+def test_sent_role_prefers_special_use_then_first_named_sent() -> None:
+    def f(name: str, *flags: str) -> Folder:
+        return Folder(name, decode_mutf7(name), frozenset(flags), "/")
+
+    with_special = [f("INBOX"), f("Sent Items"), f("Outbox", "\\Sent"), f("Junk", "\\Junk")]
+    assert assign_roles(with_special) == {
+        "INBOX": "inbox",
+        "Sent Items": "other",
+        "Outbox": "sent",
+        "Junk": "other",
+    }
+    without = [f("INBOX"), f("Archive"), f("Old SENT mail"), f("Sent Items")]
+    roles = assign_roles(without)
+    assert roles["Old SENT mail"] == "sent" and roles["Sent Items"] == "other"
+    assert "sent" not in assign_roles([f("INBOX"), f("Drafts")]).values()
+    # A \Noselect folder is never chosen, even with the attribute.
+    assert "Sent" not in assign_roles([f("INBOX"), f("Sent", "\\Noselect", "\\Sent")])
+
+
+def test_mutf7_edge_cases() -> None:
+    assert decode_mutf7("&-") == "&"
+    assert decode_mutf7("~peter/mail/&U,BTFw-/&ZeVnLIqe-") == "~peter/mail/台北/日本語"
+    assert decode_mutf7("broken&AAA") == "broken&AAA"
+
+
+def test_greeting_checks() -> None:
+    assert check_greeting(b"OK [CAPABILITY IMAP4rev1] Dovecot ready.", 993) is None
+    assert "POP3" in (check_greeting(b"+OK POP3 server ready", 1143) or "")
+    assert "POP3" in (check_greeting(b"OK IMAP ready", 995) or "")
+    courier = b"OK [CAPABILITY IMAP4rev1 UIDPLUS] Courier-IMAP ready. Copyright 1998-2018"
+    assert "Courier-IMAP is not supported" in (check_greeting(courier, 993) or "")
+    assert "unexpected greeting" in (check_greeting(b"220 smtp.example ESMTP", 993) or "")
+
+
+def test_search_uids_reads_both_response_styles() -> None:
+    assert search_uids([b"1 2 10"]) == [1, 2, 10]
+    assert search_uids([b"SEARCH 4"]) == [4]
+    assert search_uids([b"", b"SEARCH"]) == []
