@@ -3,18 +3,24 @@ and the dead-letter publisher."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from inboxstream.core.aiokafka_shim import cluster_partitions
 from inboxstream.core.settings import KafkaSettings, TopicSettings, TopicSpec
+from inboxstream.errors import InboxstreamError
 
 log = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 # Dead-letter headers follow Kafka Connect's names so existing tooling reads them.
 DLQ_PREFIX = "__connect.errors."
@@ -137,3 +143,54 @@ async def send_to_dead_letter(
         key=record.key,
         headers=dead_letter_headers(record, stage, exc),
     )
+
+
+class ReadStalledError(InboxstreamError):
+    """A read to the end offsets made no progress for too long (a broker away, or records
+    that a read_committed reader can never pass). Retriable: the offsets do not move back."""
+
+    retriable = True
+
+
+async def partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, *, wait_s: float = 10.0
+) -> list[TopicPartition]:
+    """Every partition of ``topic``, waiting a little for a topic created a moment ago."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = consumer.partitions_for_topic(topic) or await cluster_partitions(consumer, topic)
+        if parts or time.monotonic() > deadline:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        await asyncio.sleep(0.1)
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    tps: Sequence[TopicPartition],
+    *,
+    max_records: int = 5_000,
+    stall_s: float = 60.0,
+) -> AsyncIterator[list[Record]]:
+    """Batches of every record from each partition's current position up to its end offset
+    as it was when the read began (the last stable offset under read_committed), then stop.
+
+    The one "read everything there is" loop of the project: state restore, checkpoints,
+    status, tools and tests. Stopping at offsets, not after a quiet spell, is what makes it
+    both complete and prompt. No progress for ``stall_s`` raises ``ReadStalledError``.
+    """
+    if not tps:
+        return
+    end = await consumer.end_offsets(list(tps))
+    remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+    progress_at = time.monotonic()
+    while remaining:
+        batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)
+        for records in batch.values():
+            if records:
+                yield records
+        done = {tp for tp in remaining if await consumer.position(tp) >= end[tp]}
+        remaining -= done
+        if batch or done:
+            progress_at = time.monotonic()
+        elif time.monotonic() - progress_at > stall_s:
+            raise ReadStalledError(f"reading to the end stalled on {sorted(map(str, remaining))}")

@@ -10,10 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
-
-from inboxstream.schemas.models import AttachmentRef, EngagementEvent
+from typing import Literal
 
 MatchedBy = Literal["in_reply_to", "references"]
 
@@ -48,39 +45,3 @@ def engagement_id(inbox_id: str, reply_message_id: str) -> str:
 def lifecycle_event_id(eng_id: str, event_type: str) -> str:
     return hashlib.sha256(f"{eng_id}\0{event_type}".encode()).hexdigest()[:32]
 
-
-def build_engagement(
-    *,
-    inbox_id: str,
-    reply: dict[str, Any],
-    body: dict[str, Any] | None,
-    crm: dict[str, Any],
-    match: Match,
-    thread_id: str | None,
-    occurred_at: datetime,
-) -> EngagementEvent:
-    """``engagement.created`` from the held reply metadata, its body and the CRM record.
-
-    The contact is the reply's sender (the person who answered); the CRM record's contact is
-    the fallback when the reply has no usable From.
-    """
-    eng = engagement_id(inbox_id, reply["message_id"])
-    attachments = [AttachmentRef(**a) for a in (body or {}).get("attachments", [])]
-    return EngagementEvent(
-        event_id=lifecycle_event_id(eng, "engagement.created"),
-        event_type="engagement.created",
-        engagement_id=eng,
-        inbox_id=inbox_id,
-        message_id=reply["message_id"],
-        thread_id=thread_id,
-        crm_message_id=match.crm_message_id,
-        matched_by=match.matched_by,
-        crm_kind=crm.get("kind", "sent"),
-        crm_ref=crm.get("crm_ref"),
-        contact_email=reply.get("from_email") or crm.get("contact_email"),
-        contact_name=reply.get("from_name") or crm.get("contact_name"),
-        subject=reply.get("subject"),
-        body_text=(body or {}).get("text"),
-        attachments=attachments,
-        occurred_at=occurred_at,
-    )

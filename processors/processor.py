@@ -1,4 +1,9 @@
-"""The exactly-once stream processor: threads, CRM replies, retention.
+"""The exactly-once driver of the stream processor: Kafka in, ``processors.engine`` in the
+middle, Kafka out.
+
+The domain (threads, CRM replies, held replies, retention) is the pure ``Engine``; this
+module owns everything that needs Kafka: consumption, transactions, fencing, rebalances,
+changelog restore, re-keying crm.outbound, reading held bodies back and dead letters.
 
 One loop per instance, all instances in one consumer group (range assignment, so partition N of
 every input topic goes to the same instance; see ``processors.topology``). Per batch:
@@ -40,43 +45,29 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 
-from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, send_to_dead_letter
+from inboxstream.core.aiokafka_shim import producer_is_fatal
+from inboxstream.core.kafka import (
+    client_options,
+    ensure_topics,
+    make_consumer,
+    partitions_of,
+    send_to_dead_letter,
+)
 from inboxstream.core.settings import Settings
-from inboxstream.processors.assign import MessageEntry
+from inboxstream.processors.engine import BodyRead, Emit, Engine, Step
 from inboxstream.processors.exceptions import TopologyError
 from inboxstream.processors.jwz import Algorithm
-from inboxstream.processors.matcher import (
-    Match,
-    build_engagement,
-    engagement_id,
-    find_match,
-    lifecycle_event_id,
-)
-from inboxstream.processors.retention import (
-    BODY_TTL_MS,
-    DELETED_PURGE_MS,
-    HOUR_MS,
-    METADATA_TTL_MS,
-    REPLY_HOLD_MS,
-    expired,
-)
-from inboxstream.processors.state import PartitionState, message_key, restore
+from inboxstream.processors.records import Body
+from inboxstream.processors.state import PartitionState, restore
 from inboxstream.processors.topology import ProcessorTopics
-from inboxstream.schemas.models import (
-    BodyEvent,
-    EngagementEvent,
-    Event,
-    MessageEvent,
-    OutboundEvent,
-)
+from inboxstream.schemas.models import BodyEvent, EngagementEvent, MessageEvent, OutboundEvent
 from inboxstream.schemas.serde import serde_for
 
 log = logging.getLogger(__name__)
@@ -119,14 +110,6 @@ class ProcessorStats:
     last_batch_at: float = 0.0  # and when the last one ended
 
 
-def _ms(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp() * 1000)
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, processor: StreamProcessor) -> None:
         self.processor = processor
@@ -158,6 +141,7 @@ class StreamProcessor:
         self.lock = asyncio.Lock()
         self.states: dict[int, PartitionState] = {}
         self.stats = ProcessorStats()
+        self.engine = Engine(self.stats.counts)
         self.on_in_transaction: Callable[[], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # The producer of the partition being handled: with exactly-once, one transactional
@@ -167,7 +151,7 @@ class StreamProcessor:
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._plain_producer: AIOKafkaProducer | None = None
         self._body_reader: AIOKafkaConsumer | None = None
-        self._outputs: list[tuple[str, str, Event, str]] = []
+        self._outputs: list[Emit] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -215,13 +199,7 @@ class StreamProcessor:
         assert self._consumer is not None
         counts = {}
         for topic in (*self.topics.inputs, *self.topics.changelogs.values()):
-            for _ in range(50):
-                parts = self._consumer.partitions_for_topic(topic)
-                if parts:
-                    break
-                await self._consumer._client.force_metadata_update()
-                await asyncio.sleep(0.1)
-            counts[topic] = len(parts or ())
+            counts[topic] = len(await partitions_of(self._consumer, topic, wait_s=5.0))
         if len(set(counts.values())) != 1:
             raise TopologyError(f"input and changelog topics differ in partitions: {counts}")
 
@@ -317,7 +295,7 @@ class StreamProcessor:
                 if offsets:
                     await self._producer.send_offsets_to_transaction(offsets, self.config.group_id)
         except Exception as exc:
-            if not (isinstance(exc, ProducerFenced) or _unusable(self._producer)):
+            if not (isinstance(exc, ProducerFenced) or producer_is_fatal(self._producer)):
                 self.stats.aborted += 1
                 log.exception(
                     "%s: batch of partition %d aborted; restoring and rewinding",
@@ -381,17 +359,21 @@ class StreamProcessor:
                 self.stats.records += 1
         partitions = {tp.partition for tp in batch}
         for p in sorted(partitions):
-            await self._sweep(self.states[p])
+            await self._take(self.states[p], self.engine.sweep(self.states[p]))
         await self._flush(partitions)
         return offsets
 
     async def _flush(self, partitions: set[int]) -> None:
         """Send outputs and the partitions' changelog writes (inside the open transaction)."""
         assert self._producer is not None
-        for topic, key, event, event_type in self._outputs:
-            serde = serde_for(type(event))
+        for out in self._outputs:
+            serde = serde_for(type(out.event))
+            topic = self.topics.threads if out.output == "threads" else self.topics.engagements
             await self._producer.send(
-                topic, serde.encode(event), key=key.encode(), headers=serde.headers(event_type)
+                topic,
+                serde.encode(out.event),
+                key=out.key.encode(),
+                headers=serde.headers(out.event.event_type),
             )
         self._outputs.clear()
         for p in sorted(partitions):
@@ -403,9 +385,12 @@ class StreamProcessor:
                     partition=p,
                 )
 
-    def _emit(self, topic: str, key: str, event: Event, event_type: str) -> None:
-        self._outputs.append((topic, key, event, event_type))
-        self.stats.counts[f"out:{event_type}"] += 1
+    async def _take(self, state: PartitionState, steps: list[Step]) -> None:
+        """Queue the engine's outputs in order, reading back the bodies it asked for."""
+        for step in steps:
+            if isinstance(step, BodyRead):
+                step = self.engine.finish(state, step, await self._read_body(step))
+            self._outputs.append(step)
 
     # --- records --------------------------------------------------------------------------
 
@@ -414,14 +399,15 @@ class StreamProcessor:
         topic = rec.topic
         stage = "decode"
         try:
+            steps: list[Step] = []
             if topic == self.topics.messages:
                 message = serde_for(MessageEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                await self._on_message(state, rec, message)
+                steps = self.engine.on_message(state, rec.offset, message)
             elif topic == self.topics.bodies:
                 body = serde_for(BodyEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                await self._on_body(state, rec, body)
+                steps = self.engine.on_body(state, rec.offset, body)
             elif topic == self.topics.crm_outbound:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "repartition"
@@ -429,103 +415,16 @@ class StreamProcessor:
             elif topic == self.topics.crm_by_inbox:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                await self._on_crm(state, outbound)
+                steps = self.engine.on_crm(state, outbound)
             elif topic == self.topics.engagement_deletes:
                 command = serde_for(EngagementEvent).decode(rec.value, rec.headers)
                 stage = "process"
-                self._on_delete(state, command)
+                steps = self.engine.on_delete(state, command)
+            await self._take(state, steps)
         except Exception as exc:  # one bad record never stops the partition
             self.stats.dead_lettered += 1
             self.stats.counts[f"dead_letter:{topic}"] += 1
             await send_to_dead_letter(self._producer, self.topics.dead_letter, rec, stage, exc)
-
-    async def _on_message(self, state: PartitionState, rec: Record, ev: MessageEvent) -> None:
-        if ev.event_type != "message.new":
-            self.stats.counts["messages_ignored_type"] += 1
-            return
-        inbox = ev.inbox_id
-        observed = _ms(ev.observed_at) or 0
-        state.advance(observed)
-        if state.knows(inbox, ev.event_id):
-            self.stats.counts["messages_duplicate"] += 1
-            return
-        entry = MessageEntry(
-            seq=rec.offset,
-            event_id=ev.event_id,
-            message_id=ev.message_id,
-            references=list(ev.references),
-            in_reply_to=list(ev.in_reply_to),
-            subject=ev.subject,
-            date_ms=_ms(ev.date or ev.internal_date),
-            observed_ms=observed,
-        )
-        events, changed = state.inbox(inbox).add(entry)
-        for e in changed:
-            state.record_message(inbox, e)
-        for event in events:
-            self._emit(self.topics.threads, inbox, event, event.event_type)
-        key = message_key(inbox, ev.event_id)
-        orphan = state.pending.get(key)  # its body came first: we hold only the body's offset
-        body_at = orphan.get("body_at") if orphan else None
-        if (
-            not (ev.in_reply_to or ev.references)
-            # Replies are incoming mail (the FAQ: "monitor incoming mail for replies"); the
-            # owner's own follow-ups filed in the sent folder are threaded, never engagements.
-            or ev.folder_role == "sent"
-            or engagement_id(inbox, ev.message_id) in state.engagements  # a copy, logged
-        ):
-            if orphan is not None:
-                state.put("pending", key, None)
-            return
-        reply = {
-            "inbox_id": inbox,
-            "event_id": ev.event_id,
-            "message_id": ev.message_id,
-            "in_reply_to": list(ev.in_reply_to),
-            "references": list(ev.references),
-            "subject": ev.subject,
-            "from_email": ev.from_.email if ev.from_ else None,
-            "from_name": ev.from_.name if ev.from_ else None,
-            "observed_ms": observed,
-        }
-        match = find_match(ev.message_id, ev.in_reply_to, ev.references, state.crm.__contains__)
-        held = {
-            "reply": reply,
-            "since_ms": observed,
-            "match": _match_json(match),
-            "body_at": body_at,
-        }
-        state.put("pending", key, held)
-        if match is not None and body_at is not None:
-            await self._emit_engagement(state, key)
-
-    async def _on_body(self, state: PartitionState, rec: Record, ev: BodyEvent) -> None:
-        key = message_key(ev.inbox_id, ev.event_id)
-        held = state.pending.get(key)
-        if expired(_ms(ev.observed_at) or 0, state.watermark_ms, BODY_TTL_MS):
-            self.stats.counts["bodies_too_old"] += 1
-            return
-        if held is None:
-            if not state.knows(ev.inbox_id, ev.event_id):
-                # Its message is not processed yet (two topics, no order between them): hold
-                # the body's offset, never the body, until the message comes.
-                since = _ms(ev.observed_at) or state.watermark_ms
-                state.put("pending", key, {"body_at": rec.offset, "since_ms": since})
-                self.stats.counts["bodies_before_message"] += 1
-                return
-            # Not a reply candidate: bodies of threads the CRM never sent or logged do not
-            # enter state or output.
-            self.stats.counts["bodies_dropped"] += 1
-            return
-        if "reply" not in held:
-            return  # a second copy of an early body
-        body = _body_json(ev)
-        if held["match"] is not None:
-            await self._emit_engagement(state, key, body)
-        else:
-            # Not known to be a CRM thread yet: keep only where the body is (the inbox.bodies
-            # offset), never the body itself; a later match reads it back from the topic.
-            state.put("pending", key, held | {"body_at": rec.offset})
 
     async def _repartition(self, rec: Record, ev: OutboundEvent) -> None:
         """crm.outbound -> crm-by-inbox: to the inbox's partition, or to all of them."""
@@ -548,186 +447,23 @@ class StreamProcessor:
             )
         self.stats.counts["crm_broadcast"] += 1
 
-    async def _on_crm(self, state: PartitionState, ev: OutboundEvent) -> None:
-        crm = {
-            "kind": ev.kind,
-            "inbox_id": ev.inbox_id,
-            "contact_email": ev.contact_email,
-            "contact_name": ev.contact_name,
-            "subject": ev.subject,
-            "crm_ref": ev.crm_ref,
-            "sequence_id": ev.sequence_id,
-        }
-        state.put("crm", ev.message_id, crm)
-        for key in state.pending_mentioning(ev.message_id):
-            held = state.pending[key]
-            if "reply" not in held or held["match"] is not None:
-                continue
-            reply = held["reply"]
-            match = find_match(
-                reply["message_id"],
-                reply["in_reply_to"],
-                reply["references"],
-                state.crm.__contains__,
-            )
-            state.put("pending", key, held | {"match": _match_json(match)})
-            if held["body_at"] is not None:
-                await self._emit_engagement(state, key)
-
-    async def _emit_engagement(
-        self, state: PartitionState, key: str, body: dict[str, Any] | None = None
-    ) -> None:
-        held = state.pending.get(key)
-        if held is None or held.get("match") is None:
-            return
-        reply = held["reply"]
-        inbox = reply["inbox_id"]
-        eng_id = engagement_id(inbox, reply["message_id"])
-        state.put("pending", key, None)
-        if eng_id in state.engagements:
-            return
-        match = Match(held["match"]["crm_message_id"], held["match"]["matched_by"])
-        if body is None and held["body_at"] is not None:
-            body = await self._read_body(state.partition, held["body_at"])
-        entry = state.inbox(inbox).entries.get(reply["event_id"])
-        event = build_engagement(
-            inbox_id=inbox,
-            reply=reply,
-            body=body,
-            crm=state.crm.get(match.crm_message_id, {}),
-            match=match,
-            thread_id=entry.thread_id if entry else None,
-            occurred_at=_dt(reply["observed_ms"]),
-        )
-        state.put(
-            "engagements",
-            eng_id,
-            {
-                "inbox_id": inbox,
-                "message_id": reply["message_id"],
-                "crm_message_id": match.crm_message_id,
-                "crm_kind": event.crm_kind,
-                "created_ms": reply["observed_ms"],
-                "body_expired": body is None,
-                "deleted_ms": None,
-            },
-        )
-        self._emit(self.topics.engagements, inbox, event, event.event_type)
-
-    async def _read_body(self, partition: int, offset: int) -> dict[str, Any] | None:
+    async def _read_body(self, read: BodyRead) -> Body | None:
         """Read a held reply's body back from inbox.bodies (it never entered state)."""
         if self._body_reader is None:
             self._body_reader = make_consumer(self.settings.kafka, group_id=None)
             await self._body_reader.start()
-        tp = TopicPartition(self.topics.bodies, partition)
+        tp = TopicPartition(self.topics.bodies, read.partition)
         self._body_reader.assign([tp])
-        self._body_reader.seek(tp, offset)
+        self._body_reader.seek(tp, read.offset)
         try:
             rec = await asyncio.wait_for(self._body_reader.getone(tp), timeout=30)
             ev = serde_for(BodyEvent).decode(rec.value, rec.headers)
         except Exception as exc:  # gone by retention, or unreadable: log it without a body
-            log.warning("body at %s@%d unavailable: %s", tp, offset, exc)
-            self.stats.counts["bodies_unavailable"] += 1
+            log.warning("body at %s@%d unavailable: %s", tp, read.offset, exc)
             return None
-        if rec.offset != offset:
-            self.stats.counts["bodies_unavailable"] += 1
+        if rec.offset != read.offset:
             return None
-        return _body_json(ev)
-
-    def _on_delete(self, state: PartitionState, cmd: EngagementEvent) -> None:
-        if cmd.event_type != "engagement.deleted":
-            raise ValueError(f"engagement-deletes takes engagement.deleted, got {cmd.event_type}")
-        held = state.engagements.get(cmd.engagement_id)
-        if held is None or held["deleted_ms"] is not None:
-            self.stats.counts["deletes_unknown_or_repeated"] += 1
-            return
-        deleted_ms = _ms(cmd.occurred_at) or state.watermark_ms
-        state.put("engagements", cmd.engagement_id, held | {"deleted_ms": deleted_ms})
-        self._emit(
-            self.topics.engagements,
-            held["inbox_id"],
-            self._lifecycle(cmd.engagement_id, held, "engagement.deleted", deleted_ms),
-            "engagement.deleted",
-        )
-
-    def _lifecycle(self, eng_id: str, held: dict[str, Any], kind: str, at_ms: int) -> Event:
-        return EngagementEvent(
-            event_id=lifecycle_event_id(eng_id, kind),
-            event_type=kind,
-            engagement_id=eng_id,
-            inbox_id=held["inbox_id"],
-            message_id=held["message_id"],
-            crm_message_id=held["crm_message_id"],
-            crm_kind=held.get("crm_kind", "sent"),
-            occurred_at=_dt(at_ms),
-        )
-
-    # --- retention ------------------------------------------------------------------------
-
-    async def _sweep(self, state: PartitionState) -> None:
-        """Event-time retention for one partition (see ``processors.retention``)."""
-        wm = state.watermark_ms
-        for key, held in sorted(state.pending.items()):
-            if not expired(held["since_ms"], wm, REPLY_HOLD_MS):
-                continue
-            if held.get("match") is not None:
-                # matched but its body never came: log the engagement without a body
-                await self._emit_engagement(state, key)
-            else:
-                state.put("pending", key, None)
-                self.stats.counts["pending_expired"] += 1
-        for eng_id, held in sorted(state.engagements.items()):
-            if held["deleted_ms"] is not None and expired(held["deleted_ms"], wm, DELETED_PURGE_MS):
-                state.put("engagements", eng_id, None)
-            elif not held["body_expired"] and expired(held["created_ms"], wm, BODY_TTL_MS):
-                state.put("engagements", eng_id, held | {"body_expired": True})
-                expiry_ms = held["created_ms"] + BODY_TTL_MS
-                self._emit(
-                    self.topics.engagements,
-                    held["inbox_id"],
-                    self._lifecycle(eng_id, held, "body.expired", expiry_ms),
-                    "body.expired",
-                )
-        # Metadata: swept at most once per event-time hour (a full scan of the thread index).
-        bucket = wm // HOUR_MS
-        if bucket != state.swept_bucket:
-            state.swept_bucket = bucket
-            for inbox, index in list(state.threads.items()):
-                for event_id, entry in list(index.entries.items()):
-                    if expired(entry.observed_ms, wm, METADATA_TTL_MS):
-                        state.drop_message(inbox, event_id)
-
-
-def _unusable(producer: AIOKafkaProducer) -> bool:
-    """Whether the producer hit a fatal error (fenced, in practice) in an earlier call.
-
-    aiokafka raises ProducerFenced only to the call that met it - often its background sender,
-    where nobody awaits it; the zombie's next calls on that producer then fail with
-    IllegalOperation ("Not in the middle of a transaction") or a state assertion instead. The
-    transaction manager keeps the fatal state (no public accessor)."""
-    txn = getattr(producer, "_txn_manager", None)
-    return bool(txn is not None and txn.is_fatal_error())
-
-
-def _body_json(ev: BodyEvent) -> dict[str, Any]:
-    return {
-        "text": ev.text,
-        "attachments": [
-            {
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "size": a.size,
-                "sha256": a.sha256,
-            }
-            for a in ev.attachments
-        ],
-    }
-
-
-def _match_json(match: Match | None) -> dict[str, str] | None:
-    if match is None:
-        return None
-    return {"crm_message_id": match.crm_message_id, "matched_by": match.matched_by}
+        return Body.of(ev)
 
 
 async def run_processor(

@@ -19,7 +19,7 @@ from datetime import datetime
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from inboxstream.core.kafka import ensure_topics, make_consumer
+from inboxstream.core.kafka import ensure_topics, make_consumer, partitions_of
 from inboxstream.core.settings import Settings
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.processor import ProcessorConfig, ProcessorStats, run_processor
@@ -37,12 +37,7 @@ async def seek_group_to_time(
     consumer = make_consumer(settings.kafka, group_id=group_id)
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(cluster.partitions_for_topic(t) or ())
-        ]
+        tps = [tp for t in topics for tp in await partitions_of(consumer, t, wait_s=0)]
         found = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in tps})
         end = await consumer.end_offsets(tps)
         offsets = {tp: (hit.offset if (hit := found.get(tp)) else end[tp]) for tp in tps}

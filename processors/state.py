@@ -27,11 +27,12 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from inboxstream.core.kafka import make_consumer
+from inboxstream.core.kafka import ReadStalledError, make_consumer, read_to_end
 from inboxstream.core.settings import KafkaSettings
 from inboxstream.processors.assign import InboxThreads, MessageEntry
 from inboxstream.processors.exceptions import StateRestoreError
 from inboxstream.processors.jwz import Algorithm
+from inboxstream.processors.records import CrmRecord, EngagementRecord, Held
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,23 @@ def _split(key: str) -> tuple[str, str]:
     return inbox, rest
 
 
+def _encode(value: Json | None) -> bytes | None:
+    return None if value is None else json.dumps(value, separators=(",", ":")).encode()
+
+
 @dataclass
 class PartitionState:
-    """Everything one input partition's processing needs, plus the changes not yet written."""
+    """Everything one input partition's processing needs, plus the changes not yet written.
+
+    Every write goes through a ``put_*`` method, which updates memory and records the
+    changelog write; ``apply`` replays a changelog record without recording one."""
 
     partition: int
     algorithm: Algorithm = "rfc5256"
     threads: dict[str, InboxThreads] = field(default_factory=dict)
-    crm: dict[str, Json] = field(default_factory=dict)
-    pending: dict[str, Json] = field(default_factory=dict)
-    engagements: dict[str, Json] = field(default_factory=dict)
+    crm: dict[str, CrmRecord] = field(default_factory=dict)
+    pending: dict[str, Held] = field(default_factory=dict)
+    engagements: dict[str, EngagementRecord] = field(default_factory=dict)
     watermark_ms: int = 0
     # In memory only: the event-time hour of the last metadata sweep, and which held replies
     # reference which Message-ID (so a CRM record finds its replies without a scan).
@@ -66,11 +74,7 @@ class PartitionState:
     pending_refs: dict[str, set[str]] = field(default_factory=dict)
     changes: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
 
-    # --- writes (recorded for the changelog) ---------------------------------------------
-
-    def _record(self, store: str, key: str, value: Json | None) -> None:
-        data = None if value is None else json.dumps(value, separators=(",", ":")).encode()
-        self.changes[(store, key)] = data
+    # --- threads ------------------------------------------------------------------------
 
     def inbox(self, inbox_id: str) -> InboxThreads:
         index = self.threads.get(inbox_id)
@@ -84,18 +88,38 @@ class PartitionState:
 
     def record_message(self, inbox_id: str, entry: MessageEntry) -> None:
         """Write an entry the index already holds (new, or its thread changed)."""
-        self._record("threads", message_key(inbox_id, entry.event_id), entry.to_json())
+        self.changes[("threads", message_key(inbox_id, entry.event_id))] = _encode(
+            entry.to_json()
+        )
 
     def drop_message(self, inbox_id: str, event_id: str) -> None:
         self.inbox(inbox_id).remove(event_id)
-        self._record("threads", message_key(inbox_id, event_id), None)
+        self.changes[("threads", message_key(inbox_id, event_id))] = None
 
-    def _index_pending(self, key: str, old: Json | None, new: Json | None) -> None:
-        for held, add in ((old, False), (new, True)):
-            reply = (held or {}).get("reply")
-            if not reply:
+    # --- crm, pending, engagements --------------------------------------------------------
+
+    def put_crm(self, message_id: str, record: CrmRecord) -> None:
+        self.crm[message_id] = record
+        self.changes[("crm", message_id)] = _encode(record.to_json())
+
+    def put_pending(self, key: str, held: Held | None) -> None:
+        self._set_pending(key, held)
+        self.changes[("pending", key)] = _encode(held.to_json() if held else None)
+
+    def put_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
+        if record is None:
+            self.engagements.pop(eng_id, None)
+        else:
+            self.engagements[eng_id] = record
+        self.changes[("engagements", eng_id)] = _encode(record.to_json() if record else None)
+
+    def _set_pending(self, key: str, held: Held | None) -> None:
+        """Write one pending entry in memory, keeping the Message-ID index in step."""
+        old = self.pending.get(key)
+        for entry, add in ((old, False), (held, True)):
+            if entry is None or entry.reply is None:
                 continue
-            for ref in {*reply["in_reply_to"], *reply["references"]}:
+            for ref in {*entry.reply.in_reply_to, *entry.reply.references}:
                 keys = self.pending_refs.setdefault(ref, set())
                 if add:
                     keys.add(key)
@@ -103,29 +127,19 @@ class PartitionState:
                     keys.discard(key)
                     if not keys:
                         del self.pending_refs[ref]
+        if held is None:
+            self.pending.pop(key, None)
+        else:
+            self.pending[key] = held
 
     def pending_mentioning(self, message_id: str) -> list[str]:
         """Keys of held replies that reference ``message_id``, in key order."""
         return sorted(self.pending_refs.get(message_id, ()))
 
-    def _set(self, store: str, key: str, value: Json | None) -> None:
-        """Write one key of a dict store in memory (keeping the pending index in step)."""
-        table: dict[str, Json] = getattr(self, store)
-        if store == "pending":
-            self._index_pending(key, table.get(key), value)
-        if value is None:
-            table.pop(key, None)
-        else:
-            table[key] = value
-
-    def put(self, store: str, key: str, value: Json | None) -> None:
-        self._set(store, key, value)
-        self._record(store, key, value)
-
     def advance(self, event_ms: int) -> None:
         if event_ms > self.watermark_ms:
             self.watermark_ms = event_ms
-            self._record("meta", "watermark", {"ms": event_ms})
+            self.changes[("meta", "watermark")] = _encode({"ms": event_ms})
 
     def take_changes(self) -> dict[tuple[str, str], bytes | None]:
         changes, self.changes = self.changes, {}
@@ -144,8 +158,18 @@ class PartitionState:
                 self.inbox(inbox).load(MessageEntry(**data))
         elif store == "meta":
             self.watermark_ms = int(data["ms"]) if data else 0
-        else:
-            self._set(store, key, data)
+        elif store == "crm":
+            if data is None:
+                self.crm.pop(key, None)
+            else:
+                self.crm[key] = CrmRecord.from_json(data)
+        elif store == "pending":
+            self._set_pending(key, Held.from_json(data) if data is not None else None)
+        elif store == "engagements":
+            if data is None:
+                self.engagements.pop(key, None)
+            else:
+                self.engagements[key] = EngagementRecord.from_json(data)
 
 
 async def restore(
@@ -164,23 +188,14 @@ async def restore(
     await consumer.start()
     try:
         consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if end[tp] > 0}
-        idle_rounds = 0
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=5000)
-            for tp, records in batch.items():
+        try:
+            async for records in read_to_end(consumer, tps):
                 for rec in records:
                     key = rec.key.decode("utf-8", "surrogateescape") if rec.key else ""
-                    states[tp.partition].apply(by_topic[tp.topic], key, rec.value)
-            done = {tp for tp in remaining if await consumer.position(tp) >= end[tp]}
-            remaining -= done
-            idle_rounds = 0 if batch or done else idle_rounds + 1
-            if idle_rounds > 120:
-                raise StateRestoreError(
-                    f"changelog restore stalled on {sorted(map(str, remaining))}"
-                )
+                    states[rec.partition].apply(by_topic[rec.topic], key, rec.value)
+        except ReadStalledError as exc:
+            raise StateRestoreError(f"changelog restore: {exc}") from exc
     finally:
         await consumer.stop()
     log.info(

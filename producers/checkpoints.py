@@ -12,7 +12,6 @@ therefore take an inbox over by reading the same topic, with no local state to c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from inboxstream.core.kafka import client_options
+from inboxstream.core.kafka import client_options, partitions_of, read_to_end
 from inboxstream.core.settings import KafkaSettings
 from inboxstream.schemas.exceptions import DecodeError
 from inboxstream.schemas.models import CheckpointEvent
@@ -41,18 +40,9 @@ def default_owner() -> str:
 
 async def assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Assign every partition of ``topic`` (no group), fetching metadata if not known yet."""
-    partitions = consumer.partitions_for_topic(topic)
-    for _ in range(50):  # a topic created a moment ago takes a few metadata rounds to appear
-        if partitions:
-            break
-        # The consumer's own metadata only tracks assigned topics; ask the cluster directly.
-        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001
-        partitions = cluster.partitions_for_topic(topic)
-        if not partitions:
-            await asyncio.sleep(0.2)
-    if not partitions:
+    tps = await partitions_of(consumer, topic)
+    if not tps:
         raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
     return tps
 
@@ -113,18 +103,11 @@ class CheckpointStore:
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("CheckpointStore.start() was not called")
-        tps = list(consumer.assignment())
-        end = await consumer.end_offsets(tps)
         read = 0
-        while True:
-            positions = {tp: await consumer.position(tp) for tp in tps}
-            if all(positions[tp] >= end[tp] for tp in tps):
-                break
-            batches = await consumer.getmany(*tps, timeout_ms=1000)
-            for records in batches.values():
-                for record in records:
-                    read += 1
-                    self._apply(record.key, record.value, record.headers)
+        async for records in read_to_end(consumer, list(consumer.assignment())):
+            for record in records:
+                read += 1
+                self._apply(record.key, record.value, record.headers)
         return read
 
     def _apply(self, key: bytes | None, value: bytes | None, headers: object) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer
 
-from inboxstream.core.kafka import client_options
+from inboxstream.core.kafka import client_options, read_to_end
 from inboxstream.core.settings import KafkaSettings
 from inboxstream.errors import InboxstreamError
 from inboxstream.producers.checkpoints import assign_all
@@ -109,15 +109,14 @@ async def latest_status(
         for tp in tps:
             consumer.seek(tp, max(begin[tp], end[tp] - per_partition))
         serde = serde_for(StatusEvent)
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            for records in (await consumer.getmany(*tps, timeout_ms=500)).values():
-                for record in records:
-                    try:
-                        event = serde.decode(record.value, record.headers)
-                    except DecodeError:
-                        continue
-                    if event.inbox_id not in latest or latest[event.inbox_id].at <= event.at:
-                        latest[event.inbox_id] = event
+        async for records in read_to_end(consumer, tps):
+            for record in records:
+                try:
+                    event = serde.decode(record.value, record.headers)
+                except DecodeError:
+                    continue
+                if event.inbox_id not in latest or latest[event.inbox_id].at <= event.at:
+                    latest[event.inbox_id] = event
     finally:
         await consumer.stop()
     return latest

@@ -103,5 +103,7 @@ def test_no_import_cycle_between_packages() -> None:
 
 def test_the_check_sees_lazy_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from inboxstream.app import cli\n    import inboxstream.sinks.rows\n")
+    module.write_text(
+        "def f():\n    from inboxstream.app import cli\n    import inboxstream.sinks.rows\n"
+    )
     assert _imports(module) == {"inboxstream.app", "inboxstream.sinks.rows"}

@@ -9,10 +9,16 @@ from hypothesis import strategies as st
 
 from inboxstream.processors.matcher import (
     Match,
-    build_engagement,
     engagement_id,
     find_match,
     lifecycle_event_id,
+)
+from inboxstream.processors.records import (
+    AttachmentInfo,
+    Body,
+    CrmRecord,
+    Reply,
+    build_engagement,
 )
 from inboxstream.processors.retention import BODY_TTL_MS, DAY_MS, REPLY_HOLD_MS, expired
 
@@ -43,17 +49,11 @@ def test_match_only_when_a_crm_id_is_referenced(refs: list[str]) -> None:
 
 
 def test_engagement_fields_and_stable_ids() -> None:
-    reply = {"message_id": "r@x", "from_email": None, "from_name": None, "subject": "Re: q"}
-    crm = {"kind": "sequence", "crm_ref": "deal", "contact_email": "c@x", "contact_name": "C"}
-    body = {
-        "text": "hello",
-        "attachments": [
-            {"filename": "a.pdf", "content_type": "application/pdf", "size": 3, "sha256": "00"}
-        ],
-    }
+    reply = Reply("i", "e", "r@x", (), ("crm@x",), "Re: q", None, None, 0)
+    crm = CrmRecord("sequence", None, "c@x", "C", None, "deal", None)
+    body = Body("hello", (AttachmentInfo("a.pdf", "application/pdf", 3, "00"),))
     when = datetime(2026, 1, 1, tzinfo=UTC)
     ev = build_engagement(
-        inbox_id="i",
         reply=reply,
         body=body,
         crm=crm,

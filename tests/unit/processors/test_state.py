@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inboxstream.processors.assign import MessageEntry
+from inboxstream.processors.records import CrmRecord, EngagementRecord, Held, Reply
 from inboxstream.processors.state import PartitionState
 
 
@@ -12,11 +13,13 @@ def test_changelog_round_trip_and_pending_index() -> None:
     events, changed = live.inbox("i").add(entry)
     for e in changed:
         live.record_message("i", e)
-    held = {"reply": {"in_reply_to": ["crm@x"], "references": ["a@x", "crm@x"]}, "match": None}
-    live.put("pending", "i\x00e1", held)
-    live.put("crm", "crm@x", {"kind": "sent"})
-    live.put("pending", "i\x00gone", {"body_at": 3, "since_ms": 0})
-    live.put("pending", "i\x00gone", None)
+    reply = Reply("i", "e1", "m1@x", ("crm@x",), ("a@x", "crm@x"), "Re: hi", None, None, 1000)
+    live.put_pending("i\x00e1", Held(since_ms=1000, reply=reply, body_at=7))
+    live.put_crm("crm@x", CrmRecord("sent", "i", None, None, None, None, None))
+    live.put_pending("i\x00gone", Held(since_ms=0, body_at=3))
+    live.put_pending("i\x00gone", None)
+    record = EngagementRecord("i", "m1@x", "crm@x", "sent", 1000, False)
+    live.put_engagement("eng", record)
     live.advance(1000)
     assert live.pending_mentioning("crm@x") == ["i\x00e1"]
 
@@ -24,11 +27,12 @@ def test_changelog_round_trip_and_pending_index() -> None:
     for (store, key), value in live.take_changes().items():
         restored.apply(store, key, value)
     assert restored.pending == live.pending and restored.crm == live.crm
+    assert restored.engagements == {"eng": record}
     assert restored.watermark_ms == 1000
     assert restored.inbox("i").entries["e1"].thread_id == entry.thread_id is not None
     assert restored.pending_mentioning("a@x") == ["i\x00e1"]
     assert live.take_changes() == {}  # taken once
 
-    restored.put("pending", "i\x00e1", None)
+    restored.put_pending("i\x00e1", None)
     assert restored.pending_mentioning("crm@x") == []
     assert len(events) == 1 and events[0].event_type == "thread.assigned"

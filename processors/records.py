@@ -1,0 +1,289 @@
+"""The processor's state records: typed, frozen, and the exact JSON each one is in a changelog.
+
+State used to be JSON dicts reached by string keys; these records are the same fields with
+names and types, and ``to_json``/``from_json`` keep the changelog format of earlier versions
+byte for byte (a processor restores the state an older one committed). Bodies never appear
+here: a held reply keeps the *offset* of its body in inbox.bodies, never the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Self
+
+from inboxstream.processors.matcher import Match, MatchedBy, engagement_id, lifecycle_event_id
+from inboxstream.schemas.models import (
+    AttachmentRef,
+    BodyEvent,
+    EngagementEvent,
+    MessageEvent,
+    OutboundEvent,
+)
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CrmRecord:
+    """A Message-ID the CRM sent or logged (the ``crm`` store, keyed by that Message-ID)."""
+
+    kind: str
+    inbox_id: str | None
+    contact_email: str | None
+    contact_name: str | None
+    subject: str | None
+    crm_ref: str | None
+    sequence_id: str | None
+
+    @classmethod
+    def of(cls, ev: OutboundEvent) -> CrmRecord:
+        return cls(
+            kind=ev.kind,
+            inbox_id=ev.inbox_id,
+            contact_email=ev.contact_email,
+            contact_name=ev.contact_name,
+            subject=ev.subject,
+            crm_ref=ev.crm_ref,
+            sequence_id=ev.sequence_id,
+        )
+
+    def to_json(self) -> Json:
+        return {
+            "kind": self.kind,
+            "inbox_id": self.inbox_id,
+            "contact_email": self.contact_email,
+            "contact_name": self.contact_name,
+            "subject": self.subject,
+            "crm_ref": self.crm_ref,
+            "sequence_id": self.sequence_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: Json) -> Self:
+        return cls(
+            kind=data.get("kind", "sent"),
+            inbox_id=data.get("inbox_id"),
+            contact_email=data.get("contact_email"),
+            contact_name=data.get("contact_name"),
+            subject=data.get("subject"),
+            crm_ref=data.get("crm_ref"),
+            sequence_id=data.get("sequence_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What an engagement needs of a reply candidate (metadata only)."""
+
+    inbox_id: str
+    event_id: str
+    message_id: str
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    subject: str | None
+    from_email: str | None
+    from_name: str | None
+    observed_ms: int
+
+    @classmethod
+    def of(cls, ev: MessageEvent, observed_ms: int) -> Reply:
+        return cls(
+            inbox_id=ev.inbox_id,
+            event_id=ev.event_id,
+            message_id=ev.message_id,
+            in_reply_to=tuple(ev.in_reply_to),
+            references=tuple(ev.references),
+            subject=ev.subject,
+            from_email=ev.from_.email if ev.from_ else None,
+            from_name=ev.from_.name if ev.from_ else None,
+            observed_ms=observed_ms,
+        )
+
+    def to_json(self) -> Json:
+        return {
+            "inbox_id": self.inbox_id,
+            "event_id": self.event_id,
+            "message_id": self.message_id,
+            "in_reply_to": list(self.in_reply_to),
+            "references": list(self.references),
+            "subject": self.subject,
+            "from_email": self.from_email,
+            "from_name": self.from_name,
+            "observed_ms": self.observed_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Json) -> Self:
+        return cls(
+            inbox_id=data["inbox_id"],
+            event_id=data["event_id"],
+            message_id=data["message_id"],
+            in_reply_to=tuple(data["in_reply_to"]),
+            references=tuple(data["references"]),
+            subject=data.get("subject"),
+            from_email=data.get("from_email"),
+            from_name=data.get("from_name"),
+            observed_ms=int(data["observed_ms"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One entry of the ``pending`` store (key ``inbox\\0event id``), held at most
+    ``retention.REPLY_HOLD_MS``: a reply candidate waiting for its CRM record or its body
+    (``reply`` set), or a body that came before its message (``reply`` None)."""
+
+    since_ms: int
+    reply: Reply | None = None
+    match: Match | None = None
+    body_at: int | None = None  # offset of the body in inbox.bodies, never the body
+
+    def to_json(self) -> Json:
+        if self.reply is None:
+            return {"body_at": self.body_at, "since_ms": self.since_ms}
+        match = None
+        if self.match is not None:
+            match = {
+                "crm_message_id": self.match.crm_message_id,
+                "matched_by": self.match.matched_by,
+            }
+        return {
+            "reply": self.reply.to_json(),
+            "since_ms": self.since_ms,
+            "match": match,
+            "body_at": self.body_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Json) -> Self:
+        reply = data.get("reply")
+        match = data.get("match")
+        matched_by: MatchedBy | None = match["matched_by"] if match else None
+        return cls(
+            since_ms=int(data["since_ms"]),
+            reply=Reply.from_json(reply) if reply else None,
+            match=Match(match["crm_message_id"], matched_by) if match and matched_by else None,
+            body_at=data.get("body_at"),
+        )
+
+    def with_(self, **changes: Any) -> Held:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementRecord:
+    """An emitted engagement (no body), for copies, body expiry and deletion."""
+
+    inbox_id: str
+    message_id: str
+    crm_message_id: str
+    crm_kind: str
+    created_ms: int
+    body_expired: bool
+    deleted_ms: int | None = None
+
+    def to_json(self) -> Json:
+        return {
+            "inbox_id": self.inbox_id,
+            "message_id": self.message_id,
+            "crm_message_id": self.crm_message_id,
+            "crm_kind": self.crm_kind,
+            "created_ms": self.created_ms,
+            "body_expired": self.body_expired,
+            "deleted_ms": self.deleted_ms,
+        }
+
+    @classmethod
+    def from_json(cls, data: Json) -> Self:
+        return cls(
+            inbox_id=data["inbox_id"],
+            message_id=data["message_id"],
+            crm_message_id=data["crm_message_id"],
+            crm_kind=data.get("crm_kind", "sent"),
+            created_ms=int(data["created_ms"]),
+            body_expired=bool(data["body_expired"]),
+            deleted_ms=data.get("deleted_ms"),
+        )
+
+    def with_(self, **changes: Any) -> EngagementRecord:
+        return replace(self, **changes)
+
+    def lifecycle(self, eng_id: str, kind: str, at: datetime) -> EngagementEvent:
+        """A lifecycle event (``body.expired``, ``engagement.deleted``) of this engagement."""
+        return EngagementEvent(
+            event_id=lifecycle_event_id(eng_id, kind),
+            event_type=kind,
+            engagement_id=eng_id,
+            inbox_id=self.inbox_id,
+            message_id=self.message_id,
+            crm_message_id=self.crm_message_id,
+            crm_kind=self.crm_kind,
+            occurred_at=at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    filename: str | None
+    content_type: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """The part of a body an engagement carries (read from inbox.bodies, never stored)."""
+
+    text: str | None
+    attachments: tuple[AttachmentInfo, ...] = ()
+
+    @classmethod
+    def of(cls, ev: BodyEvent) -> Body:
+        return cls(
+            text=ev.text,
+            attachments=tuple(
+                AttachmentInfo(a.filename, a.content_type, a.size, a.sha256)
+                for a in ev.attachments
+            ),
+        )
+
+
+def build_engagement(
+    *,
+    reply: Reply,
+    body: Body | None,
+    crm: CrmRecord | None,
+    match: Match,
+    thread_id: str | None,
+    occurred_at: datetime,
+) -> EngagementEvent:
+    """``engagement.created`` from the held reply metadata, its body and the CRM record.
+
+    The contact is the reply's sender (the person who answered); the CRM record's contact is
+    the fallback when the reply has no usable From.
+    """
+    eng = engagement_id(reply.inbox_id, reply.message_id)
+    return EngagementEvent(
+        event_id=lifecycle_event_id(eng, "engagement.created"),
+        event_type="engagement.created",
+        engagement_id=eng,
+        inbox_id=reply.inbox_id,
+        message_id=reply.message_id,
+        thread_id=thread_id,
+        crm_message_id=match.crm_message_id,
+        matched_by=match.matched_by,
+        crm_kind=crm.kind if crm else "sent",
+        crm_ref=crm.crm_ref if crm else None,
+        contact_email=reply.from_email or (crm.contact_email if crm else None),
+        contact_name=reply.from_name or (crm.contact_name if crm else None),
+        subject=reply.subject,
+        body_text=body.text if body else None,
+        attachments=[
+            AttachmentRef(
+                filename=a.filename, content_type=a.content_type, size=a.size, sha256=a.sha256
+            )
+            for a in (body.attachments if body else ())
+        ],
+        occurred_at=occurred_at,
+    )
