@@ -44,4 +44,3 @@ def engagement_id(inbox_id: str, reply_message_id: str) -> str:
 
 def lifecycle_event_id(eng_id: str, event_type: str) -> str:
     return hashlib.sha256(f"{eng_id}\0{event_type}".encode()).hexdigest()[:32]
-

@@ -243,8 +243,7 @@ class Body:
         return cls(
             text=ev.text,
             attachments=tuple(
-                AttachmentInfo(a.filename, a.content_type, a.size, a.sha256)
-                for a in ev.attachments
+                AttachmentInfo(a.filename, a.content_type, a.size, a.sha256) for a in ev.attachments
             ),
         )
 

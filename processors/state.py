@@ -88,9 +88,7 @@ class PartitionState:
 
     def record_message(self, inbox_id: str, entry: MessageEntry) -> None:
         """Write an entry the index already holds (new, or its thread changed)."""
-        self.changes[("threads", message_key(inbox_id, entry.event_id))] = _encode(
-            entry.to_json()
-        )
+        self.changes[("threads", message_key(inbox_id, entry.event_id))] = _encode(entry.to_json())
 
     def drop_message(self, inbox_id: str, event_id: str) -> None:
         self.inbox(inbox_id).remove(event_id)
