@@ -19,10 +19,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from inboxstream.core.contracts import (
+    BODY_RETENTION_DAYS,
+    DEAD_LETTER_RETENTION_DAYS,
+    METADATA_RETENTION_DAYS,
+    days_ms,
+)
 from inboxstream.core.paths import state_dir
 from inboxstream.errors import InboxstreamError
-
-DAY_MS = 24 * 3600 * 1000
 
 
 class SettingsError(InboxstreamError, ValueError):
@@ -65,14 +69,26 @@ class TopicSettings(_Frozen):
 
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
-    messages: TopicSpec = TopicSpec(name="inbox.messages", retention_ms=60 * DAY_MS)
-    bodies: TopicSpec = TopicSpec(name="inbox.bodies", retention_ms=7 * DAY_MS)
-    status: TopicSpec = TopicSpec(name="inbox.status", retention_ms=60 * DAY_MS)
+    #: Put in front of the names of the topics no setting names: the processor's internal
+    #: topics (changelogs, crm-by-inbox) and crm.engagement-deletes. ``with_prefix`` sets it
+    #: together with every name below, so a prefixed deployment is prefixed throughout.
+    prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    messages: TopicSpec = TopicSpec(
+        name="inbox.messages", retention_ms=days_ms(METADATA_RETENTION_DAYS)
+    )
+    bodies: TopicSpec = TopicSpec(name="inbox.bodies", retention_ms=days_ms(BODY_RETENTION_DAYS))
+    status: TopicSpec = TopicSpec(
+        name="inbox.status", retention_ms=days_ms(METADATA_RETENTION_DAYS)
+    )
     crm_outbound: TopicSpec = TopicSpec(name="crm.outbound", retention_ms=-1)
-    threads: TopicSpec = TopicSpec(name="inbox.threads", retention_ms=60 * DAY_MS)
+    threads: TopicSpec = TopicSpec(
+        name="inbox.threads", retention_ms=days_ms(METADATA_RETENTION_DAYS)
+    )
     engagements: TopicSpec = TopicSpec(name="crm.engagements", retention_ms=-1)
     checkpoints: TopicSpec = TopicSpec(name="inbox.checkpoints", retention_ms=-1, compacted=True)
-    dead_letter: TopicSpec = TopicSpec(name="inboxstream.dead-letter", retention_ms=30 * DAY_MS)
+    dead_letter: TopicSpec = TopicSpec(
+        name="inboxstream.dead-letter", retention_ms=days_ms(DEAD_LETTER_RETENTION_DAYS)
+    )
 
     def all(self) -> list[TopicSpec]:
         return [
@@ -93,7 +109,7 @@ class TopicSettings(_Frozen):
             for field in TopicSettings.model_fields
             if isinstance(spec := getattr(self, field), TopicSpec)
         }
-        return self.model_copy(update=renamed)
+        return self.model_copy(update=renamed | {"prefix": prefix + self.prefix})
 
 
 class ClickHouseSettings(_Frozen):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
+from inboxstream.core.contracts import HOUR_MS
 from inboxstream.processors.assign import MessageEntry
 from inboxstream.processors.matcher import Match, engagement_id, find_match
 from inboxstream.processors.records import (
@@ -34,7 +35,6 @@ from inboxstream.processors.records import (
 from inboxstream.processors.retention import (
     BODY_TTL_MS,
     DELETED_PURGE_MS,
-    HOUR_MS,
     METADATA_TTL_MS,
     REPLY_HOLD_MS,
     expired,

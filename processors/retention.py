@@ -7,22 +7,26 @@ watermark: the largest event time it has processed.
 
 from __future__ import annotations
 
-from inboxstream.core.settings import DAY_MS
-
-HOUR_MS = DAY_MS // 24
+from inboxstream.core.contracts import (
+    BODY_RETENTION_DAYS,
+    DELETED_ENGAGEMENT_PURGE_DAYS,
+    METADATA_RETENTION_DAYS,
+    REPLY_HOLD_DAYS,
+    days_ms,
+)
 
 #: A reply can be processed before the crm.outbound record of the mail it answers (the topics
 #: are independent). We hold its metadata and body this long, then drop the body (and the
 #: candidate). 24 h covers a CRM that logs its sends in batches or lags by hours, and is far
 #: inside the 7-day body limit.
-REPLY_HOLD_MS = 1 * DAY_MS
+REPLY_HOLD_MS = days_ms(REPLY_HOLD_DAYS)
 #: No body lives longer than this anywhere (inbox.bodies retention, processor state, sinks
 #: after the ``body.expired`` event).
-BODY_TTL_MS = 7 * DAY_MS
+BODY_TTL_MS = days_ms(BODY_RETENTION_DAYS)
 #: Message metadata (the thread index) is kept this long.
-METADATA_TTL_MS = 60 * DAY_MS
+METADATA_TTL_MS = days_ms(METADATA_RETENTION_DAYS)
 #: A deleted engagement is purged by the sinks within this; the processor forgets it then too.
-DELETED_PURGE_MS = 90 * DAY_MS
+DELETED_PURGE_MS = days_ms(DELETED_ENGAGEMENT_PURGE_DAYS)
 
 
 def expired(since_ms: int, watermark_ms: int, ttl_ms: int) -> bool:

@@ -22,12 +22,6 @@ from inboxstream.core.settings import TopicSettings, TopicSpec
 from inboxstream.processors.state import STORES
 
 
-def topic_prefix(topics: TopicSettings) -> str:
-    """The prefix the deployment (or a test) put in front of the default topic names."""
-    name = topics.messages.name
-    return name[: -len("inbox.messages")] if name.endswith("inbox.messages") else ""
-
-
 @dataclass(frozen=True)
 class ProcessorTopics:
     messages: str
@@ -53,7 +47,7 @@ class ProcessorTopics:
 
     @classmethod
     def build(cls, topics: TopicSettings, version: str = "") -> ProcessorTopics:
-        prefix = topic_prefix(topics)
+        prefix = topics.prefix
         internal = f"{prefix}processor{'-' + version if version else ''}."
         suffix = f".{version}" if version else ""
         changelogs = {store: f"{internal}{store}-changelog" for store in STORES}

@@ -19,11 +19,12 @@ from email.message import Message
 from email.utils import getaddresses
 from typing import TypeVar
 
+from inboxstream.core.contracts import MAX_MESSAGE_BYTES
 from inboxstream.imap.fetch import FetchedItem
 from inboxstream.mail.headers import decode_bytes, decode_text, parse_date, parse_msg_ids
 from inboxstream.schemas.models import Address, Attachment, BodyEvent, FolderRole, MessageEvent
 
-ATTACHMENT_LOG_LIMIT = 50 * 1024 * 1024  # the source documents: "less than 50 MB"
+ATTACHMENT_LOG_LIMIT = MAX_MESSAGE_BYTES  # the source documents: "less than 50 MB"
 
 T = TypeVar("T")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")

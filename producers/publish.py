@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
+from inboxstream.core.contracts import topic_for
 from inboxstream.core.settings import TopicSettings
 from inboxstream.producers.encode import EncodedRecord
 from inboxstream.producers.parse_pool import INLINE, ParsePool
-from inboxstream.schemas.models import BodyEvent, Event, MessageEvent, StatusEvent
+from inboxstream.schemas.models import BodyEvent, Event, MessageEvent
 from inboxstream.schemas.serde import serde_for
 
 
@@ -30,13 +31,7 @@ class EventPublisher:
         return self._topic_for_model(type(event))
 
     def _topic_for_model(self, model: type[Event]) -> str:
-        if issubclass(model, MessageEvent):
-            return self.topics.messages.name
-        if issubclass(model, BodyEvent):
-            return self.topics.bodies.name
-        if issubclass(model, StatusEvent):
-            return self.topics.status.name
-        raise TypeError(f"no topic for {model.__name__}")
+        return topic_for(self.topics, model)
 
     async def send(self, event: Event, key: str) -> asyncio.Future[object]:
         """Queue one event; await the returned future for the broker's ack."""

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from inboxstream.core.contracts import MAX_MESSAGE_BYTES
 from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.settings import InboxSettings, Settings, TopicSettings
 from inboxstream.errors import InboxstreamError
@@ -65,8 +66,6 @@ from inboxstream.send.smtp import (
 
 log = logging.getLogger(__name__)
 
-#: Refuse before reading attachments into memory: the source documents' 50 MB mail size.
-MAX_MESSAGE_BYTES = 50 * 1024 * 1024
 
 _LOCAL_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+from inboxstream.core.contracts import DELETED_ENGAGEMENT_PURGE_DAYS
 from inboxstream.sinks.clickhouse import ClickHouse
 
 log = logging.getLogger(__name__)
 
-ENGAGEMENT_PURGE_AFTER = timedelta(days=90)
+ENGAGEMENT_PURGE_AFTER = timedelta(days=DELETED_ENGAGEMENT_PURGE_DAYS)
 TTL_TABLES = ("email_metadata", "bodies", "threads", "inbox_status")
 _CHUNK = 500
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from inboxstream.core.contracts import TOPICS
 from inboxstream.core.settings import TopicSettings
 from inboxstream.schemas.models import (
     BodyEvent,
     EngagementEvent,
+    Event,
     MessageEvent,
     OutboundEvent,
     StatusEvent,
@@ -24,34 +27,27 @@ from inboxstream.sinks.rows import (
 )
 from inboxstream.sinks.runner import TableSink
 
+#: How an event of each model becomes its table's rows; which table and topic is the
+#: registry's (``core.contracts.TOPICS``).
+ROWS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {
+    MessageEvent: metadata_row,
+    BodyEvent: body_row,
+    StatusEvent: status_row,
+    ThreadEvent: thread_row,
+    EngagementEvent: engagement_row,
+    OutboundEvent: outbound_row,
+}
+
+
+def _one_row(row: Callable[[Any], dict[str, Any]]) -> Callable[[Any], list[Mapping[str, Any]]]:
+    return lambda event: [row(event)]
+
 
 def table_sinks(topics: TopicSettings) -> dict[str, TableSink[Any]]:
     """Every sink topic keyed by its (possibly prefixed) name."""
-    sinks: list[TableSink[Any]] = [
-        TableSink(
-            topics.messages.name,
-            "email_metadata",
-            serde_for(MessageEvent),
-            lambda e: [metadata_row(e)],
-        ),
-        TableSink(topics.bodies.name, "bodies", serde_for(BodyEvent), lambda e: [body_row(e)]),
-        TableSink(
-            topics.status.name, "inbox_status", serde_for(StatusEvent), lambda e: [status_row(e)]
-        ),
-        TableSink(
-            topics.threads.name, "threads", serde_for(ThreadEvent), lambda e: [thread_row(e)]
-        ),
-        TableSink(
-            topics.engagements.name,
-            "engagements",
-            serde_for(EngagementEvent),
-            lambda e: [engagement_row(e)],
-        ),
-        TableSink(
-            topics.crm_outbound.name,
-            "crm_outbound",
-            serde_for(OutboundEvent),
-            lambda e: [outbound_row(e)],
-        ),
+    sinks = [
+        TableSink(c.spec(topics).name, c.table, serde_for(c.model), _one_row(ROWS[c.model]))
+        for c in TOPICS
+        if c.table is not None
     ]
     return {s.topic: s for s in sinks}

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from inboxstream.core.contracts import DAY_MS
 from inboxstream.processors.matcher import (
     Match,
     engagement_id,
@@ -20,7 +21,7 @@ from inboxstream.processors.records import (
     Reply,
     build_engagement,
 )
-from inboxstream.processors.retention import BODY_TTL_MS, DAY_MS, REPLY_HOLD_MS, expired
+from inboxstream.processors.retention import BODY_TTL_MS, REPLY_HOLD_MS, expired
 
 CRM = {"crm@x", "crm2@x"}
 
