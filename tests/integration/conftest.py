@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.settings import (
     ClickHouseSettings,
-    InboxSettings,
     KafkaSettings,
     Settings,
     SinkSettings,
@@ -27,6 +27,18 @@ from inboxstream.core.settings import (
     load_settings,
 )
 from inboxstream.infra import dovecot, kafka, postfix
+from inboxstream.send.sender import MailSender
+from tests.helpers.send import Person, make_person
+from tests.helpers.services import MailUser
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration talks to the real services: marked by folder, so
+    ``-m "not integration"`` runs the unit tests alone and no file can forget the mark."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -100,17 +112,6 @@ def settings(
     )
 
 
-@dataclass(frozen=True)
-class MailUser:
-    name: str
-    password: str = field(repr=False)
-
-    def inbox(self) -> InboxSettings:
-        from inboxstream.app.demo import demo_inbox
-
-        return demo_inbox(self.password, self.name)
-
-
 @pytest.fixture
 def mail_user(dovecot_server: dovecot.DovecotEndpoints, unique: str) -> Iterator[MailUser]:
     """A fresh Dovecot user (own mailbox) for one test; removed afterwards."""
@@ -120,3 +121,33 @@ def mail_user(dovecot_server: dovecot.DovecotEndpoints, unique: str) -> Iterator
         yield user
     finally:
         dovecot.remove_user(user.name)
+
+
+@pytest.fixture
+def people(
+    postfix_server: postfix.PostfixEndpoints, unique: str
+) -> Iterator[Callable[..., Person]]:
+    """Factory of fresh users (``people("bob")``, ``people("c", special_use=False, ...)``)."""
+    made: list[Person] = []
+
+    def make(label: str, **kwargs: Any) -> Person:
+        person = make_person(f"{label}{unique}@inboxstream.test", **kwargs)
+        made.append(person)
+        return person
+
+    try:
+        yield make
+    finally:
+        for person in made:
+            dovecot.remove_user(person.name)
+
+
+@pytest.fixture
+async def mail_sender(settings: Settings) -> AsyncIterator[MailSender]:
+    await ensure_topics(settings.kafka, settings.topics, [settings.topics.crm_outbound])
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        yield MailSender(producer, settings.topics)
+    finally:
+        await producer.stop()

@@ -11,23 +11,10 @@ import ast
 from pathlib import Path
 
 import inboxstream
+from tests.helpers.architecture import LAYERS
 
 ROOT = Path(inboxstream.__file__).parent
 
-#: layer number of each top-level part of the namespace; a part may import only lower layers.
-LAYERS: dict[str, int] = {
-    "errors": 0,
-    "schemas": 1,
-    "core": 2,
-    "mail": 3,
-    "imap": 3,
-    "producers": 4,
-    "processors": 4,
-    "sinks": 4,
-    "send": 4,
-    "infra": 5,
-    "app": 6,
-}
 
 
 def _part_of(module: str) -> str | None:

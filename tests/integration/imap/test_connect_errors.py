@@ -39,7 +39,7 @@ from inboxstream.infra import dovecot
 from inboxstream.infra.common import service_dir
 from inboxstream.producers.folder_sync import sync_folder
 from inboxstream.producers.publish import EventPublisher
-from tests.integration.conftest import MailUser
+from tests.helpers.services import MailUser
 
 Security = Literal["tls", "starttls"]
 

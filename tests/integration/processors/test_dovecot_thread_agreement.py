@@ -28,10 +28,9 @@ from inboxstream.core.settings import Settings
 from inboxstream.processors.mbox import thread_mbox
 from inboxstream.processors.processor import ProcessorConfig, run_processor
 from inboxstream.schemas.models import MessageEvent
-from tests.integration.conftest import MailUser
-from tests.integration.processors.conftest import read_all
-from tests.integration.processors.test_scale_and_replay import assignments
-from tests.unit.processors.mailboxes import to_mbox, tricky_mailbox
+from tests.helpers.mailboxes import to_mbox, tricky_mailbox
+from tests.helpers.pipeline import assignments, read_all
+from tests.helpers.services import MailUser
 
 
 def parse_thread_response(data: bytes) -> list[set[int]]:

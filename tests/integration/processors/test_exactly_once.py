@@ -10,7 +10,7 @@ from pathlib import Path
 from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, run_processor
 from inboxstream.processors.topology import ProcessorTopics
-from tests.integration.processors.conftest import (
+from tests.helpers.pipeline import (
     count_uncommitted,
     load_inputs,
     outputs,

@@ -6,7 +6,8 @@ from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import ProcessorConfig, run_processor
 from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.schemas.models import EngagementEvent, ThreadEvent
-from tests.integration.processors.conftest import (
+from tests.helpers.mailboxes import tricky_mailbox
+from tests.helpers.pipeline import (
     events_for,
     outbound,
     publish,
@@ -14,7 +15,6 @@ from tests.integration.processors.conftest import (
     read_all,
     reply_raw,
 )
-from tests.unit.processors.mailboxes import tricky_mailbox
 
 
 async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -> None:

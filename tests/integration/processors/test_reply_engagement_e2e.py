@@ -15,11 +15,8 @@ from inboxstream.processors.processor import ProcessorConfig, run_processor
 from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.schemas.models import EngagementEvent, MessageEvent
 from inboxstream.send.sender import Draft, MailSender
-from tests.integration.processors.conftest import read_all
-from tests.integration.processors.test_scale_and_replay import assignments
-from tests.integration.send.conftest import Person, mail_sender, people
-
-__all__ = ["mail_sender", "people"]  # fixtures used below
+from tests.helpers.pipeline import assignments, read_all
+from tests.helpers.send import Person
 
 
 async def test_reply_to_crm_mail_becomes_an_engagement(

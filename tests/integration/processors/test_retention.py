@@ -13,7 +13,7 @@ from inboxstream.processors.processor import ProcessorConfig, run_processor
 from inboxstream.processors.state import restore
 from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.schemas.models import EngagementEvent
-from tests.integration.processors.conftest import (
+from tests.helpers.pipeline import (
     T0,
     events_for,
     outbound,

@@ -13,30 +13,18 @@ from pathlib import Path
 from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, run_processor
 from inboxstream.processors.replay import replay
-from inboxstream.processors.topology import ProcessorTopics
-from inboxstream.schemas.models import ThreadEvent
-from tests.integration.processors.conftest import (
+from tests.helpers.pipeline import (
     INBOXSTREAM,
     T0,
+    assignments,
     conversations,
     events_for,
     outputs,
     publish,
     publish_inbox,
-    read_all,
     reply_raw,
     write_config,
 )
-
-
-async def assignments(settings: Settings, version: str = "") -> dict[str, str]:
-    """Latest thread id per message event id."""
-    topic = ProcessorTopics.build(settings.topics, version).threads
-    latest: dict[str, str] = {}
-    for ev in await read_all(settings, topic, ThreadEvent):
-        if ev.event_type == "thread.assigned" and ev.message_event_id:
-            latest[ev.message_event_id] = ev.thread_id
-    return latest
 
 
 async def wait_assigned(settings: Settings, expected: set[str], timeout: float = 90) -> None:

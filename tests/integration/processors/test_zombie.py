@@ -14,7 +14,7 @@ from pathlib import Path
 from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import ProcessorConfig, run_processor
 from inboxstream.processors.topology import ProcessorTopics
-from tests.integration.processors.conftest import (
+from tests.helpers.pipeline import (
     count_uncommitted,
     final_stats,
     group_offsets,

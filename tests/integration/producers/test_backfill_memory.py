@@ -25,7 +25,7 @@ from inboxstream.producers.folder_sync import FolderProgress, sync_folder
 from inboxstream.producers.publish import EventPublisher
 from inboxstream.schemas.models import MessageEvent
 from inboxstream.schemas.serde import serde_for
-from tests.integration.conftest import MailUser
+from tests.helpers.services import MailUser
 
 N = 10_000
 

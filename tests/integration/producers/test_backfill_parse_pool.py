@@ -18,7 +18,7 @@ from inboxstream.producers.parse_pool import ParsePool
 from inboxstream.producers.publish import EventPublisher
 from inboxstream.schemas.models import BodyEvent, Event, MessageEvent
 from inboxstream.schemas.serde import serde_for
-from tests.integration.conftest import MailUser
+from tests.helpers.services import MailUser
 
 N = 300
 MALFORMED = b"Subject: =?utf-8?q?broken\r\nContent-Type: multipart/mixed; boundary=Q\r\n\r\n--Q\r\n"

@@ -17,13 +17,13 @@ from inboxstream.infra import dovecot, postfix
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import StatusEvent
 from inboxstream.send.sender import Draft, MailSender
-from tests.integration.conftest import MailUser
-from tests.integration.producers.service_helpers import (
+from tests.helpers.service import (
     deliver_many,
     fast_settings,
     readers,
     running_service,
 )
+from tests.helpers.services import MailUser
 
 OTHER_FOLDERS = ("Archive", "Junk", "Trash")
 

@@ -13,8 +13,7 @@ from inboxstream.core.settings import Settings
 from inboxstream.infra import dovecot
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import MessageEvent, StatusEvent
-from tests.integration.conftest import MailUser
-from tests.integration.producers.service_helpers import (
+from tests.helpers.service import (
     checkpoint_reader,
     fast_settings,
     idle_on,
@@ -22,6 +21,7 @@ from tests.integration.producers.service_helpers import (
     readers,
     running_service,
 )
+from tests.helpers.services import MailUser
 
 
 def mail(subject: str, to: str) -> bytes:

@@ -17,14 +17,14 @@ from inboxstream.core.settings import Settings
 from inboxstream.infra import dovecot
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import StatusEvent
-from tests.integration.conftest import MailUser
-from tests.integration.producers.service_helpers import (
+from tests.helpers.service import (
     deliver_many,
     fast_settings,
     idle_on,
     readers,
     running_service,
 )
+from tests.helpers.services import MailUser
 
 
 @dataclass

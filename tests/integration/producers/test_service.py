@@ -15,8 +15,7 @@ from inboxstream.core.settings import Settings
 from inboxstream.infra import dovecot
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import StatusEvent
-from tests.integration.conftest import MailUser
-from tests.integration.producers.service_helpers import (
+from tests.helpers.service import (
     deliver_many,
     fast_settings,
     idle_on,
@@ -24,6 +23,7 @@ from tests.integration.producers.service_helpers import (
     readers,
     running_service,
 )
+from tests.helpers.services import MailUser
 
 
 def auth_failures(user: str) -> int:

@@ -14,8 +14,7 @@ from inboxstream.app.cli import main
 from inboxstream.core.settings import Settings
 from inboxstream.infra import dovecot
 from inboxstream.producers.checkpoints import CheckpointStore
-from tests.integration.conftest import MailUser
-from tests.integration.producers.service_helpers import (
+from tests.helpers.service import (
     deliver_many,
     fast_settings,
     idle_on,
@@ -23,6 +22,7 @@ from tests.integration.producers.service_helpers import (
     running_service,
     service_env,
 )
+from tests.helpers.services import MailUser
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from pathlib import Path
 from inboxstream.core.settings import Settings
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import CheckpointEvent, MessageEvent, StatusEvent
-from tests.integration.conftest import MailUser
-from tests.integration.producers.service_helpers import (
+from tests.helpers.service import (
     checkpoint_reader,
     deliver_many,
     fast_settings,
@@ -24,6 +23,7 @@ from tests.integration.producers.service_helpers import (
     readers,
     service_env,
 )
+from tests.helpers.services import MailUser
 
 FOLDER_SIZE = 3000
 

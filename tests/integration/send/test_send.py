@@ -33,9 +33,7 @@ from inboxstream.send.smtp import (
     SmtpTlsError,
     submit,
 )
-from tests.integration.send.conftest import Person, read_topic
-
-pytestmark = pytest.mark.integration
+from tests.helpers.send import Person, read_topic
 
 
 def _header(raw: bytes, name: str) -> str | None:

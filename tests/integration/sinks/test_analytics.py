@@ -10,7 +10,7 @@ from inboxstream.app.pipeline import open_clickhouse, run_sink
 from inboxstream.core.settings import Settings
 from inboxstream.sinks import analytics
 from inboxstream.sinks.clickhouse import ClickHouse
-from tests.integration.sinks import events as ev
+from tests.helpers import events as ev
 
 
 async def _load(settings: Settings, a: str, b: str, c: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from inboxstream.core.settings import Settings
 from inboxstream.sinks.endpoint import EndpointInfo, RemoteEmbeddedClickHouse
-from tests.integration.sinks import events as ev
+from tests.helpers import events as ev
 
 INBOXSTREAM = str(Path(sys.executable).parent / "inboxstream")
 N = 30_000

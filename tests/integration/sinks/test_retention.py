@@ -10,7 +10,7 @@ from inboxstream.app.pipeline import open_clickhouse, run_sink
 from inboxstream.core.settings import Settings
 from inboxstream.sinks.clickhouse import ClickHouse
 from inboxstream.sinks.retention import enforce_retention
-from tests.integration.sinks import events as ev
+from tests.helpers import events as ev
 
 AGES = (1, 8, 61)
 

@@ -15,7 +15,7 @@ from inboxstream.schemas.models import ThreadEvent
 from inboxstream.schemas.serde import serde_for
 from inboxstream.sinks.clickhouse import ClickHouse
 from inboxstream.sinks.runner import SinkStats
-from tests.integration.sinks import events as ev
+from tests.helpers import events as ev
 
 
 def _count(ch: ClickHouse, table: str) -> int:

@@ -57,8 +57,10 @@ def test_retention_everywhere_comes_from_the_contracts() -> None:
     assert sink_retention.ENGAGEMENT_PURGE_AFTER.days == contracts.DELETED_ENGAGEMENT_PURGE_DAYS
     topics = TopicSettings()
     assert topics.bodies.retention_ms == contracts.BODY_RETENTION_DAYS * day
-    assert topics.messages.retention_ms == topics.threads.retention_ms == (
-        contracts.METADATA_RETENTION_DAYS * day
+    assert (
+        topics.messages.retention_ms
+        == topics.threads.retention_ms
+        == (contracts.METADATA_RETENTION_DAYS * day)
     )
 
 

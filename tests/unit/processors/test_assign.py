@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from inboxstream.processors.assign import InboxThreads, MessageEntry, assign_threads
 from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
 from inboxstream.processors.mbox import thread_input_from_bytes
-from tests.unit.processors.mailboxes import tricky_mailbox
-from tests.unit.processors.test_jwz import forests
+from tests.helpers.mailboxes import forests, tricky_mailbox
 
 
 def entry(i: int, inp: ThreadInput[int]) -> MessageEntry:

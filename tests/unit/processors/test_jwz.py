@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
 from inboxstream.processors.mbox import thread_input_from_bytes
-from tests.unit.processors.mailboxes import tricky_mailbox
+from tests.helpers.mailboxes import forests, tricky_mailbox
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -76,48 +76,6 @@ def test_placeholder_root_takes_its_earliest_childs_subject() -> None:
         msg(4, "k4", subject="Later"),
     ]
     assert grouping(inputs) == {frozenset({1, 2, 3}), frozenset({4})}
-
-
-@st.composite
-def forests(draw: st.DrawFn) -> list[ThreadInput[int]]:
-    """Consistent conversations with unique ids: each message's references are a non-empty
-    suffix of its real ancestor path (it always names its parent, RFC 5322 3.6.4); some
-    ancestors are never seen (placeholders); distinct dates.
-
-    A reply that names no parent at all while others name one for it is not consistent: RFC
-    5256 (1)(C) lets the last-seen message decide, so order matters there by design.
-    """
-    n = draw(st.integers(1, 25))
-    parents: dict[str, str | None] = {}
-    ids = [f"m{i}@t" for i in range(n)]
-    ghosts = [f"g{i}@t" for i in range(4)]
-    for g in ghosts:
-        parents[g] = None
-    for i, mid in enumerate(ids):
-        options = [None, *ghosts, *ids[:i]]
-        parents[mid] = draw(st.sampled_from(options))
-    out = []
-    for i, mid in enumerate(ids):
-        path: list[str] = []
-        node = parents[mid]
-        while node is not None:
-            path.insert(0, node)
-            node = parents[node]
-        keep = draw(st.integers(min(1, len(path)), len(path)))
-        refs = path[len(path) - keep :]
-        irt_only = draw(st.booleans()) and refs
-        subject = draw(st.sampled_from([None, "", "alpha", "Re: alpha", "beta", "[x] beta"]))
-        out.append(
-            ThreadInput(
-                i,
-                mid,
-                () if irt_only else tuple(refs),
-                (refs[-1],) if refs else (),
-                subject,
-                T0 + timedelta(minutes=draw(st.integers(0, 10_000)) * 100 + i),
-            )
-        )
-    return out
 
 
 @settings(max_examples=150, deadline=None)

@@ -9,7 +9,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from inboxstream.app.cli import main
-from tests.unit.processors.mailboxes import to_mbox, tricky_mailbox
+from tests.helpers.mailboxes import to_mbox, tricky_mailbox
 
 NASTY = [
     b"\x00\xff\xfe binary garbage with no headers at all\n\n\x80\x81",

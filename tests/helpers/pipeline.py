@@ -295,3 +295,13 @@ def final_stats(stderr: str) -> dict[str, int]:
     assert lines, f"no stats line in:\n{stderr[-3000:]}"
     stats: dict[str, int] = json.loads(lines[-1])
     return stats
+
+
+async def assignments(settings: Settings, version: str = "") -> dict[str, str]:
+    """Latest thread id per message event id."""
+    topic = ProcessorTopics.build(settings.topics, version).threads
+    latest: dict[str, str] = {}
+    for ev in await read_all(settings, topic, ThreadEvent):
+        if ev.event_type == "thread.assigned" and ev.message_event_id:
+            latest[ev.message_event_id] = ev.thread_id
+    return latest

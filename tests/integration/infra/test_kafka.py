@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from inboxstream.infra import kafka
 from inboxstream.infra.common import port_open, service_dir
-
-pytestmark = pytest.mark.integration
 
 
 async def _create_topics(bootstrap: str, topics: Iterable[NewTopic]) -> None:

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+from hypothesis import strategies as st
+
+from inboxstream.processors.jwz import ThreadInput
+
 BASE = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
@@ -121,3 +125,48 @@ def to_mbox(mails: list[bytes], garbage: bool = False) -> bytes:
         ]
         out.append(b"From MAILER-DAEMON Mon Mar  2 09:00:00 2026\n" + b"\n".join(lines) + b"\n")
     return b"".join(out)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@st.composite
+def forests(draw: st.DrawFn) -> list[ThreadInput[int]]:
+    """Consistent conversations with unique ids: each message's references are a non-empty
+    suffix of its real ancestor path (it always names its parent, RFC 5322 3.6.4); some
+    ancestors are never seen (placeholders); distinct dates.
+
+    A reply that names no parent at all while others name one for it is not consistent: RFC
+    5256 (1)(C) lets the last-seen message decide, so order matters there by design.
+    """
+    n = draw(st.integers(1, 25))
+    parents: dict[str, str | None] = {}
+    ids = [f"m{i}@t" for i in range(n)]
+    ghosts = [f"g{i}@t" for i in range(4)]
+    for g in ghosts:
+        parents[g] = None
+    for i, mid in enumerate(ids):
+        options = [None, *ghosts, *ids[:i]]
+        parents[mid] = draw(st.sampled_from(options))
+    out = []
+    for i, mid in enumerate(ids):
+        path: list[str] = []
+        node = parents[mid]
+        while node is not None:
+            path.insert(0, node)
+            node = parents[node]
+        keep = draw(st.integers(min(1, len(path)), len(path)))
+        refs = path[len(path) - keep :]
+        irt_only = draw(st.booleans()) and refs
+        subject = draw(st.sampled_from([None, "", "alpha", "Re: alpha", "beta", "[x] beta"]))
+        out.append(
+            ThreadInput(
+                i,
+                mid,
+                () if irt_only else tuple(refs),
+                (refs[-1],) if refs else (),
+                subject,
+                T0 + timedelta(minutes=draw(st.integers(0, 10_000)) * 100 + i),
+            )
+        )
+    return out

@@ -14,7 +14,7 @@ from inboxstream.core.settings import Settings
 from inboxstream.infra import dovecot
 from inboxstream.schemas.models import BodyEvent, MessageEvent
 from inboxstream.schemas.serde import serde_for
-from tests.integration.conftest import MailUser
+from tests.helpers.services import MailUser
 
 
 def _mail(subject: str, mid: str) -> bytes:

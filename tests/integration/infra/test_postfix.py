@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from inboxstream.infra import postfix
 from inboxstream.infra.common import port_open
-
-pytestmark = pytest.mark.integration
 
 
 def test_start_is_idempotent_and_status_reports_endpoints(

@@ -20,8 +20,6 @@ import pytest
 from inboxstream.infra import dovecot
 from inboxstream.infra.common import InfraError, service_dir
 
-pytestmark = pytest.mark.integration
-
 Endpoints = dovecot.DovecotEndpoints
 PASSWORD = "s3cret: with spaces"
 LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')

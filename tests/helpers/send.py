@@ -1,4 +1,4 @@
-"""Fixtures for sending through an inbox: real Postfix (submission), Dovecot and Kafka."""
+"""People (Dovecot users with a look into their mailbox) and topic reading for the send tests."""
 
 from __future__ import annotations
 
@@ -6,18 +6,15 @@ import asyncio
 import imaplib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from aiokafka import ConsumerRecord
 
 from inboxstream.app.demo import demo_inbox, imap_client
-from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
+from inboxstream.core.kafka import make_consumer
 from inboxstream.core.settings import InboxSettings, Settings
 from inboxstream.infra import dovecot, postfix
-from inboxstream.send.sender import MailSender
 
 
 @dataclass(frozen=True)
@@ -75,40 +72,10 @@ class Person:
             time.sleep(0.1)
 
 
-def _make_person(name: str, **kwargs: Any) -> Person:
+def make_person(name: str, **kwargs: Any) -> Person:
     person = Person(name, secrets.token_urlsafe(12))
     dovecot.add_user(person.name, person.password, **kwargs)
     return person
-
-
-@pytest.fixture
-def people(
-    postfix_server: postfix.PostfixEndpoints, unique: str
-) -> Iterator[Callable[..., Person]]:
-    """Factory of fresh users (``people("bob")``, ``people("c", special_use=False, ...)``)."""
-    made: list[Person] = []
-
-    def make(label: str, **kwargs: Any) -> Person:
-        person = _make_person(f"{label}{unique}@inboxstream.test", **kwargs)
-        made.append(person)
-        return person
-
-    try:
-        yield make
-    finally:
-        for person in made:
-            dovecot.remove_user(person.name)
-
-
-@pytest.fixture
-async def mail_sender(settings: Settings) -> AsyncIterator[MailSender]:
-    await ensure_topics(settings.kafka, settings.topics, [settings.topics.crm_outbound])
-    producer = make_producer(settings.kafka)
-    await producer.start()
-    try:
-        yield MailSender(producer, settings.topics)
-    finally:
-        await producer.stop()
 
 
 async def read_topic(
