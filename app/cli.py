@@ -287,7 +287,7 @@ def demo(ctx: click.Context, threads: int, user: str, processor_group: str) -> N
     config = ProcessorConfig(group_id=processor_group)
 
     def process(stage: str) -> None:
-        stats = asyncio.run(run_processor(s, config, idle_exit_s=5.0))
+        stats = asyncio.run(run_processor(s, config, until_end=True))
         console.print(
             f"processor ({stage}, exactly once): {stats.records} records in {stats.batches} "
             f"transactions; {dict(sorted(stats.counts.items()))}"

@@ -220,9 +220,15 @@ class StreamProcessor:
             self.states.update(restored)
 
     async def run(
-        self, stop: asyncio.Event | None = None, *, idle_exit_s: float | None = None
+        self,
+        stop: asyncio.Event | None = None,
+        *,
+        idle_exit_s: float | None = None,
+        until_end: bool = False,
     ) -> ProcessorStats:
-        """Process until ``stop`` is set, or until nothing came for ``idle_exit_s`` seconds."""
+        """Process until ``stop`` is set; or, with ``until_end``, until every assigned input
+        partition is read to its end offset (a batch job, a replay, a test: done means done,
+        not "quiet for a while"); or until nothing came for ``idle_exit_s`` seconds."""
         assert self._consumer is not None
         last_data = time.monotonic()
         while stop is None or not stop.is_set():
@@ -230,9 +236,25 @@ class StreamProcessor:
             if batch:
                 last_data = time.monotonic()
                 await self._process_batch(batch)
+            elif until_end and await self._caught_up():
+                break
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
         return self.stats
+
+    async def _caught_up(self) -> bool:
+        """Every assigned input partition restored and read to its (committed) end offset.
+        Asked afresh each time: crm-by-inbox grows with our own commits."""
+        assert self._consumer is not None
+        async with self.lock:
+            assigned = list(self._consumer.assignment())
+            if not assigned or any(tp.partition not in self.states for tp in assigned):
+                return False
+            end = await self._consumer.end_offsets(assigned)
+            for tp in assigned:
+                if await self._consumer.position(tp) < end[tp]:
+                    return False
+            return True
 
     async def _fetch(self) -> dict[TopicPartition, list[Record]]:
         """Up to ``max_records``: getmany hands back whatever one fetch brought (often a few
@@ -472,11 +494,12 @@ async def run_processor(
     *,
     stop: asyncio.Event | None = None,
     idle_exit_s: float | None = None,
+    until_end: bool = False,
 ) -> ProcessorStats:
     """Start one instance, run it, stop it (what the CLI and the tests call)."""
     processor = StreamProcessor(settings, config)
     await processor.start()
     try:
-        return await processor.run(stop, idle_exit_s=idle_exit_s)
+        return await processor.run(stop, idle_exit_s=idle_exit_s, until_end=until_end)
     finally:
         await processor.stop()

@@ -57,10 +57,12 @@ async def replay(
     base_group_id: str = "inboxstream-processor",
     algorithm: Algorithm = "rfc5256",
     start: datetime | None = None,
-    idle_exit_s: float = 10.0,
+    idle_exit_s: float | None = 10.0,
     stop: asyncio.Event | None = None,
+    until_end: bool = False,
 ) -> ProcessorStats:
-    """Run one instance of the replay group until it has been idle for ``idle_exit_s``."""
+    """Run one instance of the replay group until it has read every input to its end
+    (``until_end``) or has been idle for ``idle_exit_s``."""
     group = replay_group(base_group_id, version)
     topics = ProcessorTopics.build(settings.topics, version)
     await ensure_topics(settings.kafka, settings.topics, list(topics.specs))
@@ -71,4 +73,6 @@ async def replay(
     config = ProcessorConfig(
         group_id=group, instance_id="replay", algorithm=algorithm, version=version
     )
-    return await run_processor(settings, config, stop=stop, idle_exit_s=idle_exit_s)
+    return await run_processor(
+        settings, config, stop=stop, idle_exit_s=idle_exit_s, until_end=until_end
+    )

@@ -84,7 +84,7 @@ async def test_offline_stream_and_dovecot_agree(
 
     inbox = mail_user.inbox()
     await sync_inbox_once(settings, inbox)
-    await run_processor(settings, ProcessorConfig(group_id=f"agree-{unique}"), idle_exit_s=3)
+    await run_processor(settings, ProcessorConfig(group_id=f"agree-{unique}"), until_end=True)
     synced = await read_all(settings, settings.topics.messages.name, MessageEvent)
     uid_of = {m.event_id: m.uid for m in synced if m.folder == "INBOX"}
     by_thread: dict[str, set[int]] = {}

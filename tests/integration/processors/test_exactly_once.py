@@ -26,7 +26,7 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     await load_inputs(settings, unique)
     # reference: one uninterrupted run into its own output version and state
     reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=50)
-    await run_processor(settings, reference, idle_exit_s=3)
+    await run_processor(settings, reference, until_end=True)
     ref_threads, ref_engagements = await outputs(settings, "ref")
     # every message assigned once; 3 inboxes x 4 CRM conversations x 4 replies matched
     assert sum(ref_threads.values()) >= 3 * 12 * 5
@@ -64,7 +64,7 @@ async def test_failure_inside_a_batch_aborts_restores_and_retries(
     the changelogs, the consumer rewinds, and the retry produces each output exactly once."""
     await load_inputs(settings, unique, inboxes=2)
     reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=60)
-    await run_processor(settings, reference, idle_exit_s=3)
+    await run_processor(settings, reference, until_end=True)
 
     config = ProcessorConfig(
         group_id=f"flaky-{unique}", max_records=60, pause_in_transaction_s=0.01
@@ -81,7 +81,7 @@ async def test_failure_inside_a_batch_aborts_restores_and_retries(
     processor.on_in_transaction = fail_twice
     await processor.start()
     try:
-        stats = await processor.run(idle_exit_s=3)
+        stats = await processor.run(until_end=True)
     finally:
         await processor.stop()
     assert stats.aborted == 2

@@ -54,7 +54,7 @@ async def test_threads_merges_and_crm_replies(settings: Settings, unique: str) -
     await p.stop()
 
     config = ProcessorConfig(group_id=f"proc-{unique}")
-    stats = await run_processor(settings, config, idle_exit_s=3)
+    stats = await run_processor(settings, config, until_end=True)
     assert stats.dead_lettered == 1
 
     topics = ProcessorTopics.build(settings.topics)

@@ -57,7 +57,7 @@ async def test_reply_to_crm_mail_becomes_an_engagement(
     dovecot.deliver(alice.name, bytes(private))
 
     await sync_inbox_once(settings, alice.inbox())
-    await run_processor(settings, ProcessorConfig(group_id=f"e2e-{unique}"), idle_exit_s=3)
+    await run_processor(settings, ProcessorConfig(group_id=f"e2e-{unique}"), until_end=True)
 
     topics = ProcessorTopics.build(settings.topics)
     engagements = await read_all(settings, topics.engagements, EngagementEvent)

@@ -32,7 +32,7 @@ async def test_event_time_retention_and_deletes(settings: Settings, unique: str)
     crm1, crm3 = f"crm1-{unique}@crm", f"crm3-{unique}@crm"
 
     async def run() -> None:
-        await run_processor(settings, config, idle_exit_s=2)
+        await run_processor(settings, config, until_end=True)
 
     async def at(day: float, label: str, raw: bytes, uid: int) -> None:
         await publish_inbox(

@@ -104,14 +104,19 @@ async def test_two_instances_rebalance_and_replay(
 
     # the same input through one uninterrupted instance gives the same events, once each
     reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref")
-    await run_processor(settings, reference, idle_exit_s=3)
+    await run_processor(settings, reference, until_end=True)
     main_out = await outputs(settings, "")
     assert main_out == await outputs(settings, "ref")
     assert all(max(c.values()) == 1 for c in main_out)
 
     # replay from a timestamp (offsets_for_times) into version v2: the same output
     await replay(
-        settings, version="v2", base_group_id=group, start=T0 - timedelta(days=1), idle_exit_s=3
+        settings,
+        version="v2",
+        base_group_id=group,
+        start=T0 - timedelta(days=1),
+        idle_exit_s=None,
+        until_end=True,
     )
     assert await outputs(settings, "v2") == main_out
 

@@ -35,7 +35,7 @@ async def test_frozen_instance_is_fenced_and_commits_nothing(
 ) -> None:
     await load_inputs(settings, unique, inboxes=2)
     reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=40)
-    await run_processor(settings, reference, idle_exit_s=2)
+    await run_processor(settings, reference, until_end=True)
     ref_threads, ref_engagements = await outputs(settings, "ref")
     assert sum(ref_threads.values()) >= 2 * 12 * 5
     assert sum(ref_engagements.values()) == 2 * 4 * 4
