@@ -8,7 +8,7 @@ here: a held reply keeps the *offset* of its body in inbox.bodies, never the bod
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Self
 
@@ -49,27 +49,12 @@ class CrmRecord:
         )
 
     def to_json(self) -> Json:
-        return {
-            "kind": self.kind,
-            "inbox_id": self.inbox_id,
-            "contact_email": self.contact_email,
-            "contact_name": self.contact_name,
-            "subject": self.subject,
-            "crm_ref": self.crm_ref,
-            "sequence_id": self.sequence_id,
-        }
+        # the field order is the changelog's key order; JSON writes tuples as lists
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Json) -> Self:
-        return cls(
-            kind=data.get("kind", "sent"),
-            inbox_id=data.get("inbox_id"),
-            contact_email=data.get("contact_email"),
-            contact_name=data.get("contact_name"),
-            subject=data.get("subject"),
-            crm_ref=data.get("crm_ref"),
-            sequence_id=data.get("sequence_id"),
-        )
+        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,31 +86,13 @@ class Reply:
         )
 
     def to_json(self) -> Json:
-        return {
-            "inbox_id": self.inbox_id,
-            "event_id": self.event_id,
-            "message_id": self.message_id,
-            "in_reply_to": list(self.in_reply_to),
-            "references": list(self.references),
-            "subject": self.subject,
-            "from_email": self.from_email,
-            "from_name": self.from_name,
-            "observed_ms": self.observed_ms,
-        }
+        # the field order is the changelog's key order; JSON writes tuples as lists
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Json) -> Self:
-        return cls(
-            inbox_id=data["inbox_id"],
-            event_id=data["event_id"],
-            message_id=data["message_id"],
-            in_reply_to=tuple(data["in_reply_to"]),
-            references=tuple(data["references"]),
-            subject=data.get("subject"),
-            from_email=data.get("from_email"),
-            from_name=data.get("from_name"),
-            observed_ms=int(data["observed_ms"]),
-        )
+        lists = {k: tuple(data[k]) for k in ("in_reply_to", "references")}
+        return cls(**(data | lists))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,27 +151,12 @@ class EngagementRecord:
     deleted_ms: int | None = None
 
     def to_json(self) -> Json:
-        return {
-            "inbox_id": self.inbox_id,
-            "message_id": self.message_id,
-            "crm_message_id": self.crm_message_id,
-            "crm_kind": self.crm_kind,
-            "created_ms": self.created_ms,
-            "body_expired": self.body_expired,
-            "deleted_ms": self.deleted_ms,
-        }
+        # the field order is the changelog's key order; JSON writes tuples as lists
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Json) -> Self:
-        return cls(
-            inbox_id=data["inbox_id"],
-            message_id=data["message_id"],
-            crm_message_id=data["crm_message_id"],
-            crm_kind=data.get("crm_kind", "sent"),
-            created_ms=int(data["created_ms"]),
-            body_expired=bool(data["body_expired"]),
-            deleted_ms=data.get("deleted_ms"),
-        )
+        return cls(**data)
 
     def with_(self, **changes: Any) -> EngagementRecord:
         return replace(self, **changes)

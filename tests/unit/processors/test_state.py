@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inboxstream.processors.assign import MessageEntry
+from inboxstream.processors.matcher import Match
 from inboxstream.processors.records import CrmRecord, EngagementRecord, Held, Reply
 from inboxstream.processors.state import PartitionState
 
@@ -36,3 +37,24 @@ def test_changelog_round_trip_and_pending_index() -> None:
     restored.put_pending("i\x00e1", None)
     assert restored.pending_mentioning("crm@x") == []
     assert len(events) == 1 and events[0].event_type == "thread.assigned"
+
+
+def test_changelog_values_keep_the_earlier_json_format() -> None:
+    """Records restore what older processors committed: same keys, same order, same bytes."""
+    state = PartitionState(0)
+    reply = Reply("i", "e1", "m1@x", ("crm@x",), ("crm@x",), "Re: hi", "c@x", "C", 5)
+    state.put_pending("k", Held(since_ms=5, reply=reply, match=Match("crm@x", "in_reply_to")))
+    state.put_pending("early", Held(since_ms=3, body_at=9))
+    state.put_engagement("g", EngagementRecord("i", "m1@x", "crm@x", "sent", 5, False))
+    changes = state.take_changes()
+    assert changes[("pending", "k")] == (
+        b'{"reply":{"inbox_id":"i","event_id":"e1","message_id":"m1@x","in_reply_to":["crm@x"],'
+        b'"references":["crm@x"],"subject":"Re: hi","from_email":"c@x","from_name":"C",'
+        b'"observed_ms":5},"since_ms":5,"match":{"crm_message_id":"crm@x",'
+        b'"matched_by":"in_reply_to"},"body_at":null}'
+    )
+    assert changes[("pending", "early")] == b'{"body_at":9,"since_ms":3}'
+    assert changes[("engagements", "g")] == (
+        b'{"inbox_id":"i","message_id":"m1@x","crm_message_id":"crm@x","crm_kind":"sent",'
+        b'"created_ms":5,"body_expired":false,"deleted_ms":null}'
+    )
