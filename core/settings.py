@@ -71,8 +71,10 @@ class TopicSettings(_Frozen):
     replication_factor: int = Field(default=1, ge=1)
     #: Put in front of the names of the topics no setting names: the processor's internal
     #: topics (changelogs, crm-by-inbox) and crm.engagement-deletes. ``with_prefix`` sets it
-    #: together with every name below, so a prefixed deployment is prefixed throughout.
-    prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    #: together with every name below. Unset, it is read off the messages topic's name
+    #: (``acme.inbox.messages`` -> ``acme.``), as earlier versions did, so a deployment that
+    #: configured only names keeps its internal topics (and the state in them) on upgrade.
+    prefix: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]*$")
     messages: TopicSpec = TopicSpec(
         name="inbox.messages", retention_ms=days_ms(METADATA_RETENTION_DAYS)
     )
@@ -109,7 +111,15 @@ class TopicSettings(_Frozen):
             for field in TopicSettings.model_fields
             if isinstance(spec := getattr(self, field), TopicSpec)
         }
-        return self.model_copy(update=renamed | {"prefix": prefix + self.prefix})
+        return self.model_copy(update=renamed | {"prefix": prefix + self.internal_prefix})
+
+    @property
+    def internal_prefix(self) -> str:
+        """The prefix of the topics no setting names (see ``prefix``)."""
+        if self.prefix is not None:
+            return self.prefix
+        name, default = self.messages.name, "inbox.messages"
+        return name[: -len(default)] if name.endswith(default) else ""
 
 
 class ClickHouseSettings(_Frozen):

@@ -47,7 +47,7 @@ class ProcessorTopics:
 
     @classmethod
     def build(cls, topics: TopicSettings, version: str = "") -> ProcessorTopics:
-        prefix = topics.prefix
+        prefix = topics.internal_prefix
         internal = f"{prefix}processor{'-' + version if version else ''}."
         suffix = f".{version}" if version else ""
         changelogs = {store: f"{internal}{store}-changelog" for store in STORES}

@@ -193,7 +193,8 @@ INBOXSTREAM = str(Path(sys.executable).parent / "inboxstream")
 def write_config(settings: Settings, path: Path) -> Path:
     """A config file for ``inboxstream --config``: this test's Kafka and topic names."""
     lines = ["[kafka]", f'bootstrap_servers = "{settings.kafka.bootstrap_servers}"', ""]
-    lines += ["[topics]", f"partitions = {settings.topics.partitions}", ""]
+    lines += ["[topics]", f"partitions = {settings.topics.partitions}"]
+    lines += [f'prefix = "{settings.topics.internal_prefix}"', ""]
     for field in type(settings.topics).model_fields:
         spec = getattr(settings.topics, field)
         if isinstance(spec, TopicSpec):

@@ -76,7 +76,19 @@ def test_the_registry_names_each_model_topic_and_setting_once() -> None:
         assert contracts.contract_for(contract.model) is contract
         assert contracts.topic_for(topics, contract.model) == contract.spec(topics).name
         assert contract.spec(topics).name.startswith("x.")
-    assert topics.prefix == "x."
+    assert topics.prefix == topics.internal_prefix == "x."
+
+
+def test_an_unset_prefix_is_read_off_the_names_as_before() -> None:
+    named = TopicSettings().model_copy(
+        update={
+            "messages": TopicSettings().messages.model_copy(update={"name": "acme.inbox.messages"})
+        }
+    )
+    assert named.prefix is None and named.internal_prefix == "acme."
+    assert TopicSettings().internal_prefix == ""
+    explicit = named.model_copy(update={"prefix": "other."})
+    assert explicit.internal_prefix == "other."
 
 
 def _our_modules() -> list[str]:
