@@ -46,6 +46,9 @@ DEAD_LETTER_RETENTION_DAYS = 30
 #: "Attachments are logged when the whole email is under 50 MB"; the sender refuses larger
 #: mail before reading its attachments.
 MAX_MESSAGE_BYTES = 50 * 1024 * 1024
+#: The largest event value we send: under Kafka's default 1 MiB request and message size, with
+#: room for the record's key and headers (mail/limits.py keeps parsed mail well under it).
+MAX_EVENT_BYTES = 1_000_000
 
 
 def days_ms(days: int) -> int:

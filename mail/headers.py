@@ -15,6 +15,9 @@ from email.header import decode_header
 from email.utils import parsedate_to_datetime
 
 _MSGID_RE = re.compile(rb"<([^<>\s]+)>")
+#: RFC 5322 caps a line at 998 characters, so no real msg-id is longer; a longer one is noise
+#: (and would let one header fill an event).
+MAX_MSGID_CHARS = 998
 
 
 def parse_msg_ids(value: str | bytes | None) -> list[str]:
@@ -32,7 +35,7 @@ def parse_msg_ids(value: str | bytes | None) -> list[str]:
     seen: set[str] = set()
     out = []
     for mid in found:
-        if mid and mid not in seen:
+        if mid and len(mid) <= MAX_MSGID_CHARS and mid not in seen:
             seen.add(mid)
             out.append(mid)
     return out

@@ -21,6 +21,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from inboxstream.mail.limits import cap_references
 from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
 from inboxstream.schemas.models import ThreadEvent
 
@@ -118,7 +119,9 @@ def assign_threads(
 
 
 def _thread_refs(entry: MessageEntry) -> list[str]:
-    return list(entry.references) or list(entry.in_reply_to[:1])
+    # The same ids jwz threads by (capped), so the component index and the threading agree.
+    refs = list(entry.references) or list(entry.in_reply_to[:1])
+    return cap_references([r for r in dict.fromkeys(refs) if r])[0]
 
 
 class InboxThreads:

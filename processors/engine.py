@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Literal, TypeAlias
 
 from inboxstream.core.contracts import HOUR_MS
+from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.assign import MessageEntry
 from inboxstream.processors.matcher import Match, engagement_id, find_match
 from inboxstream.processors.records import (
@@ -106,9 +107,11 @@ class Engine:
             seq=offset,
             event_id=ev.event_id,
             message_id=ev.message_id,
-            references=list(ev.references),
-            in_reply_to=list(ev.in_reply_to),
-            subject=ev.subject,
+            # Bounded like the producer bounds them: state and work per message stay small
+            # even for events written before the caps (or by another producer).
+            references=cap_references(ev.references)[0],
+            in_reply_to=list(ev.in_reply_to[:MAX_REFERENCES]),
+            subject=clip_text(ev.subject)[0] if ev.subject else ev.subject,
             date_ms=_ms(ev.date or ev.internal_date),
             observed_ms=observed,
         )
@@ -129,7 +132,9 @@ class Engine:
             if orphan is not None:
                 state.put_pending(key, None)
             return out
-        match = find_match(ev.message_id, ev.in_reply_to, ev.references, state.crm.__contains__)
+        match = find_match(
+            ev.message_id, entry.in_reply_to, entry.references, state.crm.__contains__
+        )
         state.put_pending(
             key, Held(since_ms=observed, reply=Reply.of(ev, observed), match=match, body_at=body_at)
         )

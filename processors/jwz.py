@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
+from inboxstream.mail.limits import cap_references
 from inboxstream.processors.subject import base_subject
 
 Algorithm = Literal["rfc5256", "references"]
@@ -76,9 +77,13 @@ def _unlink(child: _Container[K]) -> None:
 
 
 def thread_references(msg: ThreadInput[K]) -> list[str]:
-    """RFC 5256 (1)(A): References, or else the first In-Reply-To id; own id dropped."""
+    """RFC 5256 (1)(A): References, or else the first In-Reply-To id; own id dropped.
+
+    A list longer than ``MAX_REFERENCES`` (events from before the producer capped it, or an
+    mbox) is capped here the same way, so the work per message stays bounded."""
     refs = list(msg.references) or list(msg.in_reply_to[:1])
-    return [r for r in dict.fromkeys(refs) if r]
+    kept, _ = cap_references([r for r in dict.fromkeys(refs) if r])
+    return kept
 
 
 def thread_messages(
@@ -181,13 +186,16 @@ def _subject_container(root: _Container[K], members: list[_Container[K]]) -> _Co
 
 
 def _pruned_children(node: _Container[K]) -> list[_Container[K]]:
-    """Children after step 3: placeholders vanish and hand their children up."""
+    """Children after step 3: placeholders vanish and hand their children up. Iterative: a
+    chain of placeholders is as long as a sender's References list."""
     out: list[_Container[K]] = []
-    for child in node.children:
+    stack = list(reversed(node.children))
+    while stack:
+        child = stack.pop()
         if child.message is not None:
             out.append(child)
         else:
-            out.extend(_pruned_children(child))
+            stack.extend(reversed(child.children))
     return out
 
 

@@ -8,6 +8,7 @@ empties that field.
 from __future__ import annotations
 
 import email
+import email.parser
 import email.policy
 import email.utils
 import hashlib
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inboxstream.mail.headers import decode_text, parse_date, parse_msg_ids
+from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
 
 
@@ -32,16 +34,18 @@ def _header(msg: Message, name: str) -> str | None:
 def thread_input_from_bytes(key: int, raw: bytes) -> ThreadInput[int]:
     """What threading needs from one raw message; never raises."""
     try:
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        # Threading reads headers only: the header parser never descends into MIME parts,
+        # whose nesting the sender controls.
+        msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
     except Exception:
         return ThreadInput(key=key, message_id=None)
     ids = parse_msg_ids(_header(msg, "Message-ID"))
     return ThreadInput(
         key=key,
         message_id=ids[0] if ids else None,
-        references=tuple(parse_msg_ids(_header(msg, "References"))),
-        in_reply_to=tuple(parse_msg_ids(_header(msg, "In-Reply-To"))),
-        subject=decode_text(_header(msg, "Subject")),
+        references=tuple(cap_references(parse_msg_ids(_header(msg, "References")))[0]),
+        in_reply_to=tuple(parse_msg_ids(_header(msg, "In-Reply-To"))[:MAX_REFERENCES]),
+        subject=decode_text(clip_text(_header(msg, "Subject") or "")[0] or None),
         date=parse_date(_header(msg, "Date")),
     )
 

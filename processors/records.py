@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Self
 
+from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.matcher import Match, MatchedBy, engagement_id, lifecycle_event_id
 from inboxstream.schemas.models import (
     AttachmentRef,
@@ -77,9 +78,9 @@ class Reply:
             inbox_id=ev.inbox_id,
             event_id=ev.event_id,
             message_id=ev.message_id,
-            in_reply_to=tuple(ev.in_reply_to),
-            references=tuple(ev.references),
-            subject=ev.subject,
+            in_reply_to=tuple(ev.in_reply_to[:MAX_REFERENCES]),
+            references=tuple(cap_references(ev.references)[0]),
+            subject=clip_text(ev.subject)[0] if ev.subject else ev.subject,
             from_email=ev.from_.email if ev.from_ else None,
             from_name=ev.from_.name if ev.from_ else None,
             observed_ms=observed_ms,

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from inboxstream.core.contracts import MAX_EVENT_BYTES
 from inboxstream.producers.parse import FetchedMessage, parse_message
 from inboxstream.schemas.exceptions import EncodeError
 from inboxstream.schemas.models import BodyEvent, MessageEvent
@@ -47,10 +48,14 @@ def encode_message(
     records: list[EncodedRecord] = []
     try:
         records.append(
-            EncodedRecord("messages", serde_for(MessageEvent).encode(message), message.event_type)
+            EncodedRecord(
+                "messages", _sized(serde_for(MessageEvent).encode(message)), message.event_type
+            )
         )
         records.append(
-            EncodedRecord("bodies", serde_for(BodyEvent).encode(body), BodyEvent.schema_name)
+            EncodedRecord(
+                "bodies", _sized(serde_for(BodyEvent).encode(body)), BodyEvent.schema_name
+            )
         )
     except EncodeError as exc:
         log.warning("%s %s UID %d: %s", fetched.inbox_id, fetched.folder, fetched.uid, exc)
@@ -59,6 +64,13 @@ def encode_message(
             EncodedRecord("messages", serde_for(MessageEvent).encode(fallback), fallback.event_type)
         )
     return EncodedMessage(fetched.uid, tuple(records))
+
+
+def _sized(value: bytes) -> bytes:
+    """The value, if Kafka will take it: a larger one would fail at send, on every retry."""
+    if len(value) > MAX_EVENT_BYTES:
+        raise EncodeError(f"event is {len(value)} bytes, over the {MAX_EVENT_BYTES} byte limit")
+    return value
 
 
 def encode_chunk(

@@ -8,6 +8,7 @@ first problem is recorded in ``parse_error``, so the event is still published (n
 from __future__ import annotations
 
 import email
+import email.parser
 import email.policy
 import functools
 import hashlib
@@ -22,9 +23,23 @@ from typing import TypeVar
 from inboxstream.core.contracts import MAX_MESSAGE_BYTES
 from inboxstream.imap.fetch import FetchedItem
 from inboxstream.mail.headers import decode_bytes, decode_text, parse_date, parse_msg_ids
+from inboxstream.mail.limits import (
+    MAX_ATTACHMENTS,
+    MAX_BODY_BYTES,
+    MAX_MIME_DEPTH,
+    MAX_MIME_PARTS,
+    MAX_RAW_HEADER_BYTES,
+    MAX_REFERENCES,
+    cap_references,
+    clip_address_list,
+    clip_text,
+    clip_utf8,
+    flatten_comments,
+)
 from inboxstream.schemas.models import Address, Attachment, BodyEvent, FolderRole, MessageEvent
 
 ATTACHMENT_LOG_LIMIT = MAX_MESSAGE_BYTES  # the source documents: "less than 50 MB"
+MAX_PARSE_ERROR_CHARS = 4000
 
 T = TypeVar("T")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
@@ -104,11 +119,17 @@ def synthetic_message_id(header_block: bytes) -> str:
     return f"{digest}@synthetic.inboxstream.invalid"
 
 
-def _addresses(msg: Message, name: str) -> list[Address]:
+def _addresses(msg: Message, name: str, errors: list[str]) -> list[Address]:
     values = msg.get_all(name)
     if not values:
         return []
-    return list(_parse_addresses(tuple(str(v) for v in values)))
+    bounded = []
+    for value in values:
+        text, clipped = clip_address_list(str(value))
+        if clipped:
+            errors.append(f"{name} header cut to its first {len(text)} characters")
+        bounded.append(flatten_comments(text))
+    return list(_parse_addresses(tuple(bounded)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -136,11 +157,40 @@ def _decode_part(part: Message) -> str | None:
     return decode_bytes(payload, part.get_content_charset())
 
 
-def _attachments(msg: Message) -> list[Attachment]:
-    out = []
-    for part in msg.walk():
-        if part.is_multipart():
+def leaf_parts(msg: Message, errors: list[str]) -> list[Message]:
+    """The non-multipart parts in document order, without recursion (``Message.walk`` recurses
+    once per nesting level, which a sender controls): parts nested deeper than
+    ``MAX_MIME_DEPTH`` or beyond ``MAX_MIME_PARTS`` are not read, and that is said."""
+    leaves: list[Message] = []
+    seen = too_deep = 0
+    stack: list[tuple[Message, int]] = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        seen += 1
+        if seen > MAX_MIME_PARTS:
+            errors.append(f"MIME: more than {MAX_MIME_PARTS} parts; the rest not read")
+            break
+        if not part.is_multipart():
+            leaves.append(part)
             continue
+        children = part.get_payload()
+        if not isinstance(children, list):
+            continue
+        if depth >= MAX_MIME_DEPTH:
+            too_deep += len(children)
+            continue
+        stack.extend((c, depth + 1) for c in reversed(children) if isinstance(c, Message))
+    if too_deep:
+        errors.append(f"MIME: {too_deep} parts nested deeper than {MAX_MIME_DEPTH} not read")
+    return leaves
+
+
+def _attachments(parts: list[Message], errors: list[str]) -> list[Attachment]:
+    out: list[Attachment] = []
+    for part in parts:
+        if len(out) >= MAX_ATTACHMENTS:
+            errors.append(f"more than {MAX_ATTACHMENTS} attachments; the rest not listed")
+            break
         disposition = (part.get_content_disposition() or "").lower()
         filename = part.get_filename()
         if disposition != "attachment" and not filename:
@@ -160,17 +210,48 @@ def _attachments(msg: Message) -> list[Attachment]:
     return out
 
 
-def _bodies(msg: Message) -> tuple[str | None, str | None]:
+def _bodies(parts: list[Message], errors: list[str]) -> tuple[str | None, str | None]:
     text = html = None
-    for part in msg.walk():
-        if part.is_multipart() or (part.get_content_disposition() or "") == "attachment":
+    for part in parts:
+        if (part.get_content_disposition() or "") == "attachment":
             continue
         ctype = part.get_content_type()
         if ctype == "text/plain" and text is None:
-            text = _decode_part(part)
+            text = _clip_body("text", _decode_part(part), errors)
         elif ctype == "text/html" and html is None:
-            html = _decode_part(part)
+            html = _clip_body("html", _decode_part(part), errors)
     return text, html
+
+
+def _clip_body(kind: str, value: str | None, errors: list[str]) -> str | None:
+    if value is None:
+        return None
+    kept, size = clip_utf8(value)
+    if len(kept) < len(value):
+        errors.append(f"{kind} body cut to {MAX_BODY_BYTES} of its {size} bytes")
+    return kept
+
+
+def _parse_mime(raw: bytes, errors: list[str]) -> Message | None:
+    """The stdlib parse; when the MIME nesting is deeper than its recursion can follow, the
+    header block alone (the event is still whole; only the body is not read)."""
+    try:
+        # compat32 keeps headers as raw strings: we decode them ourselves and never trip on
+        # the lazy header objects of the modern policy.
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    except RecursionError:
+        errors.append("MIME nesting too deep to parse; body not read")
+        try:
+            return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+        except Exception as exc:
+            errors.append(f"unparseable header block: {type(exc).__name__}: {exc}")
+            return None
+    except Exception as exc:  # the stdlib parser is lenient, but be certain
+        errors.append(f"unparseable message: {type(exc).__name__}: {exc}")
+        return None
+    for defect in msg.defects:
+        errors.append(f"MIME defect: {type(defect).__name__}")
+    return msg
 
 
 def parse_message(
@@ -187,16 +268,7 @@ def parse_message(
     header_block = split_header_block(raw)
     errors: list[str] = []
 
-    msg: Message | None
-    try:
-        # compat32 keeps headers as raw strings: we decode them ourselves and never trip on
-        # the lazy header objects of the modern policy.
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-        for defect in msg.defects:
-            errors.append(f"MIME defect: {type(defect).__name__}")
-    except Exception as exc:  # the stdlib parser is lenient, but be certain
-        msg = None
-        errors.append(f"unparseable message: {type(exc).__name__}: {exc}")
+    msg = _parse_mime(raw, errors)
 
     def header(name: str) -> str | None:
         if msg is None:
@@ -226,14 +298,35 @@ def parse_message(
     no_bodies: tuple[str | None, str | None] = (None, None)
 
     def addresses(name: str) -> list[Address]:
-        return safe(name, lambda m: _addresses(m, name), no_addresses)
+        return safe(name, lambda m: _addresses(m, name, errors), no_addresses)
+
+    def id_list(name: str) -> tuple[list[str], int]:
+        return cap_references(parse_msg_ids(header(name)), MAX_REFERENCES)
 
     from_list = addresses("From")
-    attachments = safe("attachments", _attachments, list[Attachment]())
-    text, html = safe("body", _bodies, no_bodies)
+    parts = safe("MIME", lambda m: leaf_parts(m, errors), list[Message]())
+    attachments = safe("attachments", lambda _: _attachments(parts, errors), list[Attachment]())
+    text, html = safe("body", lambda _: _bodies(parts, errors), no_bodies)
+    references, references_dropped = id_list("References")
+    if references_dropped:
+        errors.append(
+            f"References: {references_dropped} ids dropped (kept the first and the last "
+            f"{MAX_REFERENCES - 1})"
+        )
+    in_reply_to, _ = id_list("In-Reply-To")
+    subject = header("Subject")
+    if subject is not None:
+        subject, clipped = clip_text(subject)
+        if clipped:
+            errors.append(f"Subject cut to its first {len(subject)} characters")
+    kept_headers = header_block[:MAX_RAW_HEADER_BYTES]
+    if len(kept_headers) < len(header_block):
+        errors.append(f"raw headers cut to {MAX_RAW_HEADER_BYTES} of {len(header_block)} bytes")
+    to, cc, bcc = addresses("To"), addresses("Cc"), addresses("Bcc")
+    reply_to = addresses("Reply-To")
     eid = event_id(fetched.inbox_id, fetched.folder, fetched.uidvalidity, fetched.uid)
     date = safe("Date", _date, None)
-    parse_error = "; ".join(dict.fromkeys(errors)) or None
+    parse_error = "; ".join(dict.fromkeys(errors))[:MAX_PARSE_ERROR_CHARS] or None
 
     message_event = MessageEvent(
         event_id=eid,
@@ -245,20 +338,21 @@ def parse_message(
         modseq=fetched.modseq,
         message_id=message_id,
         message_id_synthetic=synthetic,
-        in_reply_to=parse_msg_ids(header("In-Reply-To")),
-        references=parse_msg_ids(header("References")),
-        subject=decode_text(header("Subject")),
+        in_reply_to=in_reply_to,
+        references=references,
+        references_dropped=references_dropped,
+        subject=decode_text(subject),
         from_=from_list[0] if from_list else None,
-        to=addresses("To"),
-        cc=addresses("Cc"),
-        bcc=addresses("Bcc"),
-        reply_to=addresses("Reply-To"),
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        reply_to=reply_to,
         date=date,
         internal_date=fetched.internal_date,
         size=size,
         flags=list(fetched.flags),
         has_attachments=bool(attachments),
-        raw_headers=header_block,
+        raw_headers=kept_headers,
         parse_error=parse_error,
         observed_at=observed,
         producer=producer,

@@ -69,6 +69,7 @@ class MessageEvent(Event):
     message_id_synthetic: bool = False
     in_reply_to: list[str] = Field(default_factory=list)
     references: list[str] = Field(default_factory=list)
+    references_dropped: int = 0
     subject: str | None = None
     from_: Address | None = Field(default=None, alias="from")
     to: list[Address] = Field(default_factory=list)
