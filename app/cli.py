@@ -177,11 +177,16 @@ def topics_create(ctx: click.Context) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
 def query(ctx: click.Context, sql: str, fmt: str) -> None:
-    """Run one SQL statement against the projections and print the rows (while a sink owns
-    the embedded path, read statements go through it)."""
+    """Run one read statement against the projections and print the rows (while a sink owns
+    the embedded path, it goes through the sink). Read-only: ClickHouse's readonly = 1, no
+    table functions that reach outside the database, no INTO OUTFILE."""
     from inboxstream.sinks.endpoint import connect_for_reading
 
-    rows = connect_for_reading(_settings(ctx).clickhouse).query(sql)
+    try:
+        rows = connect_for_reading(_settings(ctx).clickhouse).query(sql)
+    except InboxstreamError as exc:
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return
     _print_rows(rows, fmt)
 
 

@@ -118,6 +118,7 @@ class _EmbeddedEngine:
 
         self.path = path
         self.lock = threading.Lock()
+        self._reader: Any = None
         path.mkdir(parents=True, exist_ok=True)
         _refuse_if_locked(path)
         try:
@@ -129,6 +130,16 @@ class _EmbeddedEngine:
                     "(or point clickhouse.path elsewhere) and try again"
                 ) from exc
             raise ClickHouseError(f"cannot open embedded ClickHouse at {path}: {exc}") from exc
+
+    def reader(self) -> Any:
+        """A second connection to the same path with ClickHouse's ``readonly = 1``: what the
+        read paths use (sinks/readonly.py). It sees the writer's data at once."""
+        with self.lock:
+            if self._reader is None:
+                from chdb import session
+
+                self._reader = session.Session(f"{self.path}?readonly=1")
+            return self._reader
 
     @classmethod
     def get(cls, path: Path) -> _EmbeddedEngine:
@@ -147,6 +158,8 @@ class _EmbeddedEngine:
         with cls._guard:
             if cls._instance is not None:
                 with cls._instance.lock:
+                    if cls._instance._reader is not None:
+                        cls._instance._reader.close()
                     cls._instance.session.close()
                 cls._instance = None
 
@@ -198,16 +211,40 @@ class EmbeddedClickHouse:
         """Release the engine so another process may open the path."""
         _EmbeddedEngine.shutdown()
 
+    def reader(self) -> EmbeddedReader:
+        """This engine through its read-only connection (wrap it in ``ReadOnlyClickHouse``)."""
+        return EmbeddedReader(self._engine, self.database)
+
+
+class EmbeddedReader:
+    """Queries on the engine's ``readonly = 1`` connection; the read paths' chDB backend."""
+
+    def __init__(self, engine: _EmbeddedEngine, database: str) -> None:
+        self.database = database
+        self._engine = engine
+
+    def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
+        try:
+            result = self._engine.reader().query(sql, fmt)
+        except Exception as exc:
+            raise ClickHouseError(f"ClickHouse (embedded): {exc}") from exc
+        return bytes(result.bytes()) if hasattr(result, "bytes") else str(result).encode()
+
+    def close(self) -> None:
+        """Nothing of its own to release: the engine closes both connections."""
+
 
 class ServerClickHouse:
     """A ClickHouse server through clickhouse-connect (HTTP)."""
 
-    def __init__(self, url: str, database: str) -> None:
+    def __init__(self, url: str, database: str, *, read_only: bool = False) -> None:
         import clickhouse_connect
         from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
         self.database = database
         self._driver_error = DriverError
+        # The read paths send ClickHouse's readonly = 1 with every statement (sinks/readonly.py).
+        self._settings: dict[str, Any] = {"readonly": 1} if read_only else {}
         try:
             self._client = clickhouse_connect.get_client(dsn=url)
         except DriverError as exc:
@@ -232,7 +269,7 @@ class ServerClickHouse:
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
         try:
-            return bytes(self._client.raw_query(sql, fmt=fmt))
+            return bytes(self._client.raw_query(sql, fmt=fmt, settings=self._settings or None))
         except self._driver_error as exc:
             raise self._wrap(exc) from exc
 
@@ -248,8 +285,6 @@ class ServerClickHouse:
 
     def close(self) -> None:
         self._client.close()
-
-
 
 
 def connect(settings: ClickHouseSettings) -> ClickHouse:

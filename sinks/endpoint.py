@@ -7,9 +7,10 @@ find the path taken send their SELECTs there instead of opening it.
 
 The endpoint is advertised in ``<path>/sink-endpoint.json`` (pid, port and a random token; mode
 0600, so only the owning user can read the token). It binds 127.0.0.1 only, checks the token
-on every request, and accepts only read statements; its answers are the engine's own bytes in
-the format asked for (JSONEachRow, CSV, Parquet), so a remote read and a local read are
-byte-identical.
+on every request, and runs statements through ``sinks/readonly.py`` (ClickHouse's own
+``readonly`` and parser; the regex below only turns obvious writes away early); its answers
+are the engine's own bytes in the format asked for (JSONEachRow, CSV, Parquet), so a remote
+read and a local read are byte-identical.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from inboxstream.core.settings import ClickHouseSettings
 from inboxstream.sinks.clickhouse import (
     ClickHouse,
     EmbeddedClickHouse,
-    connect,
+    ServerClickHouse,
     parse_json_each_row,
 )
 from inboxstream.sinks.exceptions import ClickHouseError
+from inboxstream.sinks.readonly import ReadOnlyClickHouse, ReadOnlyError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class QueryEndpoint:
 
     def __init__(self, clickhouse: EmbeddedClickHouse) -> None:
         self._ch = clickhouse
+        self._reads = ReadOnlyClickHouse(clickhouse.reader())
         self._token = secrets.token_urlsafe(24)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -148,7 +151,10 @@ class QueryEndpoint:
                     self._reply(400, b"only one read statement (SELECT, WITH, SHOW, ...)")
                     return
                 try:
-                    body = endpoint._ch.query_bytes(sql, fmt)
+                    body = endpoint._reads.query_bytes(sql, fmt)
+                except ReadOnlyError as exc:
+                    self._reply(400, str(exc).encode())
+                    return
                 except ClickHouseError as exc:
                     self._reply(500, str(exc).encode())
                     return
@@ -199,17 +205,22 @@ class RemoteEmbeddedClickHouse:
     def close(self) -> None:
         """Nothing to release: the owner keeps the engine."""
 
+
 def connect_for_reading(settings: ClickHouseSettings) -> ClickHouse:
-    """A handle for readers. A server is shared, so just connect. An embedded path that a
-    running sink owns is read through that sink's query endpoint (below); a free
-    path is opened here, as usual."""
-    if settings.url is None:
-        info = EndpointInfo.read(settings.path)
-        if info is not None and info.alive():
-            remote = RemoteEmbeddedClickHouse(info, settings.database)
-            try:
-                remote.query("SELECT 1")
-                return remote
-            except ClickHouseError:
-                pass  # a stale file (the pid was reused): the path may well be free
-    return connect(settings)
+    """A read-only handle (sinks/readonly.py) for the people's read paths. A server is shared,
+    so just connect. An embedded path that a running sink owns is read through that sink's query
+    endpoint (which runs the same checks); a free path is opened here."""
+    if settings.url is not None:
+        server = ServerClickHouse(
+            settings.url.get_secret_value(), settings.database, read_only=True
+        )
+        return ReadOnlyClickHouse(server)
+    info = EndpointInfo.read(settings.path)
+    if info is not None and info.alive():
+        remote = RemoteEmbeddedClickHouse(info, settings.database)
+        try:
+            remote.query("SELECT 1")
+            return remote
+        except ClickHouseError:
+            pass  # a stale file (the pid was reused): the path may well be free
+    return ReadOnlyClickHouse(EmbeddedClickHouse.open(settings.path, settings.database).reader())

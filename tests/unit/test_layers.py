@@ -16,7 +16,6 @@ from tests.helpers.architecture import LAYERS
 ROOT = Path(inboxstream.__file__).parent
 
 
-
 def _part_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "inboxstream" or len(parts) < 2:
