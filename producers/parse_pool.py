@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from inboxstream.core.lifetime import exit_with
 from inboxstream.producers.encode import EncodedMessage, encode_chunk
 from inboxstream.producers.parse import FetchedMessage
 
@@ -27,6 +29,14 @@ log = logging.getLogger(__name__)
 #: Messages per task sent to a worker: large enough to amortise pickling and the pipe round
 #: trip, small enough that a 500-message batch still spreads over every worker.
 CHUNK = 64
+
+
+def _worker_start(parent_pid: int) -> None:
+    """Ctrl-C reaches the whole process group: the workers ignore it and leave the shutdown to
+    the service, which closes the pool once its folders have stopped. A parent killed outright
+    (kill -9, the OOM killer) takes its workers with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with(parent_pid)
 
 
 class ParsePool:
@@ -42,13 +52,11 @@ class ParsePool:
         if self._executor is None:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["inboxstream.producers.encode"])
-            # Ctrl-C reaches the whole process group: the workers ignore it and leave the
-            # shutdown to the service, which closes the pool once its folders have stopped.
             self._executor = ProcessPoolExecutor(
                 self.workers,
                 mp_context=ctx,
-                initializer=signal.signal,
-                initargs=(signal.SIGINT, signal.SIG_IGN),
+                initializer=_worker_start,
+                initargs=(os.getpid(),),
             )
         return self._executor
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 from inboxstream.core.settings import Settings
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import CheckpointEvent, MessageEvent, StatusEvent
@@ -54,10 +56,16 @@ async def test_kill_9_mid_backfill_then_restart_loses_and_duplicates_nothing(
                 timeout=120,
                 what="a fifth of the folder in Kafka",
             )
+            # Its helpers: the parse workers (two by default), their forkserver and the like.
+            helpers = psutil.Process(first.pid).children(recursive=True)
         finally:
             os.kill(first.pid, signal.SIGKILL)
             first.wait(30)
         assert first.returncode == -signal.SIGKILL
+        assert len(helpers) >= s.producer.parse_workers >= 2
+        # Nothing outlives the killed producer: every helper is gone within seconds.
+        _, alive = psutil.wait_procs(helpers, timeout=10)
+        assert not alive, f"orphans left behind: {[(p.pid, p.cmdline()) for p in alive]}"
         await asyncio.sleep(1)  # let every acked record become visible
         seen_at_kill = {e.uid for e in new_messages(await messages.read_to_end(), "INBOX")}
         assert len(at_kill) and len(seen_at_kill) < FOLDER_SIZE, "killed too late"
