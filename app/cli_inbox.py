@@ -20,12 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
+from inboxstream.core.vault import SecretKeyError
 from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
 from inboxstream.imap.exceptions import ImapError
 from inboxstream.imap.folders import assign_roles
 from inboxstream.producers.checkpoints import CheckpointStore
 from inboxstream.producers.folder_sync import FolderProgress
-from inboxstream.producers.registry import InboxRegistry
+from inboxstream.producers.registry import InboxRegistry, registry_for
 from inboxstream.producers.service import ProducerService
 from inboxstream.producers.status import latest_status
 
@@ -43,7 +44,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _registry(settings: Settings) -> InboxRegistry:
-    return InboxRegistry(settings.producer.registry_dir)
+    return registry_for(settings)
 
 
 def read_password(password_env: str | None, password_file: Path | None) -> str:
@@ -130,8 +131,12 @@ def inbox_add(
             raise SystemExit(1) from None
         folders = ", ".join(f"{name} ({role})" for name, role in roles.items())
         console.print(f"verified: {folders}")
-    created = _registry(_settings(ctx)).add(settings)
-    console.print(f"{'added' if created else 'updated'} inbox {inbox_id}")
+    try:
+        created = _registry(_settings(ctx)).add(settings)
+    except SecretKeyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
+    console.print(f"{'added' if created else 'updated'} inbox {inbox_id} (password encrypted)")
 
 
 async def _verify(inbox: InboxSettings) -> dict[str, str]:
@@ -175,6 +180,36 @@ async def _forget(settings: Settings, inbox_id: str) -> None:
     finally:
         await store.stop()
         await producer.stop()
+
+
+@inbox.command("rekey")
+@click.option(
+    "--new-key",
+    is_flag=True,
+    help="Generate a new key in the key file first (with INBOXSTREAM_SECRET_KEY, put the new "
+    "key first in it instead and run without this flag).",
+)
+@click.pass_context
+def inbox_rekey(ctx: click.Context, new_key: bool) -> None:
+    """Re-encrypt every stored inbox secret under the newest key, then retire the old keys.
+
+    A crash half-way loses nothing: the old key stays in the key file until every secret is
+    re-encrypted, and every file is rewritten atomically."""
+    registry = _registry(_settings(ctx))
+    try:
+        if new_key:
+            registry.box.add_new_key()
+        count = registry.rekey()
+        if registry.errors:
+            for name, reason in registry.errors.items():
+                console.print(f"[red]not re-encrypted {name}:[/red] {reason}")
+            console.print("old keys kept: fix the files above and run rekey again")
+            raise SystemExit(1)
+        registry.box.drop_old_keys()
+    except SecretKeyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
+    console.print(f"re-encrypted {count} inbox secret(s) under the newest key")
 
 
 @inbox.command("list")

@@ -23,10 +23,10 @@ console = Console(stderr=True)
 def _inbox(settings: Settings, inbox_id: str | None) -> InboxSettings:
     """The inbox to send through: from the config file or from ``inboxstream inbox add``'s
     registry (the registry wins for an id in both: it is what the producer service runs)."""
-    from inboxstream.producers.registry import InboxRegistry
+    from inboxstream.producers.registry import registry_for
 
     inboxes = {i.id: i for i in settings.inboxes}
-    inboxes.update(InboxRegistry(settings.producer.registry_dir).load())
+    inboxes.update(registry_for(settings).load())
     if not inboxes:
         raise click.UsageError(
             "no inboxes configured (`inboxstream inbox add`, or [[inboxes]] in the config file)"

@@ -162,6 +162,9 @@ class ProducerSettings(_Frozen):
 
     registry_dir: Path = Field(default_factory=lambda: state_dir() / "inboxes")
     registry_poll_s: float = Field(default=2.0, gt=0)
+    # The Fernet key(s) for inbox secrets at rest, unless INBOXSTREAM_SECRET_KEY is set
+    # (core/vault.py); None = <state>/secret.key. Keep it apart from the registry's backups.
+    secret_key_file: Path | None = None
     # Messages per UID FETCH; chosen from measurements, see BACKFILL_BATCH in imap/fetch.py.
     batch_size: int = Field(default=500, ge=1, le=1000)
     # Processes that MIME-parse and Avro-encode backfill batches (0 = inline in the event loop);

@@ -6,6 +6,10 @@ added, changed and removed without a restart. A file, not a Kafka topic, because
 holds the IMAP password: it stays on the producer host (directory 0700, files 0600) instead
 of being copied into a topic every consumer could read. A changed file (say, a new password
 after an auth failure) restarts that inbox; nothing else is touched.
+
+The password is stored encrypted (``password_encrypted``, a Fernet token; core/vault.py).
+A file from before, with the password in clear, is rewritten encrypted the first time it is
+loaded.
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from inboxstream.core.settings import InboxSettings, describe_validation_error
+from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
+from inboxstream.core.vault import SecretBox, SecretKeyError
 
 log = logging.getLogger(__name__)
+
+
+def registry_for(settings: Settings) -> InboxRegistry:
+    """The registry the settings name, with their key source."""
+    return InboxRegistry(
+        settings.producer.registry_dir, SecretBox.default(settings.producer.secret_key_file)
+    )
 
 
 def inbox_fingerprint(inbox: InboxSettings) -> str:
@@ -31,15 +43,20 @@ def inbox_fingerprint(inbox: InboxSettings) -> str:
 
 
 def _with_password(inbox: InboxSettings) -> dict[str, object]:
-    """Every setting as JSON data, the password in clear (for the 0600 file and fingerprint)."""
+    """Every setting as JSON data, the password in clear (for the fingerprint only)."""
     data = inbox.model_dump(mode="json")
     data["password"] = inbox.password.get_secret_value()
     return data
 
 
+ENCRYPTED = "password_encrypted"
+
+
 @dataclass
 class InboxRegistry:
     directory: Path
+    #: Where the key comes from (core/vault.py); by default the environment or the key file.
+    box: SecretBox = field(default_factory=SecretBox.default)
     #: Files that could not be read at the last ``load`` (name -> reason), for ``inbox list``.
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -51,7 +68,8 @@ class InboxRegistry:
         """Create or replace; True if it was new. Written atomically, mode 0600."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
-        data = _with_password(inbox)
+        data: dict[str, object] = inbox.model_dump(mode="json", exclude={"password"})
+        data[ENCRYPTED] = self.box.encrypt(inbox.password.get_secret_value())
         path = self._path(inbox.id)
         existed = path.exists()
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
@@ -64,6 +82,37 @@ class InboxRegistry:
             Path(tmp).unlink(missing_ok=True)
             raise
         return not existed
+
+    def _read(self, path: Path) -> tuple[InboxSettings, bool]:
+        """The inbox of one file, and whether its password was stored in clear."""
+        data = json.loads(path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        clear = ENCRYPTED not in data
+        if not clear:
+            token = data.pop(ENCRYPTED)
+            if not isinstance(token, str):
+                raise ValueError(f"{ENCRYPTED} is not a string")
+            data["password"] = self.box.decrypt(token)
+        return InboxSettings.model_validate(data), clear
+
+    def _migrate(self, path: Path, inbox: InboxSettings) -> None:
+        """A clear-text file from before encryption at rest: rewrite it encrypted."""
+        try:
+            self.add(inbox)
+        except (OSError, SecretKeyError) as exc:
+            log.error("inbox registry: could not encrypt %s: %s", path.name, exc)
+            return
+        log.warning("inbox registry: %s stored its password in clear; now encrypted", path.name)
+
+    def rekey(self) -> int:
+        """Re-encrypt every stored secret under the first key; the number of files rewritten.
+        Files that do not decrypt are left as they are (and reported by ``load``)."""
+        done = 0
+        for inbox in self.load().values():
+            self.add(inbox)
+            done += 1
+        return done
 
     def remove(self, inbox_id: str) -> bool:
         path = self._path(inbox_id)
@@ -82,13 +131,15 @@ class InboxRegistry:
             if path.name.startswith("."):
                 continue
             try:
-                inbox = InboxSettings.model_validate_json(path.read_bytes())
+                inbox, clear = self._read(path)
             except ValidationError as exc:
                 self.errors[path.name] = describe_validation_error(exc)
-            except OSError as exc:
+            except (OSError, ValueError, SecretKeyError) as exc:
                 self.errors[path.name] = str(exc)
             else:
                 inboxes[inbox.id] = inbox
+                if clear:
+                    self._migrate(path, inbox)
         for name, reason in self.errors.items():
             log.warning("inbox registry: skipping %s: %s", name, reason)
         return inboxes
