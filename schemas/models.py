@@ -26,6 +26,21 @@ def _utc_millis(value: datetime) -> datetime:
 Timestamp = Annotated[datetime, AfterValidator(_utc_millis)]
 
 
+def _utf8_safe(value: str) -> str:
+    """Avro strings are UTF-8, and a hostile server's folder name can decode to lone
+    surrogates: those become backslash escapes (``\\udcff``), so the event is still written
+    and the name stays readable. Valid text is returned unchanged."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+#: A folder name as events carry it (see ``_utf8_safe``); event ids hash the server's own name.
+FolderName = Annotated[str, AfterValidator(_utf8_safe)]
+
+
 class Event(BaseModel):
     """Base for every topic's payload: frozen, no unknown fields, named by its Avro schema."""
 
@@ -60,7 +75,7 @@ class MessageEvent(Event):
     event_id: str
     event_type: MessageEventType = "message.new"
     inbox_id: str
-    folder: str
+    folder: FolderName
     folder_role: FolderRole = "other"
     uidvalidity: int
     uid: int
@@ -94,7 +109,7 @@ class BodyEvent(Event):
 
     event_id: str
     inbox_id: str
-    folder: str
+    folder: FolderName
     uidvalidity: int
     uid: int
     message_id: str
@@ -124,7 +139,7 @@ class StatusEvent(Event):
     reason: str | None = None
     error_kind: str | None = None
     retriable: bool | None = None
-    folder: str | None = None
+    folder: FolderName | None = None
     progress_done: int | None = None
     progress_total: int | None = None
     server: str | None = None
@@ -212,7 +227,7 @@ class CheckpointEvent(Event):
     schema_name: ClassVar[str] = "inbox.checkpoints"
 
     inbox_id: str
-    folder: str
+    folder: FolderName
     uidvalidity: int
     last_uid: int
     highestmodseq: int | None = None

@@ -8,15 +8,12 @@ into a fresh state after every step (what a restore after a crash would see).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inboxstream.processors.engine import BodyRead, Emit, Engine, Step
 from inboxstream.processors.matcher import engagement_id
-from inboxstream.processors.records import Body
 from inboxstream.processors.retention import BODY_TTL_MS, DELETED_PURGE_MS, METADATA_TTL_MS
 from inboxstream.processors.state import PartitionState
 from inboxstream.schemas.models import (
@@ -26,6 +23,7 @@ from inboxstream.schemas.models import (
     MessageEvent,
     OutboundEvent,
 )
+from tests.helpers.engine import Harness
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 INBOX = "owner@example.com"
@@ -88,55 +86,6 @@ def delete(eng_id: str, at: datetime) -> EngagementEvent:
         crm_message_id="-",
         occurred_at=at,
     )
-
-
-@dataclass
-class Harness:
-    """The driver's part, in memory."""
-
-    engine: Engine = field(default_factory=Engine)
-    state: PartitionState = field(default_factory=lambda: PartitionState(0))
-    bodies: dict[int, Body] = field(default_factory=dict)
-    offsets: dict[str, int] = field(default_factory=dict)
-    out: list[Emit] = field(default_factory=list)
-    reads: int = 0
-    # every changelog write so far, the last per key (what compaction keeps)
-    changelog: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
-
-    def _offset(self, topic: str) -> int:
-        n = self.offsets.get(topic, 0)
-        self.offsets[topic] = n + 1
-        return n
-
-    def feed(self, event: object) -> list[Emit]:
-        steps: list[Step]
-        if isinstance(event, MessageEvent):
-            steps = self.engine.on_message(self.state, self._offset("messages"), event)
-        elif isinstance(event, BodyEvent):
-            offset = self._offset("bodies")
-            self.bodies[offset] = Body.of(event)
-            steps = self.engine.on_body(self.state, offset, event)
-        elif isinstance(event, OutboundEvent):
-            steps = self.engine.on_crm(self.state, event)
-        elif isinstance(event, EngagementEvent):
-            steps = self.engine.on_delete(self.state, event)
-        else:
-            raise TypeError(event)
-        return self._take(steps + self.engine.sweep(self.state))
-
-    def _take(self, steps: list[Step]) -> list[Emit]:
-        emitted = []
-        for step in steps:
-            if isinstance(step, BodyRead):
-                self.reads += 1
-                step = self.engine.finish(self.state, step, self.bodies.get(step.offset))
-            emitted.append(step)
-        self.out += emitted
-        self.changelog.update(self.state.take_changes())
-        return emitted
-
-    def types(self, output: str = "engagements") -> list[str]:
-        return [e.event.event_type for e in self.out if e.output == output]
 
 
 def test_messages_are_threaded_once_and_duplicates_ignored() -> None:
