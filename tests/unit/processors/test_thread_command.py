@@ -9,6 +9,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from inboxstream.app.cli import main
+from tests.helpers.hostile import hostile_corpus
 from tests.helpers.mailboxes import to_mbox, tricky_mailbox
 
 NASTY = [
@@ -75,3 +76,14 @@ def test_absurd_dates_never_break_threading() -> None:
         parsed = thread_input_from_bytes(0, raw)
         assert parsed.message_id == "a@b"
         assert parsed.date is None
+
+
+def test_the_hostile_corpus_threads_with_no_traceback(tmp_path: Path) -> None:
+    """10,000 References, 1,000-deep MIME, MB headers, cycles: each message exactly once."""
+    raws = hostile_corpus()
+    path = tmp_path / "hostile.mbox"
+    path.write_bytes(to_mbox(raws))
+    for algorithm in ("rfc5256", "references"):
+        threads = run(path, "--algorithm", algorithm)
+        indexes = [m["index"] for t in threads for m in t["messages"]]
+        assert sorted(indexes) == list(range(len(raws)))
