@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,18 @@ def _set_parent_death_signal() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Process ``pid`` exists and is not a zombie (one that exited but was not reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     return True
 
 
@@ -62,14 +68,14 @@ def _wait_for_exit(pid: int) -> None:
             while not poller.poll(60_000):
                 pass
             return
-    while _alive(pid):
+    while pid_alive(pid):
         time.sleep(1.0)
 
 
 def exit_with(pid: int) -> None:
     """End this process as soon as process ``pid`` has exited (see the module doc)."""
     _set_parent_death_signal()
-    if not _alive(pid):
+    if not pid_alive(pid):
         os._exit(1)
 
     def watch() -> None:

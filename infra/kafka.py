@@ -33,13 +33,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from inboxstream.core.lifetime import pid_alive
 from inboxstream.infra.common import (
     InfraError,
     ServiceStatus,
     apt_install,
     env_port,
     log_dir,
-    pid_alive,
     port_open,
     read_pid,
     run,

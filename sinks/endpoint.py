@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from inboxstream.core.lifetime import pid_alive
 from inboxstream.core.settings import ClickHouseSettings
 from inboxstream.sinks.clickhouse import (
     ClickHouse,
@@ -76,13 +77,7 @@ class EndpointInfo:
 
     def alive(self) -> bool:
         """The advertising process still exists (a kill -9 leaves a stale file behind)."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(self.pid)
 
 
 class QueryEndpoint:
