@@ -21,8 +21,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from inboxstream.mail.limits import cap_references
-from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
+from inboxstream.processors.jwz import Algorithm, ThreadInput, reference_ids, thread_messages
 from inboxstream.schemas.models import ThreadEvent
 
 
@@ -119,9 +118,8 @@ def assign_threads(
 
 
 def _thread_refs(entry: MessageEntry) -> list[str]:
-    # The same ids jwz threads by (capped), so the component index and the threading agree.
-    refs = list(entry.references) or list(entry.in_reply_to[:1])
-    return cap_references([r for r in dict.fromkeys(refs) if r])[0]
+    # The same ids jwz threads by, so the component index and the threading agree.
+    return reference_ids(entry.references, entry.in_reply_to)
 
 
 class InboxThreads:

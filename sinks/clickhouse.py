@@ -89,6 +89,11 @@ def parse_json_each_row(raw: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in raw.decode(errors="replace").split("\n") if line.strip()]
 
 
+def _result_bytes(result: Any) -> bytes:
+    """A chDB query result as the engine's own output bytes."""
+    return bytes(result.bytes()) if hasattr(result, "bytes") else str(result).encode()
+
+
 def _refuse_if_locked(path: Path) -> None:
     """ClickHouse holds an flock on ``<path>/status`` while a process has the path open; chDB
     reports a second opener only as a vague initialisation error, so probe the lock first."""
@@ -196,8 +201,7 @@ class EmbeddedClickHouse:
         return parse_json_each_row(self.query_bytes(sql))
 
     def query_bytes(self, sql: str, fmt: str = "JSONEachRow") -> bytes:
-        result = self._run(sql, fmt)
-        return bytes(result.bytes()) if hasattr(result, "bytes") else str(result).encode()
+        return _result_bytes(self._run(sql, fmt))
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -228,7 +232,7 @@ class EmbeddedReader:
             result = self._engine.reader().query(sql, fmt)
         except Exception as exc:
             raise ClickHouseError(f"ClickHouse (embedded): {exc}") from exc
-        return bytes(result.bytes()) if hasattr(result, "bytes") else str(result).encode()
+        return _result_bytes(result)
 
     def close(self) -> None:
         """Nothing of its own to release: the engine closes both connections."""

@@ -299,9 +299,8 @@ def test_doveadm_uses_our_instance(dovecot_server: Endpoints, user: str) -> None
     assert str(service_dir("dovecot") / "mail" / user) in out
 
 
-async def test_aioimaplib_over_tls(dovecot_server: Endpoints, user: str) -> None:
-    _, raw = message("for aioimaplib")
-    dovecot.deliver(user, raw)
+async def _tls_client(dovecot_server: Endpoints) -> aioimaplib.IMAP4_SSL:
+    """aioimaplib over implicit TLS, trusting our CA, greeted."""
     client = aioimaplib.IMAP4_SSL(
         host=dovecot_server.host,
         port=dovecot_server.imaps_port,
@@ -309,6 +308,13 @@ async def test_aioimaplib_over_tls(dovecot_server: Endpoints, user: str) -> None
         timeout=10,
     )
     await client.wait_hello_from_server()
+    return client
+
+
+async def test_aioimaplib_over_tls(dovecot_server: Endpoints, user: str) -> None:
+    _, raw = message("for aioimaplib")
+    dovecot.deliver(user, raw)
+    client = await _tls_client(dovecot_server)
     try:
         assert (await client.login(user, PASSWORD)).result == "OK"
         assert (await client.select("INBOX")).result == "OK"
@@ -320,13 +326,7 @@ async def test_aioimaplib_over_tls(dovecot_server: Endpoints, user: str) -> None
 
 
 async def test_idle_sees_lmtp_delivery(dovecot_server: Endpoints, user: str) -> None:
-    client = aioimaplib.IMAP4_SSL(
-        host=dovecot_server.host,
-        port=dovecot_server.imaps_port,
-        ssl_context=ca_context(dovecot_server),
-        timeout=10,
-    )
-    await client.wait_hello_from_server()
+    client = await _tls_client(dovecot_server)
     try:
         assert (await client.login(user, PASSWORD)).result == "OK"
         assert (await client.select("INBOX")).result == "OK"
