@@ -63,12 +63,16 @@ def clip_address_list(value: str, limit: int = MAX_ADDRESS_HEADER_CHARS) -> tupl
     return (head[:comma] if comma > 0 else head), True
 
 
-def clip_utf8(text: str, limit: int = MAX_BODY_BYTES) -> tuple[str, int]:
-    """``text`` within ``limit`` UTF-8 bytes (never half a character); and its full size."""
+def clip_utf8(text: str, limit: int = MAX_BODY_BYTES) -> str:
+    """``text`` within ``limit`` UTF-8 bytes, never half a character; ``text`` itself when it
+    fits (checked by length first: a character is at most 4 bytes, so most text is never
+    encoded here)."""
+    if len(text) * 4 <= limit:
+        return text
     data = text.encode("utf-8", "surrogatepass")
     if len(data) <= limit:
-        return text, len(data)
-    return data[:limit].decode("utf-8", "ignore"), len(data)
+        return text
+    return data[:limit].decode("utf-8", "ignore")
 
 
 def flatten_comments(value: str, max_depth: int = 8) -> str:

@@ -226,8 +226,9 @@ def _bodies(parts: list[Message], errors: list[str]) -> tuple[str | None, str | 
 def _clip_body(kind: str, value: str | None, errors: list[str]) -> str | None:
     if value is None:
         return None
-    kept, size = clip_utf8(value)
-    if len(kept) < len(value):
+    kept = clip_utf8(value)
+    if kept is not value:
+        size = len(value.encode("utf-8", "surrogatepass"))
         errors.append(f"{kind} body cut to {MAX_BODY_BYTES} of its {size} bytes")
     return kept
 
