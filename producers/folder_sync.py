@@ -85,11 +85,9 @@ async def sync_folder(
     ) -> None:
         nonlocal last_uid, published
         encoded = await encoding
-        acks = [
-            await publisher.send_encoded(record, key)
-            for message in encoded
-            for record in message.records
-        ]
+        acks = await publisher.send_encoded(
+            (record for message in encoded for record in message.records), key
+        )
         await asyncio.gather(*acks)  # the checkpoint may move only past acked events
         if fetched:
             last_uid = max(last_uid, max(f.uid for f in fetched))

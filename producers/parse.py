@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import getaddresses
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from inboxstream.core.contracts import MAX_MESSAGE_BYTES
 from inboxstream.imap.fetch import FetchedItem
@@ -36,7 +36,16 @@ from inboxstream.mail.limits import (
     clip_utf8,
     flatten_comments,
 )
-from inboxstream.schemas.models import Address, Attachment, BodyEvent, FolderRole, MessageEvent
+from inboxstream.mail.mime import Leaf, StdlibLeaf, parse_fast, parse_stdlib
+from inboxstream.schemas.models import (
+    AddressRecord,
+    AttachmentRecord,
+    BodyEvent,
+    FolderRole,
+    MessageEvent,
+    utc_millis,
+    utf8_safe,
+)
 
 ATTACHMENT_LOG_LIMIT = MAX_MESSAGE_BYTES  # the source documents: "less than 50 MB"
 MAX_PARSE_ERROR_CHARS = 4000
@@ -119,7 +128,7 @@ def synthetic_message_id(header_block: bytes) -> str:
     return f"{digest}@synthetic.inboxstream.invalid"
 
 
-def _addresses(msg: Message, name: str, errors: list[str]) -> list[Address]:
+def _addresses(msg: Message, name: str, errors: list[str]) -> list[AddressRecord]:
     values = msg.get_all(name)
     if not values:
         return []
@@ -133,16 +142,16 @@ def _addresses(msg: Message, name: str, errors: list[str]) -> list[Address]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_addresses(values: tuple[str, ...]) -> tuple[Address, ...]:
+def _parse_addresses(values: tuple[str, ...]) -> tuple[AddressRecord, ...]:
     """Address headers repeat across a mailbox (the owner is in every To or From), and the
     stdlib address parser is a fifth of a backfill's parsing time: cache by the raw value.
-    Address is frozen, so sharing instances is safe; 4,096 entries bound the memory."""
-    out = []
+    The records are shared between events and never mutated; 4,096 entries bound the memory."""
+    out: list[AddressRecord] = []
     for display, addr in getaddresses(list(values)):
         addr = addr.strip()
         if not addr:
             continue
-        out.append(Address(name=decode_text(display) or None, email=addr))
+        out.append({"name": decode_text(display) or None, "email": addr})
     return tuple(out)
 
 
@@ -150,11 +159,11 @@ def _date(msg: Message) -> datetime | None:
     return parse_date(msg.get("Date"))
 
 
-def _decode_part(part: Message) -> str | None:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
+def _decode_part(leaf: Leaf) -> str | None:
+    payload = leaf.payload()
+    if payload is None:
         return None
-    return decode_bytes(payload, part.get_content_charset())
+    return decode_bytes(payload, leaf.charset)
 
 
 def leaf_parts(msg: Message, errors: list[str]) -> list[Message]:
@@ -185,41 +194,40 @@ def leaf_parts(msg: Message, errors: list[str]) -> list[Message]:
     return leaves
 
 
-def _attachments(parts: list[Message], errors: list[str]) -> list[Attachment]:
-    out: list[Attachment] = []
-    for part in parts:
+def _attachments(leaves: list[Leaf], errors: list[str]) -> list[AttachmentRecord]:
+    out: list[AttachmentRecord] = []
+    for leaf in leaves:
         if len(out) >= MAX_ATTACHMENTS:
             errors.append(f"more than {MAX_ATTACHMENTS} attachments; the rest not listed")
             break
-        disposition = (part.get_content_disposition() or "").lower()
-        filename = part.get_filename()
+        disposition = (leaf.disposition or "").lower()
+        filename = leaf.filename
         if disposition != "attachment" and not filename:
             continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        content_ids = parse_msg_ids(str(part.get("Content-ID") or ""))
+        data = leaf.payload() or b""
+        content_ids = parse_msg_ids(leaf.content_id or "")
         out.append(
-            Attachment(
-                filename=decode_text(filename) if filename else None,
-                content_type=part.get_content_type(),
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                content_id=content_ids[0] if content_ids else None,
-            )
+            {
+                "filename": decode_text(filename) if filename else None,
+                "content_type": leaf.content_type,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "content_id": content_ids[0] if content_ids else None,
+            }
         )
     return out
 
 
-def _bodies(parts: list[Message], errors: list[str]) -> tuple[str | None, str | None]:
+def _bodies(leaves: list[Leaf], errors: list[str]) -> tuple[str | None, str | None]:
     text = html = None
-    for part in parts:
-        if (part.get_content_disposition() or "") == "attachment":
+    for leaf in leaves:
+        if (leaf.disposition or "") == "attachment":
             continue
-        ctype = part.get_content_type()
+        ctype = leaf.content_type
         if ctype == "text/plain" and text is None:
-            text = _clip_body("text", _decode_part(part), errors)
+            text = _clip_body("text", _decode_part(leaf), errors)
         elif ctype == "text/html" and html is None:
-            html = _clip_body("html", _decode_part(part), errors)
+            html = _clip_body("html", _decode_part(leaf), errors)
     return text, html
 
 
@@ -233,26 +241,39 @@ def _clip_body(kind: str, value: str | None, errors: list[str]) -> str | None:
     return kept
 
 
-def _parse_mime(raw: bytes, errors: list[str]) -> Message | None:
-    """The stdlib parse; when the MIME nesting is deeper than its recursion can follow, the
-    header block alone (the event is still whole; only the body is not read)."""
+def _parse_mime(
+    raw: bytes, header_block: bytes, errors: list[str], *, fast: bool = True
+) -> tuple[Message | None, list[Leaf] | None]:
+    """The message's headers and, when the fast path read them, its leaves.
+
+    The compiled parser (mail/mime.py) answers for plain messages; everything else, and every
+    call with ``fast=False``, is the stdlib parse (its leaves are then walked by the caller).
+    When the MIME nesting is deeper than the stdlib's recursion can follow, the header block
+    alone is parsed: the event is still whole; only the body is not read.
+    """
+    if fast:
+        read = parse_fast(raw, header_block)
+        if read is not None:
+            return read.message, read.leaves
     try:
         # compat32 keeps headers as raw strings: we decode them ourselves and never trip on
         # the lazy header objects of the modern policy.
-        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        msg = parse_stdlib(raw)
     except RecursionError:
         errors.append("MIME nesting too deep to parse; body not read")
         try:
-            return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+            return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+                raw
+            ), None
         except Exception as exc:
             errors.append(f"unparseable header block: {type(exc).__name__}: {exc}")
-            return None
+            return None, None
     except Exception as exc:  # the stdlib parser is lenient, but be certain
         errors.append(f"unparseable message: {type(exc).__name__}: {exc}")
-        return None
+        return None, None
     for defect in msg.defects:
         errors.append(f"MIME defect: {type(defect).__name__}")
-    return msg
+    return msg, None
 
 
 def parse_message(
@@ -261,15 +282,37 @@ def parse_message(
     log_attachments: bool = True,
     producer: str = "",
     now: datetime | None = None,
+    fast: bool = True,
 ) -> tuple[MessageEvent, BodyEvent]:
-    """Build both events for one fetched message. Never raises for malformed mail."""
-    observed = now or datetime.now(UTC)
+    """Both events of one fetched message, as models. Never raises for malformed mail."""
+    message, body = parse_records(
+        fetched, log_attachments=log_attachments, producer=producer, now=now, fast=fast
+    )
+    return MessageEvent.model_validate(message), BodyEvent.model_validate(body)
+
+
+def parse_records(
+    fetched: FetchedMessage,
+    *,
+    log_attachments: bool = True,
+    producer: str = "",
+    now: datetime | None = None,
+    fast: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both events of one message as Avro records: the dicts ``model_dump(by_alias=True)`` of
+    the models would give (``tests/unit/producers/test_parse_records.py`` checks it), built
+    without validating what the types here already guarantee. This is the backfill's hot path.
+    Never raises for malformed mail.
+
+    ``fast=False`` parses with the stdlib only (the reference the fast path is tested against).
+    """
+    observed = utc_millis(now or datetime.now(UTC))
     raw = fetched.raw
     size = fetched.size if fetched.size is not None else len(raw)
     header_block = split_header_block(raw)
     errors: list[str] = []
 
-    msg = _parse_mime(raw, errors)
+    msg, fast_leaves = _parse_mime(raw, header_block, errors, fast=fast)
 
     def header(name: str) -> str | None:
         if msg is None:
@@ -295,19 +338,24 @@ def parse_message(
             errors.append(f"{what}: {type(exc).__name__}: {exc}")
             return default
 
-    no_addresses: list[Address] = []
+    no_addresses: list[AddressRecord] = []
     no_bodies: tuple[str | None, str | None] = (None, None)
 
-    def addresses(name: str) -> list[Address]:
+    def addresses(name: str) -> list[AddressRecord]:
         return safe(name, lambda m: _addresses(m, name, errors), no_addresses)
 
     def id_list(name: str) -> tuple[list[str], int]:
         return cap_references(parse_msg_ids(header(name)), MAX_REFERENCES)
 
+    def stdlib_leaves(m: Message) -> list[Leaf]:
+        return [StdlibLeaf(part) for part in leaf_parts(m, errors)]
+
     from_list = addresses("From")
-    parts = safe("MIME", lambda m: leaf_parts(m, errors), list[Message]())
-    attachments = safe("attachments", lambda _: _attachments(parts, errors), list[Attachment]())
-    text, html = safe("body", lambda _: _bodies(parts, errors), no_bodies)
+    leaves = fast_leaves if fast_leaves is not None else safe("MIME", stdlib_leaves, list[Leaf]())
+    attachments = safe(
+        "attachments", lambda _: _attachments(leaves, errors), list[AttachmentRecord]()
+    )
+    text, html = safe("body", lambda _: _bodies(leaves, errors), no_bodies)
     references, references_dropped = id_list("References")
     if references_dropped:
         errors.append(
@@ -327,59 +375,63 @@ def parse_message(
     reply_to = addresses("Reply-To")
     eid = event_id(fetched.inbox_id, fetched.folder, fetched.uidvalidity, fetched.uid)
     date = safe("Date", _date, None)
+    date = None if date is None else utc_millis(date)
+    internal_date = None if fetched.internal_date is None else utc_millis(fetched.internal_date)
     parse_error = "; ".join(dict.fromkeys(errors))[:MAX_PARSE_ERROR_CHARS] or None
+    folder = utf8_safe(fetched.folder)
 
-    message_event = MessageEvent(
-        event_id=eid,
-        inbox_id=fetched.inbox_id,
-        folder=fetched.folder,
-        folder_role=fetched.folder_role,
-        uidvalidity=fetched.uidvalidity,
-        uid=fetched.uid,
-        modseq=fetched.modseq,
-        message_id=message_id,
-        message_id_synthetic=synthetic,
-        in_reply_to=in_reply_to,
-        references=references,
-        references_dropped=references_dropped,
-        subject=decode_text(subject),
-        from_=from_list[0] if from_list else None,
-        to=to,
-        cc=cc,
-        bcc=bcc,
-        reply_to=reply_to,
-        date=date,
-        internal_date=fetched.internal_date,
-        size=size,
-        flags=list(fetched.flags),
-        has_attachments=bool(attachments),
-        raw_headers=kept_headers,
-        parse_error=parse_error,
-        observed_at=observed,
-        producer=producer,
-    )
+    message_record: dict[str, Any] = {
+        "event_id": eid,
+        "event_type": "message.new",
+        "inbox_id": fetched.inbox_id,
+        "folder": folder,
+        "folder_role": fetched.folder_role,
+        "uidvalidity": fetched.uidvalidity,
+        "uid": fetched.uid,
+        "modseq": fetched.modseq,
+        "message_id": message_id,
+        "message_id_synthetic": synthetic,
+        "in_reply_to": in_reply_to,
+        "references": references,
+        "references_dropped": references_dropped,
+        "subject": decode_text(subject),
+        "from": from_list[0] if from_list else None,
+        "to": to,
+        "cc": cc,
+        "bcc": bcc,
+        "reply_to": reply_to,
+        "date": date,
+        "internal_date": internal_date,
+        "size": size,
+        "flags": list(fetched.flags),
+        "has_attachments": bool(attachments),
+        "raw_headers": kept_headers,
+        "parse_error": parse_error,
+        "observed_at": observed,
+        "producer": producer,
+    }
 
     skipped: str | None = None
     if not log_attachments:
         skipped = "attachment logging is off for this inbox"
     elif size >= ATTACHMENT_LOG_LIMIT:
         skipped = f"message is {size} bytes, not under the 50 MB attachment limit"
-    body_event = BodyEvent(
-        event_id=eid,
-        inbox_id=fetched.inbox_id,
-        folder=fetched.folder,
-        uidvalidity=fetched.uidvalidity,
-        uid=fetched.uid,
-        message_id=message_id,
-        text=text,
-        html=html,
-        attachments=[] if skipped else attachments,
-        attachments_logged=skipped is None,
-        attachments_skipped_reason=skipped,
-        size=size,
-        date=date,
-        internal_date=fetched.internal_date,
-        parse_error=parse_error,
-        observed_at=observed,
-    )
-    return message_event, body_event
+    body_record: dict[str, Any] = {
+        "event_id": eid,
+        "inbox_id": fetched.inbox_id,
+        "folder": folder,
+        "uidvalidity": fetched.uidvalidity,
+        "uid": fetched.uid,
+        "message_id": message_id,
+        "text": text,
+        "html": html,
+        "attachments": [] if skipped else attachments,
+        "attachments_logged": skipped is None,
+        "attachments_skipped_reason": skipped,
+        "size": size,
+        "date": date,
+        "internal_date": internal_date,
+        "parse_error": parse_error,
+        "observed_at": observed,
+    }
+    return message_record, body_record

@@ -7,12 +7,12 @@ default), so the two cannot drift apart.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TypedDict
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
-def _utc_millis(value: datetime) -> datetime:
+def utc_millis(value: datetime) -> datetime:
     """Avro timestamp-millis keeps milliseconds in UTC; normalise so a round trip is exact.
 
     A naive datetime is taken as UTC (mail servers and parsers hand us both kinds).
@@ -23,10 +23,10 @@ def _utc_millis(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
 
 
-Timestamp = Annotated[datetime, AfterValidator(_utc_millis)]
+Timestamp = Annotated[datetime, AfterValidator(utc_millis)]
 
 
-def _utf8_safe(value: str) -> str:
+def utf8_safe(value: str) -> str:
     """Avro strings are UTF-8, and a hostile server's folder name can decode to lone
     surrogates: those become backslash escapes (``\\udcff``), so the event is still written
     and the name stays readable. Valid text is returned unchanged."""
@@ -37,8 +37,8 @@ def _utf8_safe(value: str) -> str:
     return value
 
 
-#: A folder name as events carry it (see ``_utf8_safe``); event ids hash the server's own name.
-FolderName = Annotated[str, AfterValidator(_utf8_safe)]
+#: A folder name as events carry it (see ``utf8_safe``); event ids hash the server's own name.
+FolderName = Annotated[str, AfterValidator(utf8_safe)]
 
 
 class Event(BaseModel):
@@ -52,6 +52,23 @@ class Address(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str | None = None
     email: str
+
+
+class AddressRecord(TypedDict):
+    """``Address`` as its Avro record (what the producer's hot path builds without a model)."""
+
+    name: str | None
+    email: str
+
+
+class AttachmentRecord(TypedDict):
+    """``Attachment`` as its Avro record."""
+
+    filename: str | None
+    content_type: str
+    size: int
+    sha256: str
+    content_id: str | None
 
 
 class Attachment(BaseModel):

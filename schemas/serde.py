@@ -130,14 +130,18 @@ class AvroSerde(Generic[E]):
 
     def encode_record(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
+        self.write_into(buf, record)
+        return buf.getvalue()
+
+    def write_into(self, buf: io.BytesIO, record: Mapping[str, Any]) -> None:
+        """Append one record's value to ``buf`` (batch encoders share one buffer)."""
         try:
-            fastavro.schemaless_writer(buf, self.writer.parsed, dict(record))
+            fastavro.schemaless_writer(buf, self.writer.parsed, record)
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
             raise EncodeError(
                 f"{self.model.schema_name}: record does not fit schema "
                 f"v{self.writer.version}: {exc}"
             ) from exc
-        return buf.getvalue()
 
     def headers(self, event_type: str | None = None) -> list[tuple[str, bytes]]:
         """Kafka headers for a record we encode: schema name, writer fingerprint, event type."""
