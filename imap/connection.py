@@ -143,6 +143,18 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         self.ready = asyncio.Event()
         self.closed = asyncio.Event()
 
+    def data_received(self, d: bytes) -> None:
+        """aioimaplib's, without its ``log.debug('Received : %s' % d)``: that formats every
+        chunk (mail bodies included) into a string even with debug logging off."""
+        try:
+            pending, command = self.incomplete_line, self.current_command  # type: ignore[has-type]
+            self._handle_responses(pending + d, self._handle_line, command)
+            self.incomplete_line = b""
+            self.current_command = None
+        except aioimaplib.IncompleteRead as incomplete_read:
+            self.current_command = incomplete_read.cmd
+            self.incomplete_line = incomplete_read.data
+
     def _lost(self, exc: Exception | None) -> None:
         self.closed.set()
         self.ready.set()  # wake a waiter that would otherwise hang on a dead socket

@@ -54,6 +54,25 @@ class FastFetchCommand(aioimaplib.FetchCommand):  # type: ignore[misc]
     def wait_data(self) -> bool:
         return self._balance != 0
 
+    # aioimaplib's inactivity timeout cancels and re-creates a timer handle on every line and
+    # every literal (a tenth of a backfill's reading time). Here each line only notes the
+    # time; the one timer, when it fires, re-arms itself for the rest of the quiet period, so
+    # the command still times out exactly ``timeout`` seconds after the server last spoke.
+    def _set_timer(self) -> None:
+        self._last_activity = self._loop.time()
+        if self._timeout is not None:
+            self._timer = self._loop.call_later(self._timeout, self._check_quiet)
+
+    def _reset_timer(self) -> None:
+        self._last_activity = self._loop.time()
+
+    def _check_quiet(self) -> None:
+        quiet = self._loop.time() - self._last_activity
+        if quiet >= self._timeout:
+            self._timeout_callback()
+        else:
+            self._timer = self._loop.call_later(self._timeout - quiet, self._check_quiet)
+
 
 def handle_responses(
     protocol: Any,

@@ -172,3 +172,17 @@ def test_event_id_never_raises_and_is_deterministic(
     assert event_id(inbox, "bad\udcff", uidvalidity, uid) != event_id(
         inbox, "bad", uidvalidity, uid
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"a", b":", b" ", b"\r", b"\n", b"\r\n", b"\r\n\r\n"]), max_size=40)
+)
+def test_header_block_split_is_the_regex_split(pieces: list[bytes]) -> None:
+    """The find-based split gives what the regex alone gives, lone CRs and LFs included."""
+    import re
+
+    raw = b"".join(pieces)
+    match = re.compile(rb"\r?\n\r?\n").search(raw)
+    want = raw[: match.start()] + b"\r\n" if match else raw
+    assert split_header_block(raw) == want
