@@ -16,6 +16,7 @@ so the figures are noisy; compare ratios, not absolute numbers.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -24,10 +25,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from inboxstream.app.pipeline import run_sink
-from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
 from inboxstream.core.settings import (
     ClickHouseSettings,
     KafkaSettings,
+    Settings,
     SinkSettings,
     TopicSettings,
     load_settings,
@@ -37,7 +39,7 @@ from inboxstream.schemas.models import Address, MessageEvent
 from inboxstream.schemas.serde import serde_for
 from inboxstream.sinks.clickhouse import EmbeddedClickHouse
 from inboxstream.sinks.migrate import migrate
-from inboxstream.sinks.rows import metadata_row
+from inboxstream.sinks.rows import metadata_row, record_of
 from inboxstream.sinks.runner import SinkStats
 
 BATCH = 5_000
@@ -113,7 +115,11 @@ async def main(n: int) -> None:
     sink = await task
     assert sink.stats.inserted == n, sink.stats
 
-    rows = [metadata_row(e) for e in events]  # mapped beforehand: the baseline only writes
+    bare_fetch_s = await _bare_fetch_decode(settings, n)
+
+    rows = [
+        metadata_row(record_of(e)) for e in events
+    ]  # mapped beforehand: the baseline only writes
     bare = EmbeddedClickHouse.open(settings.clickhouse.path, f"bare_{tag}")
     migrate(bare)
     t0 = time.perf_counter()
@@ -133,7 +139,45 @@ async def main(n: int) -> None:
     print(f"sink Kafka->table:          {n / sink_s:10,.0f} rows/s  ({sink_s:6.2f} s)")
     print(f"bare INSERT, same batches:  {n / bare_s:10,.0f} rows/s  ({bare_s:6.2f} s)")
     print(f"bare INSERT, one statement: {n / single_s:10,.0f} rows/s  ({single_s:6.2f} s)")
+    print(f"bare fetch + decode loop:   {n / bare_fetch_s:10,.0f} rows/s  ({bare_fetch_s:6.2f} s)")
     print(f"ratio sink / bare batched:  {(n / sink_s) / (n / bare_s):.2f}")
+    ratio = (n / sink_s) / (n / bare_fetch_s)
+    print(f"ratio sink / bare fetch+decode: {ratio:.2f}")
+    print(
+        json.dumps(
+            {
+                "rows": n,
+                "sink_rows_s": round(n / sink_s),
+                "bare_rows_s": round(n / bare_fetch_s),
+                "ratio": round(ratio, 3),
+            }
+        )
+    )
+
+
+async def _bare_fetch_decode(settings: Settings, n: int) -> float:
+    """The floor under the sink: a fresh consumer reads the same records from the start and
+    only decodes them (Avro to dicts), in batches of the sink's size; no rows, no insert."""
+    serde = serde_for(MessageEvent)
+    consumer = make_consumer(  # the sink's own consumer settings
+        settings.kafka,
+        settings.topics.messages.name,
+        group_id=None,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        got = 0
+        t0 = time.perf_counter()
+        while got < n:
+            batches = await consumer.getmany(timeout_ms=200, max_records=BATCH)
+            for records in batches.values():
+                for record in records:
+                    serde.decode_record(record.value, record.headers)
+                got += len(records)
+        return time.perf_counter() - t0
+    finally:
+        await consumer.stop()
 
 
 if __name__ == "__main__":

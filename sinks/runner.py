@@ -61,12 +61,13 @@ class PendingRow:
 
 @dataclass
 class TableSink(Generic[E]):
-    """Maps one topic's events to rows of one table."""
+    """Maps one topic's events to rows of one table. ``to_rows`` takes the decoded Avro
+    record (sinks/rows.py), not a model: the schema already guarantees the types."""
 
     topic: str
     table: str
     serde: AvroSerde[E]
-    to_rows: Callable[[E], list[Mapping[str, Any]]]
+    to_rows: Callable[[dict[str, Any]], list[Mapping[str, Any]]]
 
 
 @dataclass
@@ -104,7 +105,7 @@ class BatchingSink:
             if sink is None:
                 continue
             try:
-                event = sink.serde.decode(record.value, record.headers)
+                event = sink.serde.decode_record(record.value, record.headers)
                 mapped = sink.to_rows(event)
             except Exception as exc:
                 await self._dead_letter(record, exc)

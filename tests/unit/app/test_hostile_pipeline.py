@@ -19,7 +19,7 @@ from inboxstream.producers.parse import FetchedMessage
 from inboxstream.schemas.models import BodyEvent, MessageEvent, ThreadEvent
 from inboxstream.schemas.serde import serde_for
 from inboxstream.sinks.clickhouse import json_each_row
-from inboxstream.sinks.rows import body_row, metadata_row, thread_row
+from inboxstream.sinks.rows import body_row, metadata_row, record_of, thread_row
 from tests.helpers.engine import Harness
 from tests.helpers.hostile import hostile_corpus, hostile_folders, hostile_mailboxes
 
@@ -56,8 +56,8 @@ def run_through(raws: list[bytes], folder: str) -> None:
     latest = {t.message_event_id: t.thread_id for t in threads if t.event_type == "thread.assigned"}
     assert set(latest) == {m.event_id for m in messages}, "a message was not threaded"
 
-    rows = [metadata_row(m) for m in messages] + [body_row(b) for b in bodies]
-    rows += [thread_row(t) for t in threads if isinstance(t, ThreadEvent)]
+    rows = [metadata_row(record_of(m)) for m in messages] + [body_row(record_of(b)) for b in bodies]
+    rows += [thread_row(record_of(t)) for t in threads if isinstance(t, ThreadEvent)]
     json_each_row(rows)  # what the sink sends: must serialise for every row
 
     # The offline command reads the same messages: each exactly once in one thread.

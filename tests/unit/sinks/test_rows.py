@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from inboxstream.schemas.models import Attachment, BodyEvent, EngagementEvent, MessageEvent
 from inboxstream.sinks.clickhouse import json_each_row
-from inboxstream.sinks.rows import body_row, engagement_row, metadata_row
+from inboxstream.sinks.rows import body_row, engagement_row, metadata_row, record_of
 
 times = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
@@ -38,9 +38,13 @@ def test_the_retention_clock_starts_at_the_servers_date(
     msg = MessageEvent(**shared, raw_headers=b"")
     body = BodyEvent(**shared)
     expected = msg.internal_date or msg.date or msg.observed_at
-    assert metadata_row(msg)["received_at"] == expected == body_row(body)["received_at"]
+    assert (
+        metadata_row(record_of(msg))["received_at"]
+        == expected
+        == body_row(record_of(body))["received_at"]
+    )
     # version is the event time in ms, so a later observation of the same event wins
-    assert metadata_row(msg)["version"] == int(msg.observed_at.timestamp() * 1000)
+    assert metadata_row(record_of(msg))["version"] == int(msg.observed_at.timestamp() * 1000)
 
 
 @given(at=times, later=st.integers(min_value=1, max_value=10**9))
@@ -56,8 +60,8 @@ def test_a_later_lifecycle_event_has_a_higher_version(at: datetime, later: int) 
             occurred_at=when,
         )
 
-    created = engagement_row(e("engagement.created", at))
-    deleted = engagement_row(e("engagement.deleted", at + timedelta(milliseconds=later)))
+    created = engagement_row(record_of(e("engagement.created", at)))
+    deleted = engagement_row(record_of(e("engagement.deleted", at + timedelta(milliseconds=later))))
     assert deleted["version"] > created["version"]
     assert created["engagement_id"] == deleted["engagement_id"]
 
@@ -77,7 +81,7 @@ def test_attachments_become_parallel_arrays() -> None:
             Attachment(content_type="image/png", size=5, sha256="y"),
         ],
     )
-    row = body_row(body)
+    row = body_row(record_of(body))
     assert row["attachment_filenames"] == ["a.pdf", ""]
     assert row["attachment_sizes"] == [3, 5]
 
@@ -101,3 +105,20 @@ def test_json_each_row_is_one_parseable_line_per_row(rows: list[dict[str, object
         assert parsed["t"] == row["t"].strftime("%Y-%m-%d %H:%M:%S.") + (  # type: ignore[attr-defined]
             f"{row['t'].microsecond // 1000:03d}"  # type: ignore[attr-defined]
         )
+
+
+def test_a_model_maps_as_the_record_the_sink_decodes() -> None:
+    """The sink maps the Avro reader's dicts; tests and tools map models through record_of:
+    both must be the same dict, so both give the same rows."""
+    from inboxstream.app.mailgen import generate_mailbox
+    from inboxstream.producers.parse import FetchedMessage, parse_message
+    from inboxstream.schemas.serde import serde_for
+
+    for i, mail in enumerate(generate_mailbox("o@x.test", threads=40)):
+        fetched = FetchedMessage(
+            "o@x.test", "INBOX", "inbox", 1, i + 1, mail.raw, flags=("\\Seen",)
+        )
+        for event in parse_message(fetched):
+            serde = serde_for(type(event))
+            decoded = serde.decode_record(serde.encode(event), serde.headers())
+            assert decoded == record_of(event)
