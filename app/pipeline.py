@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
 from inboxstream.core.settings import InboxSettings, Settings
 from inboxstream.imap.connection import ImapConnection, ImapEndpoint, endpoint_for_inbox
@@ -108,6 +109,7 @@ async def run_sink(
     purges engagements deleted more than 90 days ago, once per ``purge_every_s``. Pass
     ``stats`` to watch the counters while it runs.
     """
+    tune_for_streaming()
     await ensure_topics(settings.kafka, settings.topics)
     routes = table_sinks(settings.topics)
     # 4 MiB per partition per fetch (default 1 MiB) so a batch can fill up to batch_size

@@ -53,6 +53,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 
 from inboxstream.core.aiokafka_shim import producer_is_fatal
+from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import (
     client_options,
     ensure_topics,
@@ -497,6 +498,7 @@ async def run_processor(
     until_end: bool = False,
 ) -> ProcessorStats:
     """Start one instance, run it, stop it (what the CLI and the tests call)."""
+    tune_for_streaming()
     processor = StreamProcessor(settings, config)
     await processor.start()
     try:

@@ -20,6 +20,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.lifetime import exit_with
 from inboxstream.producers.encode import EncodedMessage, encode_chunk
 from inboxstream.producers.parse import FetchedMessage
@@ -37,6 +38,7 @@ def _worker_start(parent_pid: int) -> None:
     (kill -9, the OOM killer) takes its workers with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with(parent_pid)
+    tune_for_streaming()
 
 
 class ParsePool:

@@ -97,7 +97,5 @@ class EventPublisher:
     def _headers(self, model: type[Event], event_type: str) -> list[tuple[str, bytes]]:
         headers = self._header_cache.get((model, event_type))
         if headers is None:
-            headers = self._header_cache[(model, event_type)] = serde_for(model).headers(
-                event_type
-            )
+            headers = self._header_cache[(model, event_type)] = serde_for(model).headers(event_type)
         return headers

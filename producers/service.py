@@ -27,6 +27,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.settings import InboxSettings, ProducerSettings, Settings
 from inboxstream.errors import InboxstreamError
@@ -297,6 +298,7 @@ class ProducerService:
         return inboxes
 
     async def run(self, stop: asyncio.Event) -> None:
+        tune_for_streaming()
         await ensure_topics(self.settings.kafka, self.settings.topics)
         producer = make_producer(self.settings.kafka)
         await producer.start()
