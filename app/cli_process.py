@@ -63,6 +63,7 @@ def process(
     import asyncio
     import logging
 
+    from inboxstream.core.gc_tuning import tune_for_streaming
     from inboxstream.processors.processor import ProcessorConfig, StreamProcessor
 
     settings = ctx.obj["settings"]()
@@ -77,6 +78,7 @@ def process(
     log = logging.getLogger("inboxstream.process")
 
     async def main() -> None:
+        tune_for_streaming()
         processor = StreamProcessor(settings, config)
 
         def in_transaction() -> None:
