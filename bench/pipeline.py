@@ -16,8 +16,8 @@ event a row of ``threads``.
 
 Each stage's own rate is its records over the time from its first progress to its last (the
 sink's: the message rows; its thread rows wait on the processor), so a stage that kept up with
-the one before it shows about the same rate; the slowest stage bounded the run. The last line is one JSON object: ``{"messages", "end_to_end_msg_s",
-"slowest_stage", ...}``.
+the one before it shows about the same rate; the slowest stage bounded the run. The last line
+is one JSON object: ``{"messages", "end_to_end_msg_s", "slowest_stage", ...}``.
 
 Run: ``.venv/bin/python -m bench.pipeline [N]`` (default 100,000).
 """
