@@ -214,11 +214,7 @@ class EmbeddedClickHouse:
             return
         types = self._insert_types(table, rows[0])
         if types is None:
-            payload = json_each_row(rows).decode()
-            self._run(
-                f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}",
-                inserting=True,
-            )
+            self.insert_text(table, rows)
             return
         names = ", ".join(f"`{c.name}`" for c in types)
         # chDB's Python() finds the table by this local variable's name in the caller's frame.
@@ -232,6 +228,14 @@ class EmbeddedClickHouse:
         except ClickHouseError:
             self._types.pop(table, None)  # a migration may have changed the table: re-read
             raise
+
+    def insert_text(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The same rows as JSONEachRow text: the path for column types the converter does
+        not map, and the reference the columnar path is tested against."""
+        payload = json_each_row(rows).decode()
+        self._run(
+            f"INSERT INTO {self.database}.{table} FORMAT JSONEachRow\n{payload}", inserting=True
+        )
 
     def _insert_types(self, table: str, row: Mapping[str, Any]) -> list[ColumnType] | None:
         if table not in self._types:
