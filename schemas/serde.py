@@ -149,6 +149,18 @@ class AvroSerde(Generic[E]):
             return list(self._headers)
         return [*self._headers, (HEADER_EVENT_TYPE, event_type.encode())]
 
+    def writer_of(self, value: bytes | None, headers: Headers | None) -> SchemaVersion | None:
+        """The record's known writer schema of this topic, or ``None`` when ``decode_record``
+        would refuse it for its value or headers (it then says why)."""
+        fp_raw = header(headers, HEADER_FINGERPRINT)
+        if value is None or fp_raw is None:
+            return None
+        try:
+            writer = self.registry.by_fingerprint(fp_raw.decode("ascii"))
+        except (UnknownSchemaError, UnicodeDecodeError):
+            return None
+        return writer if writer.name == self.model.schema_name else None
+
     def decode_record(self, value: bytes | None, headers: Headers | None) -> dict[str, Any]:
         """Bytes → dict shaped by the newest schema (old writer versions resolved)."""
         if value is None:

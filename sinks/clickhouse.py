@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from inboxstream.core.settings import ClickHouseSettings
+from inboxstream.sinks.avro_insert import AvroProjection
 from inboxstream.sinks.columns import ColumnType, arrow_table, column_type, columns_of
 from inboxstream.sinks.exceptions import BadRowError, ClickHouseError, PathLockedError
+
+#: Where containers for the engine are written: memory when the machine has it.
+_SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 # ClickHouse error names that mean "this data", not "this server": the same rows would fail
 # again, so the sink isolates and dead-letters them instead of waiting.
@@ -46,6 +52,13 @@ def insert_error(backend: str, exc: Exception) -> ClickHouseError:
     if any(code in text for code in _DATA_ERRORS):
         return BadRowError(f"ClickHouse ({backend}) refused the row: {text[:500]}")
     return ClickHouseError(f"ClickHouse ({backend}): {text[:500]}", retriable=True)
+
+
+@runtime_checkable
+class AvroInserter(Protocol):
+    """A backend that reads Avro containers itself (the embedded engine)."""
+
+    def insert_avro(self, projection: AvroProjection, data: bytes) -> list[int]: ...
 
 
 class ClickHouse(Protocol):
@@ -228,6 +241,19 @@ class EmbeddedClickHouse:
         except ClickHouseError:
             self._types.pop(table, None)  # a migration may have changed the table: re-read
             raise
+
+    def insert_avro(self, projection: AvroProjection, data: bytes) -> list[int]:
+        """Insert an Avro container's records through the projection's SQL; return the
+        positions of the records it leaves to the Python mapping. The engine reads the
+        container from a scratch file in memory (/dev/shm where there is one)."""
+        with tempfile.NamedTemporaryFile(dir=_SCRATCH, prefix="inboxstream-", suffix=".avro") as f:
+            f.write(data)
+            f.flush()
+            source = f"file('{f.name}', 'Avro')"
+            check = projection.left_to_python_sql(source)
+            left = [int(r["i"]) for r in self.query(check)] if check else []
+            self._run(projection.insert_sql(self.database, source), inserting=True)
+        return left
 
     def insert_text(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """The same rows as JSONEachRow text: the path for column types the converter does

@@ -9,7 +9,7 @@ A model maps the same through ``record_of`` (its ``model_dump(by_alias=True)``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from inboxstream.schemas.models import Event
@@ -23,7 +23,16 @@ def record_of(event: Event) -> dict[str, Any]:
 
 
 def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
+    """Epoch milliseconds, exactly: ``int(value.timestamp() * 1000)`` goes through a float and
+    can land a millisecond low (2004-02-01 00:00:00.001 gave ...000), which let a later
+    lifecycle event carry the same version as the one before it."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MILLISECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def _attachment_columns(attachments: Sequence[Record]) -> dict[str, Any]:

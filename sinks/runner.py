@@ -25,8 +25,9 @@ from aiokafka.structs import TopicPartition
 
 from inboxstream.core.kafka import send_to_dead_letter
 from inboxstream.schemas.models import Event
-from inboxstream.schemas.serde import AvroSerde
-from inboxstream.sinks.clickhouse import ClickHouse
+from inboxstream.schemas.serde import AvroSerde, SchemaVersion
+from inboxstream.sinks.avro_insert import PROJECTIONS, container
+from inboxstream.sinks.clickhouse import AvroInserter, ClickHouse
 from inboxstream.sinks.exceptions import BadRowError, ClickHouseError
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class _Batch:
     rows: dict[str, list[PendingRow]]
     offsets: dict[TopicPartition, int]
     records: int
+    #: records whose table the engine fills from their Avro values (sinks/avro_insert.py)
+    avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True)
@@ -100,29 +105,80 @@ class BatchingSink:
         if not records:
             return None
         rows: dict[str, list[PendingRow]] = {}
+        avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion]]] = {}
+        engine = self.clickhouse if isinstance(self.clickhouse, AvroInserter) else None
         for record in records:
             sink = self.tables.get(record.topic)
             if sink is None:
                 continue
-            try:
-                event = sink.serde.decode_record(record.value, record.headers)
-                mapped = sink.to_rows(event)
-            except Exception as exc:
-                await self._dead_letter(record, exc)
-                continue
-            rows.setdefault(sink.table, []).extend(PendingRow(record, row) for row in mapped)
+            if engine is not None and sink.table in PROJECTIONS:
+                writer = sink.serde.writer_of(record.value, record.headers)
+                if writer is not None:  # else the Python path says what is wrong with it
+                    avro.setdefault(sink.table, []).append((record, writer))
+                    continue
+            mapped = await self._map(sink, record)
+            if mapped:
+                rows.setdefault(sink.table, []).extend(mapped)
         # position() is past the last record handed out and past any transaction markers
         # behind it, so a transactional input topic can be committed to its very end.
         offsets = {tp: await self.consumer.position(tp) for tp in batches}
-        return _Batch(rows, offsets, len(records))
+        return _Batch(rows, offsets, len(records), avro)
+
+    async def _map(
+        self, sink: TableSink[Any], record: ConsumerRecord[bytes, bytes]
+    ) -> list[PendingRow]:
+        """Decode and map one record in Python; a record that cannot be is dead-lettered."""
+        try:
+            event = sink.serde.decode_record(record.value, record.headers)
+            mapped = sink.to_rows(event)
+        except Exception as exc:
+            await self._dead_letter(record, exc)
+            return []
+        return [PendingRow(record, row) for row in mapped]
 
     async def _flush(self, batch: _Batch) -> None:
         """Insert every row of the batch, then (and only then) commit its offsets."""
+        for table, items in batch.avro.items():
+            await self._insert_avro(table, items)
         for table, table_rows in batch.rows.items():
             await self._insert(table, table_rows)
         await self.consumer.commit(batch.offsets)
         self.stats.consumed += batch.records
         self.stats.batches += 1
+
+    async def _insert_avro(
+        self, table: str, items: list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion]]
+    ) -> None:
+        """The engine decodes and maps the values itself, one container per writer schema.
+        What it does not take (rows its SQL leaves out, or a whole container it refused)
+        goes the Python way: decoded, mapped, inserted with retries, bad records dead-lettered.
+        """
+        assert isinstance(self.clickhouse, AvroInserter)
+        groups: dict[str, tuple[SchemaVersion, list[ConsumerRecord[bytes, bytes]]]] = {}
+        for record, writer in items:
+            groups.setdefault(writer.fingerprint, (writer, []))[1].append(record)
+        sink = next(s for s in self.tables.values() if s.table == table)
+        for writer, records in groups.values():
+            data = container(writer, [r.value or b"" for r in records])
+            try:
+                left = await asyncio.to_thread(
+                    self.clickhouse.insert_avro, PROJECTIONS[table], data
+                )
+            except ClickHouseError as exc:
+                log.info(
+                    "%s: the engine did not take %d records (%s); mapping them in Python",
+                    table,
+                    len(records),
+                    exc,
+                )
+                left = list(range(len(records)))
+            taken = len(records) - len(left)
+            self.stats.inserted += taken
+            by_table = self.stats.inserted_by_table
+            by_table[table] = by_table.get(table, 0) + taken
+            pending = [row for i in left for row in await self._map(sink, records[i])]
+            if pending:
+                await self._insert(table, pending)
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
         self.stats.dead_lettered += 1
