@@ -48,8 +48,10 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer
         "acks": "all",
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
-        # Mail headers and bodies compress several-fold; lz4 costs little CPU on a small box.
-        "compression_type": "lz4",
+        # Mail headers and bodies compress several-fold. Not lz4: aiokafka compresses it at
+        # level 9 (LZ4HC), 100 MB/s on the encoded events, an eighth of the backfill's main
+        # process. zstd (level 3) does 476 MB/s with a better ratio (6.2x against 4.9x).
+        "compression_type": "zstd",
     }
     return AIOKafkaProducer(**(options | overrides))
 

@@ -183,7 +183,7 @@ class StreamProcessor:
             # A batch sends a few thousand small records; aiokafka waits for a full
             # per-partition batch to drain before adding more, so big batches save round trips.
             max_batch_size=1024 * 1024,
-            compression_type="lz4",
+            compression_type="zstd",  # see core/kafka.py: aiokafka runs lz4 at level 9
         )
 
     async def stop(self) -> None:
