@@ -11,6 +11,7 @@ wait for it (see README). Calls are blocking: async callers use ``asyncio.to_thr
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -166,6 +167,10 @@ class _EmbeddedEngine:
         with cls._guard:
             if cls._instance is None:
                 cls._instance = cls(path.resolve())
+                # chDB's engine must be shut down while the interpreter is whole: left to the
+                # process's teardown, its global context sometimes crashed on exit (SIGSEGV
+                # after "ShutdownTablesThreadPool is not initialized"), failing a clean run.
+                atexit.register(cls.shutdown)
             elif cls._instance.path != path.resolve():
                 raise ClickHouseError(
                     f"this process already has the embedded ClickHouse open at "
