@@ -18,14 +18,12 @@ from datetime import UTC, datetime, timedelta, timezone
 #: (bench/imap_fetch_batch.py, 6,000 messages of 5 KB on average, full-body FETCH):
 #: stock aioimaplib 5,500 msg/s at 50 per FETCH, 3,000 at 500, 1,500 at 2,000 (its reader is
 #: quadratic; flags-only FETCHes of ~2,000 hit RecursionError); our reader
-#: (imap/response.py) is flat, 7,000-12,000 msg/s from 50 to 4,000. End to end (bench/backfill.py,
-#: 20,000 messages into Kafka) the batch hardly matters any more: 1,200 msg/s at 200, 1,270 at
-#: 500, 1,440 at 1,000 (noise of the shared box is as large), because MIME parsing and Avro
-#: encoding dominate. 500 keeps one batch to ~2.5 MB of typical mail (the fetch/parse/publish
-#: pipeline of producers/folder_sync.py holds at most three, ~7.5 MB) and the Kafka ack wait to
-#: one round trip per 1,000 events. Parsing in 2 worker processes (producers/parse_pool.py)
-#: took the same 20,000 messages from ~1,700 to ~2,250-2,650 msg/s; the box's two cores, shared
-#: with Dovecot and Kafka, are then the limit, not the batch size.
+#: (imap/response.py) is flat, 7,000-12,000 msg/s from 50 to 4,000. End to end (20,000 messages into
+#: Kafka, 2 parse workers, the compiled MIME fast path) the batch hardly matters: 6,100-6,500
+#: msg/s at 250, 6,100-6,400 at 500, 6,500-6,600 at 1,000 (the box's noise is as large), because
+#: the two cores are busy parsing, encoding and serving. 500 keeps one batch to ~2.5 MB of
+#: typical mail (the fetch/parse/publish pipeline of producers/folder_sync.py holds at most
+#: four, ~10 MB) and the Kafka ack wait to one round trip per 1,000 events.
 BACKFILL_BATCH = 500
 _LITERAL_RE = re.compile(rb"\{(\d+)\}$")
 _SEQ_RE = re.compile(rb"^(\d+) FETCH \(")
