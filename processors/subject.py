@@ -6,6 +6,7 @@ CRM matching never looks at subjects.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from inboxstream.mail.headers import decode_text
@@ -24,8 +25,12 @@ _FWD_RE = re.compile(r"^\[fwd:(.*)\]$", re.IGNORECASE | re.DOTALL)
 _WSP_RE = re.compile(r"\s+")
 
 
+@functools.lru_cache(maxsize=8192)
 def base_subject(subject: str | None) -> str:
     """The RFC 5256 base subject, case-folded for comparison; "" for no subject.
+
+    Cached: a message's subject is asked for at every re-threading of its conversation
+    (bench/processor.py: ten calls a message), and a thread's subjects repeat.
 
     Encoded words are decoded first (a subject may reach us raw from an mbox), runs of
     whitespace become one space, then the RFC's steps 2-6 repeat until nothing changes.
