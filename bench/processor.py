@@ -8,25 +8,41 @@ consumer group:
 * baseline: the same loop with at-least-once commits (outputs flushed, then offsets committed);
 * exactly-once: outputs, changelog writes and offsets in one Kafka transaction per batch.
 
+and, in the same run, a bare transactional loop: it consumes the same inputs and, for every
+partition's share of a batch of the same size, sends as many output records as the processor
+sent (outputs and changelog writes, spread evenly) in one transaction with the offsets, and does
+nothing else: the floor exactly-once costs on this box.
+
 Prints events/s for each (input records over the time spent in batches, and over the time
-from the first batch's start to the last one's end) and the ratio. Run:
-``.venv/bin/python -m bench.processor [MESSAGES]``. The machine is shared, so compare the
-ratio, not absolute figures.
+from the first batch's start to the last one's end) and the ratios; the last line is one JSON
+object ``{"events", "eos_events_s", "bare_eos_events_s", "ratio"}``. Run:
+``.venv/bin/python -m bench.processor [MESSAGES]``.
+
+``.venv/bin/python -m bench.processor --one-thread N`` instead threads N messages of one
+conversation (one base subject, each replying to a random earlier message) and N messages in
+N/2 two-message threads, same run, exactly once; last line ``{"one_thread_events_s",
+"small_threads_events_s", "ratio"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import random
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from inboxstream.core.kafka import ensure_topics, make_producer
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, make_producer
 from inboxstream.core.settings import KafkaSettings, Settings, TopicSettings, load_settings
 from inboxstream.infra import kafka
 from inboxstream.processors.processor import ProcessorConfig, ProcessorStats, run_processor
+from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.producers.parse import FetchedMessage, parse_message
 from inboxstream.schemas.models import Event, OutboundEvent
 from inboxstream.schemas.serde import serde_for
@@ -98,6 +114,116 @@ async def publish_workload(settings: Settings, messages: int) -> int:
     return sent
 
 
+async def publish_one_thread(settings: Settings, messages: int, *, one: bool) -> int:
+    """N messages (+ bodies) of one inbox: one conversation, each message replying to a random
+    earlier one, or N/2 two-message threads with subjects of their own."""
+    await ensure_topics(settings.kafka, settings.topics)
+    producer = make_producer(settings.kafka)
+    await producer.start()
+    rng = random.Random(5)
+    inbox = "onethread@inboxstream.test"
+    mids: list[str] = []
+    refs: dict[str, list[str]] = {}
+    sent = 0
+    try:
+        for n in range(messages):
+            mid = f"m{n}.{inbox}"
+            if one:
+                parent = rng.choice(mids) if mids else None
+                subject = "Re: Quarterly planning" if parent else "Quarterly planning"
+            else:
+                parent = mids[-1] if n % 2 else None
+                subject = f"Re: Topic {n // 2}" if parent else f"Topic {n // 2}"
+            chain = [*refs[parent], parent][-20:] if parent else []
+            refs[mid] = chain
+            mids.append(mid)
+            raw = raw_mail(mid, parent, chain, subject, n)
+            fetched = FetchedMessage(inbox, "INBOX", "inbox", 1, n + 1, raw)
+            message, body = parse_message(fetched, now=T0 + timedelta(seconds=n))
+            for topic, event in (
+                (settings.topics.messages.name, message),
+                (settings.topics.bodies.name, body),
+            ):
+                serde = serde_for(type(event))
+                await producer.send(
+                    topic, serde.encode(event), key=inbox.encode(), headers=serde.headers()
+                )
+                sent += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def bare_transactional(settings: Settings, outputs_per_input: float, group: str) -> float:
+    """The floor under exactly once: the processor's consume-transform-produce loop with the
+    transform taken out. Same inputs, batches of the processor's size topped up the same way,
+    one transactional producer per input partition, as many output records per input record as
+    the processor sent (values copied from the inputs), offsets in the same transaction."""
+    topics = ProcessorTopics.build(settings.topics, "bare")
+    out_topic = topics.threads
+    await ensure_topics(settings.kafka, settings.topics, list(topics.specs))
+    consumer = make_consumer(settings.kafka, *topics.inputs, group_id=group)
+    await consumer.start()
+    producers: dict[int, AIOKafkaProducer] = {}
+    config = ProcessorConfig()
+    records = 0
+    busy = 0.0
+    owed = 0.0
+    idle_since = time.monotonic()
+    try:
+        while time.monotonic() - idle_since < IDLE_S:
+            batch = await consumer.getmany(timeout_ms=200, max_records=config.max_records)
+            total = sum(len(r) for r in batch.values())
+            for _ in range(20):
+                if not batch or total >= config.max_records:
+                    break
+                more = await consumer.getmany(timeout_ms=5, max_records=config.max_records - total)
+                if not more:
+                    break
+                for tp, recs in more.items():
+                    batch.setdefault(tp, []).extend(recs)
+                    total += len(recs)
+            if not batch:
+                continue
+            idle_since = time.monotonic()
+            started = time.perf_counter()
+            by_partition: dict[int, dict[TopicPartition, list[Any]]] = {}
+            for tp, recs in batch.items():
+                by_partition.setdefault(tp.partition, {})[tp] = recs
+            for p, share in sorted(by_partition.items()):
+                producer = producers.get(p)
+                if producer is None:
+                    producer = AIOKafkaProducer(
+                        **client_options(settings.kafka),
+                        transactional_id=f"{group}-p{p}",
+                        enable_idempotence=True,
+                        acks="all",
+                        linger_ms=5,
+                        max_batch_size=1024 * 1024,
+                        compression_type="zstd",
+                    )
+                    await producer.start()
+                    producers[p] = producer
+                async with producer.transaction():
+                    offsets = {}
+                    for tp, recs in share.items():
+                        for rec in recs:
+                            owed += outputs_per_input
+                            while owed >= 1:
+                                owed -= 1
+                                await producer.send(out_topic, rec.value, key=rec.key, partition=p)
+                            offsets[tp] = rec.offset + 1
+                            records += 1
+                    await producer.send_offsets_to_transaction(offsets, group)
+            busy += time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        for producer in producers.values():
+            await producer.stop()
+    return records / busy if busy else 0.0
+
+
 async def run(
     settings: Settings, group: str, version: str, exactly_once: bool
 ) -> tuple[ProcessorStats, float]:
@@ -121,14 +247,18 @@ def report(name: str, stats: ProcessorStats, wall: float) -> float:
     return busy_rate
 
 
-async def main(messages: int) -> None:
+def _settings(unique: str) -> Settings:
     kafka.install()
     kafka.start()
-    unique = uuid.uuid4().hex[:8]
-    settings = load_settings(
+    return load_settings(
         kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers()),
         topics=TopicSettings().with_prefix(f"bench{unique}."),
     )
+
+
+async def main(messages: int) -> None:
+    unique = uuid.uuid4().hex[:8]
+    settings = _settings(unique)
     t0 = time.perf_counter()
     sent = await publish_workload(settings, messages)
     print(
@@ -138,13 +268,55 @@ async def main(messages: int) -> None:
     eos_stats, eos_wall = await run(settings, f"eos-{unique}", "eos", exactly_once=True)
     base = report("baseline at-least-once", base_stats, base_wall)
     eos = report("exactly-once", eos_stats, eos_wall)
+    per_input = eos_stats.records_out / max(eos_stats.records, 1)
+    bare = await bare_transactional(settings, per_input, f"bare-{unique}")
+    print(
+        f"bare transactional loop (no processing, {per_input:.2f} outputs per input, same "
+        f"batches): {bare:,.0f} events/s in batches"
+    )
     if base:
         print(f"ratio exactly-once / at-least-once (events/s in batches): {eos / base:.2f}")
     if base_wall > 0 and eos_wall > 0:
         print(
             f"ratio exactly-once / at-least-once (first to last batch): {base_wall / eos_wall:.2f}"
         )
+    ratio = eos / bare if bare else 0.0
+    print(f"ratio exactly-once / bare transactional loop: {ratio:.2f} (target >= 0.5, 15,000 ev/s)")
+    print(
+        json.dumps(
+            {
+                "events": eos_stats.records,
+                "eos_events_s": round(eos),
+                "bare_eos_events_s": round(bare),
+                "ratio": round(ratio, 3),
+            }
+        )
+    )
+
+
+async def one_thread(messages: int) -> None:
+    rates = {}
+    for label, one in (("one_thread", True), ("small_threads", False)):
+        unique = uuid.uuid4().hex[:8]
+        settings = _settings(unique)
+        await publish_one_thread(settings, messages, one=one)
+        stats, wall = await run(settings, f"eos-{unique}", "eos", exactly_once=True)
+        rates[label] = report(f"{label.replace('_', ' ')} ({messages} messages)", stats, wall)
+    ratio = rates["one_thread"] / rates["small_threads"] if rates["small_threads"] else 0.0
+    print(f"ratio one thread / small threads: {ratio:.2f} (target >= 0.8)")
+    print(
+        json.dumps(
+            {
+                "one_thread_events_s": round(rates["one_thread"]),
+                "small_threads_events_s": round(rates["small_threads"]),
+                "ratio": round(ratio, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
+    if len(sys.argv) > 2 and sys.argv[1] == "--one-thread":
+        asyncio.run(one_thread(int(sys.argv[2])))
+    else:
+        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000))

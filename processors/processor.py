@@ -103,6 +103,7 @@ class ProcessorConfig:
 class ProcessorStats:
     batches: int = 0
     records: int = 0
+    records_out: int = 0  # outputs and changelog writes sent (the bare benchmark sends as many)
     aborted: int = 0
     dead_lettered: int = 0
     counts: Counter[str] = field(default_factory=Counter)
@@ -235,8 +236,10 @@ class StreamProcessor:
         while stop is None or not stop.is_set():
             batch = await self._fetch()
             if batch:
-                last_data = time.monotonic()
                 await self._process_batch(batch)
+                # idle counts from the end of the last batch: a batch that took longer than
+                # idle_exit_s must not look like silence
+                last_data = time.monotonic()
             elif until_end and await self._caught_up():
                 break
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
@@ -398,9 +401,12 @@ class StreamProcessor:
                 key=out.key.encode(),
                 headers=serde.headers(out.event.event_type),
             )
+        self.stats.records_out += len(self._outputs)
         self._outputs.clear()
         for p in sorted(partitions):
-            for (store, key), value in self.states[p].take_changes().items():
+            changes = self.states[p].take_changes()
+            self.stats.records_out += len(changes)
+            for (store, key), value in changes.items():
                 await self._producer.send(
                     self.topics.changelogs[store],
                     value,
