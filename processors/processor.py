@@ -99,6 +99,10 @@ class ProcessorConfig:
     session_timeout_ms: int = 10_000
 
 
+#: How long the record loop may hold the event loop before giving it a turn (heartbeats, fetches).
+YIELD_EVERY_S = 0.05
+
+
 @dataclass
 class ProcessorStats:
     batches: int = 0
@@ -377,12 +381,18 @@ class StreamProcessor:
         offsets: dict[TopicPartition, int] = {}
         # Messages first: a body in the same batch then finds its message.
         order = {self.topics.messages: 0, self.topics.crm_by_inbox: 1}
+        yielded = time.perf_counter()
         for tp in sorted(batch, key=lambda t: (order.get(t.topic, 2), t.topic, t.partition)):
             state = self.states[tp.partition]
             for rec in batch[tp]:
                 await self._handle_record(state, rec)
                 offsets[tp] = rec.offset + 1
                 self.stats.records += 1
+                if time.perf_counter() - yielded > YIELD_EVERY_S:
+                    # The engine is synchronous: without a turn of the event loop now and then
+                    # a long batch starves the consumer's heartbeats and the group expels us.
+                    await asyncio.sleep(0)
+                    yielded = time.perf_counter()
         partitions = {tp.partition for tp in batch}
         for p in sorted(partitions):
             await self._take(self.states[p], self.engine.sweep(self.states[p]))
