@@ -101,17 +101,20 @@ async def publish_workload(settings: Settings, messages: int) -> int:
                 ]
                 chain.append(mid)
                 n += 1
-            for topic, event in items:
-                serde = serde_for(type(event))
-                key = getattr(event, "inbox_id", None) or "crm"
-                await producer.send(
-                    topic, serde.encode(event), key=key.encode(), headers=serde.headers()
-                )
-                sent += 1
+            sent += await _send(producer, items)
         await producer.flush()
     finally:
         await producer.stop()
     return sent
+
+
+async def _send(producer: AIOKafkaProducer, items: list[tuple[str, Event]]) -> int:
+    """Each event to its topic, keyed by its inbox (CRM records without one by "crm")."""
+    for topic, event in items:
+        serde = serde_for(type(event))
+        key = getattr(event, "inbox_id", None) or "crm"
+        await producer.send(topic, serde.encode(event), key=key.encode(), headers=serde.headers())
+    return len(items)
 
 
 async def publish_one_thread(settings: Settings, messages: int, *, one: bool) -> int:
@@ -140,15 +143,10 @@ async def publish_one_thread(settings: Settings, messages: int, *, one: bool) ->
             raw = raw_mail(mid, parent, chain, subject, n)
             fetched = FetchedMessage(inbox, "INBOX", "inbox", 1, n + 1, raw)
             message, body = parse_message(fetched, now=T0 + timedelta(seconds=n))
-            for topic, event in (
-                (settings.topics.messages.name, message),
-                (settings.topics.bodies.name, body),
-            ):
-                serde = serde_for(type(event))
-                await producer.send(
-                    topic, serde.encode(event), key=inbox.encode(), headers=serde.headers()
-                )
-                sent += 1
+            sent += await _send(
+                producer,
+                [(settings.topics.messages.name, message), (settings.topics.bodies.name, body)],
+            )
         await producer.flush()
     finally:
         await producer.stop()
