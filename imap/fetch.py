@@ -8,11 +8,12 @@ so both text parts are scanned.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
+
+from inboxstream.core.dates import MONTHS, fixed_zone
 
 #: Messages per UID FETCH during backfill. Measured on the 2-core dev box against Dovecot
 #: (bench/imap_fetch_batch.py, 6,000 messages of 5 KB on average, full-body FETCH):
@@ -56,7 +57,8 @@ def parse_internaldate(value: bytes) -> datetime | None:
     if found is not None:
         day, month, year, hh, mm, ss, sign, zh, zm = found.groups()
         hour, minute, second = int(hh), int(mm), int(ss)
-        number = _MONTHS.get(month.lower())
+        number = MONTHS.get(month.lower().decode("ascii"))
+        offset = (int(zh) * 3600 + int(zm) * 60) * (-1 if sign == b"-" else 1)
         if number is not None and hour < 24 and minute < 60 and second < 60:
             try:
                 return datetime(
@@ -66,7 +68,7 @@ def parse_internaldate(value: bytes) -> datetime | None:
                     hour,
                     minute,
                     second,
-                    tzinfo=_zone(sign == b"-", int(zh), int(zm)),
+                    tzinfo=fixed_zone(offset),
                 )
             except ValueError:
                 pass  # 31-Feb, year 0, a zone of 24 h or more: strptime decides
@@ -80,22 +82,6 @@ _DATE_TIME_RE = re.compile(
     rb" ?([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) "
     rb"([+-])([0-9]{2})([0-5][0-9])"
 )
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        (b"jan", b"feb", b"mar", b"apr", b"may", b"jun")
-        + (b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"),
-        start=1,
-    )
-}
-
-
-@functools.lru_cache(maxsize=256)
-def _zone(west: bool, hours: int, minutes: int) -> timezone:
-    offset = timedelta(hours=hours, minutes=minutes)
-    if not offset:
-        return UTC  # what strptime gives for +0000 and -0000
-    return timezone(-offset if west else offset)
 
 
 def _meta(text: bytes, seq: int, raw: bytes | None) -> FetchedItem | None:

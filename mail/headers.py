@@ -11,9 +11,11 @@ from __future__ import annotations
 import email.errors
 import functools
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from email.header import decode_header
 from email.utils import parsedate_to_datetime
+
+from inboxstream.core.dates import MONTHS, fixed_zone
 
 _MSGID_RE = re.compile(rb"<([^<>\s]+)>")
 #: RFC 5322 caps a line at 998 characters, so no real msg-id is longer; a longer one is noise
@@ -85,7 +87,7 @@ def parse_date(value: object) -> datetime | None:
     The stdlib's ``parsedate_to_datetime`` takes ~10 µs (it tokenises every form mail has
     used since RFC 822); the form nearly every mailer writes (``Mon, 2 Nov 2026 10:00:00
     +0100``) is read by one regex, and anything else, or any field out of range, goes to the
-    stdlib, whose answer is the reference (tests/unit/producers/test_parse.py compares both).
+    stdlib, whose answer is the reference (tests/unit/mail/test_headers.py compares both).
     """
     if not value:
         return None
@@ -116,19 +118,12 @@ _DATE_RE = re.compile(
     r"(?:[A-Za-z]{3}, )?([0-9]{1,2}) ([A-Za-z]{3}) ([0-9]{4}) "
     r"([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-5][0-9])"
 )
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
-        start=1,
-    )
-}
 
 
 def _parse_plain_date(found: re.Match[str]) -> datetime | None:
     """The fixed form's fields, or None to let the stdlib decide (out-of-range fields)."""
     day, month, year, hh, mm, ss, sign, zh, zm = found.groups()
-    number = _MONTHS.get(month.lower())
+    number = MONTHS.get(month.lower())
     hour, minute, second, y = int(hh), int(mm), int(ss), int(year)
     if number is None or hour > 23 or minute > 59 or second > 59 or not 1970 <= y <= 9999:
         return None
@@ -136,13 +131,8 @@ def _parse_plain_date(found: re.Match[str]) -> datetime | None:
     if offset >= 86400:
         return None
     # "-0000" means "zone unknown" (RFC 5322 3.3); the stdlib reads it as naive, we as UTC.
-    zone = _zone(-offset if sign == "-" else offset)
+    zone = fixed_zone(-offset if sign == "-" else offset)
     try:
         return datetime(y, number, int(day), hour, minute, second, tzinfo=zone)
     except ValueError:
         return None
-
-
-@functools.lru_cache(maxsize=256)
-def _zone(seconds: int) -> timezone:
-    return UTC if seconds == 0 else timezone(timedelta(seconds=seconds))

@@ -305,9 +305,9 @@ def parse_records(
     fast: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both events of one message as Avro records: the dicts ``model_dump(by_alias=True)`` of
-    the models would give (``tests/unit/producers/test_parse_records.py`` checks it), built
-    without validating what the types here already guarantee. This is the backfill's hot path.
-    Never raises for malformed mail.
+    the models would give (``parse_message`` validates them into the models, which every
+    parse test goes through), built without validating what the types here already guarantee.
+    This is the backfill's hot path. Never raises for malformed mail.
 
     ``fast=False`` parses with the stdlib only (the reference the fast path is tested against).
     """

@@ -3,7 +3,7 @@
 Parsing is pure CPU in Python (the stdlib email parser holds the GIL), so the only way to use
 a second core is another process: raw bytes go in, ready Avro values come out, and the event
 loop meanwhile keeps reading IMAP and talking to Kafka. ``workers=0`` runs everything inline,
-with exactly the same results (both paths call ``producers.encode.encode_message``).
+with exactly the same results (both paths call ``producers.encode.encode_chunk``).
 
 Workers start from a forkserver, not by forking the running event loop process (its threads
 and sockets must not be copied). A pool that breaks (a worker killed, e.g. by the OOM killer)

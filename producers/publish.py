@@ -32,9 +32,6 @@ class EventPublisher:
     topics: TopicSettings
     parse_pool: ParsePool = field(default=INLINE)
     _partitions: dict[tuple[str, bytes], int] = field(default_factory=dict, repr=False)
-    _header_cache: dict[tuple[type[Event], str], list[tuple[str, bytes]]] = field(
-        default_factory=dict, repr=False
-    )
 
     def _topic_for(self, event: Event) -> str:
         return self._topic_for_model(type(event))
@@ -76,7 +73,7 @@ class EventPublisher:
             partition = await self._partition(topic, key)
             batch = self.producer.create_batch()
             for record in group:
-                headers = self._headers(model, record.event_type)
+                headers = serde_for(model).headers(record.event_type)
                 if batch.append(key=key, value=record.value, timestamp=None, headers=headers):
                     continue
                 futures.append(await self.producer.send_batch(batch, topic, partition=partition))
@@ -93,9 +90,3 @@ class EventPublisher:
             cached = _PARTITIONER(key, partitions, partitions)
             self._partitions[(topic, key)] = cached
         return cached
-
-    def _headers(self, model: type[Event], event_type: str) -> list[tuple[str, bytes]]:
-        headers = self._header_cache.get((model, event_type))
-        if headers is None:
-            headers = self._header_cache[(model, event_type)] = serde_for(model).headers(event_type)
-        return headers

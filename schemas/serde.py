@@ -124,6 +124,7 @@ class AvroSerde(Generic[E]):
             (HEADER_SCHEMA, model.schema_name.encode()),
             (HEADER_FINGERPRINT, self.writer.fingerprint.encode()),
         ]
+        self._headers_by_type: dict[str | None, list[tuple[str, bytes]]] = {}
 
     def encode(self, event: E) -> bytes:
         return self.encode_record(event.model_dump(by_alias=True))
@@ -144,25 +145,26 @@ class AvroSerde(Generic[E]):
             ) from exc
 
     def headers(self, event_type: str | None = None) -> list[tuple[str, bytes]]:
-        """Kafka headers for a record we encode: schema name, writer fingerprint, event type."""
-        if event_type is None:
-            return list(self._headers)
-        return [*self._headers, (HEADER_EVENT_TYPE, event_type.encode())]
+        """Kafka headers for a record we encode: schema name, writer fingerprint, event type.
+        One list per event type, shared by every record sent (aiokafka only reads it): the
+        hot paths ask for it per record."""
+        cached = self._headers_by_type.get(event_type)
+        if cached is None:
+            cached = list(self._headers)
+            if event_type is not None:
+                cached.append((HEADER_EVENT_TYPE, event_type.encode()))
+            self._headers_by_type[event_type] = cached
+        return cached
 
     def writer_of(self, value: bytes | None, headers: Headers | None) -> SchemaVersion | None:
         """The record's known writer schema of this topic, or ``None`` when ``decode_record``
         would refuse it for its value or headers (it then says why)."""
-        fp_raw = header(headers, HEADER_FINGERPRINT)
-        if value is None or fp_raw is None:
-            return None
         try:
-            writer = self.registry.by_fingerprint(fp_raw.decode("ascii"))
-        except (UnknownSchemaError, UnicodeDecodeError):
+            return self._writer_of(value, headers)
+        except DecodeError:
             return None
-        return writer if writer.name == self.model.schema_name else None
 
-    def decode_record(self, value: bytes | None, headers: Headers | None) -> dict[str, Any]:
-        """Bytes → dict shaped by the newest schema (old writer versions resolved)."""
+    def _writer_of(self, value: bytes | None, headers: Headers | None) -> SchemaVersion:
         if value is None:
             raise DecodeError(f"{self.model.schema_name}: record has no value (tombstone)")
         fp_raw = header(headers, HEADER_FINGERPRINT)
@@ -177,6 +179,12 @@ class AvroSerde(Generic[E]):
             raise DecodeError(f"{self.model.schema_name}: {exc}") from exc
         if writer.name != self.model.schema_name:
             raise DecodeError(f"expected a {self.model.schema_name} record, got {writer.name}")
+        return writer
+
+    def decode_record(self, value: bytes | None, headers: Headers | None) -> dict[str, Any]:
+        """Bytes → dict shaped by the newest schema (old writer versions resolved)."""
+        writer = self._writer_of(value, headers)
+        assert value is not None  # _writer_of refuses a tombstone
         try:
             record = fastavro.schemaless_reader(
                 io.BytesIO(value), writer.parsed, self.reader.parsed

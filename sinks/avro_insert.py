@@ -44,25 +44,30 @@ def _bytes(data: bytes) -> bytes:
     return _long(len(data)) + data
 
 
-@functools.lru_cache(maxsize=64)
-def _header(schema_json: str) -> tuple[bytes, bytes]:
-    """The container header for one writer schema and its sync marker (any 16 bytes will do;
-    a random one per schema, as writers do)."""
-    sync = os.urandom(16)
-    meta = {b"avro.schema": schema_json.encode(), b"avro.codec": b"null"}
-    encoded = _long(len(meta)) + b"".join(_bytes(k) + _bytes(v) for k, v in meta.items())
-    return _MAGIC + encoded + _long(0) + sync, sync
-
-
 def container(writer: SchemaVersion, values: Sequence[bytes]) -> bytes:
-    """One Object Container File holding ``values`` (bare datums of ``writer``) as one block.
-
-    The schema is written in its parsing canonical form, which drops logical types: the
-    engine then reads timestamps as epoch milliseconds and the SQL converts them exactly.
-    """
-    header, sync = _header(to_parsing_canonical_form(writer.parsed))
+    """One Object Container File holding ``values`` (bare datums of ``writer``) as one block."""
+    header, sync = _header(writer)
     body = b"".join(values)
     return header + _long(len(values)) + _long(len(body)) + body + sync
+
+
+#: Container header and sync marker per writer fingerprint (a sink sees a handful of schemas).
+_HEADERS: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _header(writer: SchemaVersion) -> tuple[bytes, bytes]:
+    """The container header for one writer schema and its sync marker (any 16 bytes will do;
+    a random one per schema, as writers do). The schema is written in its parsing canonical
+    form, which drops logical types: the engine then reads timestamps as epoch milliseconds
+    and the SQL converts them exactly."""
+    found = _HEADERS.get(writer.fingerprint)
+    if found is None:
+        schema_json = to_parsing_canonical_form(writer.parsed)
+        sync = os.urandom(16)
+        meta = {b"avro.schema": schema_json.encode(), b"avro.codec": b"null"}
+        encoded = _long(len(meta)) + b"".join(_bytes(k) + _bytes(v) for k, v in meta.items())
+        found = _HEADERS[writer.fingerprint] = (_MAGIC + encoded + _long(0) + sync, sync)
+    return found
 
 
 @dataclass(frozen=True)

@@ -226,8 +226,8 @@ class EmbeddedClickHouse:
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Columnar: the batch becomes one Arrow table that the engine's ``Python()`` table
-        function reads in place (bench/sink.py: about 8x the JSONEachRow text it replaced).
-        A table with a column type the converter does not map still goes as text."""
+        function reads in place (no text to write and parse per row). A table with a column
+        type the converter does not map still goes as text."""
         if not rows:
             return
         types = self._insert_types(table, rows[0])

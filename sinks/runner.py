@@ -106,12 +106,12 @@ class BatchingSink:
             return None
         rows: dict[str, list[PendingRow]] = {}
         avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion]]] = {}
-        engine = self.clickhouse if isinstance(self.clickhouse, AvroInserter) else None
+        engine_decodes = isinstance(self.clickhouse, AvroInserter)
         for record in records:
             sink = self.tables.get(record.topic)
             if sink is None:
                 continue
-            if engine is not None and sink.table in PROJECTIONS:
+            if engine_decodes and sink.table in PROJECTIONS:
                 writer = sink.serde.writer_of(record.value, record.headers)
                 if writer is not None:  # else the Python path says what is wrong with it
                     avro.setdefault(sink.table, []).append((record, writer))
