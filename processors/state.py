@@ -29,8 +29,9 @@ from aiokafka import TopicPartition
 
 from inboxstream.core.kafka import ReadStalledError, make_consumer, read_to_end
 from inboxstream.core.settings import KafkaSettings
-from inboxstream.processors.assign import InboxThreads, MessageEntry
+from inboxstream.processors.assign import MessageEntry
 from inboxstream.processors.exceptions import StateRestoreError
+from inboxstream.processors.incremental import InboxThreads
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.records import CrmRecord, EngagementRecord, Held
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inboxstream.processors.assign import InboxThreads, MessageEntry, assign_threads
+from inboxstream.processors.assign import MessageEntry, assign_threads
+from inboxstream.processors.incremental import InboxThreads
 from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
 from inboxstream.processors.mbox import thread_input_from_bytes
 from tests.helpers.mailboxes import forests, tricky_mailbox
