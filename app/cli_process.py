@@ -45,7 +45,20 @@ def thread(algorithm: str, file: Path) -> None:
 )
 @click.option("--algorithm", type=click.Choice(["rfc5256", "references"]), default="rfc5256")
 @click.option("--until-idle", type=float, default=None, help="Exit after this many idle seconds.")
-@click.option("--max-records", type=int, default=1000, show_default=True, help="Batch size.")
+@click.option(
+    "--max-records",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="A transaction closes at this many input records...",
+)
+@click.option(
+    "--transaction-ms",
+    type=int,
+    default=100,
+    show_default=True,
+    help="...or this long after the fetch that opened it, whichever comes first.",
+)
 @click.option("--pause-in-transaction", type=float, default=0.0, hidden=True)
 @click.option("--session-timeout-ms", type=int, default=10_000, hidden=True)
 @click.pass_context
@@ -56,6 +69,7 @@ def process(
     algorithm: str,
     until_idle: float | None,
     max_records: int,
+    transaction_ms: int,
     pause_in_transaction: float,
     session_timeout_ms: int,
 ) -> None:
@@ -72,6 +86,7 @@ def process(
         instance_id=instance_id,
         algorithm=_algorithm(algorithm),
         max_records=max_records,
+        transaction_ms=transaction_ms,
         pause_in_transaction_s=pause_in_transaction,
         session_timeout_ms=session_timeout_ms,
     )

@@ -41,7 +41,12 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, make_producer
 from inboxstream.core.settings import KafkaSettings, Settings, TopicSettings, load_settings
 from inboxstream.infra import kafka
-from inboxstream.processors.processor import ProcessorConfig, ProcessorStats, run_processor
+from inboxstream.processors.processor import (
+    ProcessorConfig,
+    ProcessorStats,
+    collect_batch,
+    run_processor,
+)
 from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.producers.parse import FetchedMessage, parse_message
 from inboxstream.schemas.models import Event, OutboundEvent
@@ -169,19 +174,50 @@ async def bare_transactional(settings: Settings, outputs_per_input: float, group
     busy = 0.0
     owed = 0.0
     idle_since = time.monotonic()
+    lock = asyncio.Lock()
+
+    async def producer_of(p: int) -> AIOKafkaProducer:
+        async with lock:
+            if p not in producers:
+                producer = AIOKafkaProducer(
+                    **client_options(settings.kafka),
+                    transactional_id=f"{group}-p{p}",
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=5,
+                    max_batch_size=1024 * 1024,
+                    compression_type="zstd",
+                )
+                await producer.start()
+                producers[p] = producer
+            return producers[p]
+
+    async def transaction(p: int, share: dict[TopicPartition, list[Any]]) -> int:
+        """What the processor does per partition, minus the processing."""
+        nonlocal owed
+        producer = await producer_of(p)
+        sent = 0
+        async with producer.transaction():
+            offsets = {}
+            for tp, recs in share.items():
+                for rec in recs:
+                    owed += outputs_per_input
+                    while owed >= 1:
+                        owed -= 1
+                        await producer.send(out_topic, rec.value, key=rec.key, partition=p)
+                    offsets[tp] = rec.offset + 1
+                    sent += 1
+            await producer.send_offsets_to_transaction(offsets, group)
+        return sent
+
     try:
         while time.monotonic() - idle_since < IDLE_S:
-            batch = await consumer.getmany(timeout_ms=200, max_records=config.max_records)
-            total = sum(len(r) for r in batch.values())
-            for _ in range(20):
-                if not batch or total >= config.max_records:
-                    break
-                more = await consumer.getmany(timeout_ms=5, max_records=config.max_records - total)
-                if not more:
-                    break
-                for tp, recs in more.items():
-                    batch.setdefault(tp, []).extend(recs)
-                    total += len(recs)
+            batch = await collect_batch(
+                consumer,
+                max_records=config.max_records,
+                max_ms=config.transaction_ms,
+                first_timeout_ms=config.fetch_timeout_ms,
+            )
             if not batch:
                 continue
             idle_since = time.monotonic()
@@ -189,31 +225,9 @@ async def bare_transactional(settings: Settings, outputs_per_input: float, group
             by_partition: dict[int, dict[TopicPartition, list[Any]]] = {}
             for tp, recs in batch.items():
                 by_partition.setdefault(tp.partition, {})[tp] = recs
-            for p, share in sorted(by_partition.items()):
-                producer = producers.get(p)
-                if producer is None:
-                    producer = AIOKafkaProducer(
-                        **client_options(settings.kafka),
-                        transactional_id=f"{group}-p{p}",
-                        enable_idempotence=True,
-                        acks="all",
-                        linger_ms=5,
-                        max_batch_size=1024 * 1024,
-                        compression_type="zstd",
-                    )
-                    await producer.start()
-                    producers[p] = producer
-                async with producer.transaction():
-                    offsets = {}
-                    for tp, recs in share.items():
-                        for rec in recs:
-                            owed += outputs_per_input
-                            while owed >= 1:
-                                owed -= 1
-                                await producer.send(out_topic, rec.value, key=rec.key, partition=p)
-                            offsets[tp] = rec.offset + 1
-                            records += 1
-                    await producer.send_offsets_to_transaction(offsets, group)
+            # side by side, as the processor runs its partitions' transactions
+            done = await asyncio.gather(*(transaction(p, s) for p, s in by_partition.items()))
+            records += sum(done)
             busy += time.perf_counter() - started
     finally:
         await consumer.stop()

@@ -263,7 +263,9 @@ class InboxThreads:
         self._order += 1
         return node
 
-    def _step(self, entry: MessageEntry) -> tuple[_Node, list[_Node], _Node | None]:
+    def _step(
+        self, entry: MessageEntry, ref_ids: list[str] | None = None
+    ) -> tuple[_Node, list[_Node], _Node | None]:
         """RFC 5256 step 1 for one message on the kept table (as ``jwz.thread_messages``).
         Returns its container, its reference containers, and the parent a cut took it from."""
         mid = entry.message_id or ""
@@ -277,7 +279,9 @@ class InboxThreads:
         self._node_of[entry.event_id] = node
         prev: _Node | None = None
         refs: list[_Node] = []
-        for ref in reference_ids(entry.references, entry.in_reply_to):
+        if ref_ids is None:
+            ref_ids = reference_ids(entry.references, entry.in_reply_to)
+        for ref in ref_ids:
             ref_node = self._table.get(ref) or self._new_node(ref)
             # (1)(B): link consecutive references unless already linked or a loop would form.
             if prev is not None and ref_node.parent is None and not _is_ancestor(ref_node, prev):
@@ -331,14 +335,15 @@ class InboxThreads:
         mid = entry.message_id or ""
         own = self._table.get(mid) if mid else None
         reach = [own] if own is not None and own.entry is None else []  # a duplicate id: unique
-        for ref in reference_ids(entry.references, entry.in_reply_to):
+        ref_ids = reference_ids(entry.references, entry.in_reply_to)
+        for ref in ref_ids:
             if (ref_node := self._table.get(ref)) is not None:
                 reach.append(ref_node)
         known = _roots(reach)
         before = dict.fromkeys(known.values())
         old_groups = dict.fromkeys(r.group for r in before if r.group is not None)
 
-        node, refs, cut_from = self._step(entry)
+        node, refs, cut_from = self._step(entry, ref_ids)
 
         known = _roots([node, *refs, *([cut_from] if cut_from else ()), *before])
         lands = {r: known[r] for r in before}  # where each touched tree went
@@ -372,7 +377,7 @@ class InboxThreads:
             events, changed = self._merge(entry, before, with_members, targets)
         else:
             events, changed = self._reassign(entry, before, with_members, old_groups)
-        self._index(entry, True)
+        self._index(entry, True, ref_ids)
         return events, changed
 
     # --- the fast path: whole groups -------------------------------------------------------
@@ -478,11 +483,13 @@ class InboxThreads:
 
     # --- the slow path: member by member ---------------------------------------------------
 
-    def _index(self, entry: MessageEntry, add: bool) -> None:
+    def _index(self, entry: MessageEntry, add: bool, ref_ids: list[str] | None = None) -> None:
         """The lookups ``_component`` walks: by Message-ID, by reference, by base subject."""
         eid = entry.event_id
         keys = [(self._by_mid, entry.message_id)]
-        keys += [(self._by_ref, r) for r in reference_ids(entry.references, entry.in_reply_to)]
+        if ref_ids is None:
+            ref_ids = reference_ids(entry.references, entry.in_reply_to)
+        keys += [(self._by_ref, r) for r in ref_ids]
         if self.algorithm == "rfc5256" and (subject := base_subject(entry.subject)):
             keys.append((self._by_base, subject))
         for index, key in keys:

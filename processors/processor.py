@@ -85,7 +85,11 @@ class ProcessorConfig:
     instance_id: str = "0"
     algorithm: Algorithm = "rfc5256"
     version: str = ""
-    max_records: int = 1000
+    # A transaction closes at ``max_records`` input records or ``transaction_ms`` after the
+    # fetch that opened it, whichever comes first: bigger ones cost fewer commits, and the
+    # time bound keeps a quiet stream's latency low.
+    max_records: int = 5000
+    transaction_ms: int = 100
     fetch_timeout_ms: int = 200
     # False only for the benchmark's baseline: the same loop with at-least-once commits
     # (outputs flushed, then offsets committed; a crash in between duplicates output).
@@ -150,14 +154,13 @@ class StreamProcessor:
         self.engine = Engine(self.stats.counts)
         self.on_in_transaction: Callable[[], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        # The producer of the partition being handled: with exactly-once, one transactional
-        # producer per owned input partition (``<group>-p<N>``), as Kafka Streams does per task:
-        # whoever takes partition N over fences every earlier owner of it, zombie or crashed.
-        self._producer: AIOKafkaProducer | None = None
+        # With exactly-once, one transactional producer per owned input partition
+        # (``<group>-p<N>``), as Kafka Streams does per task: whoever takes partition N over
+        # fences every earlier owner of it, zombie or crashed.
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._plain_producer: AIOKafkaProducer | None = None
         self._body_reader: AIOKafkaConsumer | None = None
-        self._outputs: list[Emit] = []
+        self._reader_lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -265,67 +268,60 @@ class StreamProcessor:
             return True
 
     async def _fetch(self) -> dict[TopicPartition, list[Record]]:
-        """Up to ``max_records``: getmany hands back whatever one fetch brought (often a few
-        records per partition), so top it up from what is already buffered. Bigger batches
-        mean fewer transactions, which is where exactly-once costs."""
         assert self._consumer is not None
-        batch: dict[TopicPartition, list[Record]] = await self._consumer.getmany(
-            timeout_ms=self.config.fetch_timeout_ms, max_records=self.config.max_records
+        return await collect_batch(
+            self._consumer,
+            max_records=self.config.max_records,
+            max_ms=self.config.transaction_ms,
+            first_timeout_ms=self.config.fetch_timeout_ms,
         )
-        total = sum(len(r) for r in batch.values())
-        for _ in range(20):
-            if not batch or total >= self.config.max_records:
-                break
-            more = await self._consumer.getmany(
-                timeout_ms=5, max_records=self.config.max_records - total
-            )
-            if not more:
-                break
-            for tp, records in more.items():
-                batch.setdefault(tp, []).extend(records)
-                total += len(records)
-        return batch
 
     # --- one batch ------------------------------------------------------------------------
 
     async def _process_batch(self, batch: dict[TopicPartition, list[Record]]) -> None:
         async with self.lock:
             # The assignment may have changed while we waited for the lock. Each partition's
-            # share goes in its own transaction (its own producer, see the module docstring).
+            # share goes in its own transaction (its own producer, see the module docstring),
+            # and those run side by side: one partition's commit round trips overlap the
+            # others' processing.
             by_partition: dict[int, dict[TopicPartition, list[Record]]] = {}
             for tp, records in batch.items():
                 if tp.partition in self.states:
                     by_partition.setdefault(tp.partition, {})[tp] = records
-            for p in sorted(by_partition):
-                started = time.perf_counter()
-                self.stats.first_batch_at = self.stats.first_batch_at or started
-                if self.config.exactly_once:
-                    await self._process_transaction(p, by_partition[p])
-                else:
+            if not by_partition:
+                return
+            started = time.perf_counter()
+            self.stats.first_batch_at = self.stats.first_batch_at or started
+            if self.config.exactly_once:
+                await asyncio.gather(
+                    *(self._process_transaction(p, by_partition[p]) for p in sorted(by_partition))
+                )
+            else:
+                for p in sorted(by_partition):
                     await self._process_at_least_once(by_partition[p])
-                self.stats.busy_s += time.perf_counter() - started
-                self.stats.last_batch_at = time.perf_counter()
+            self.stats.busy_s += time.perf_counter() - started
+            self.stats.last_batch_at = time.perf_counter()
 
     async def _process_transaction(
         self, partition: int, batch: dict[TopicPartition, list[Record]]
     ) -> None:
         """One input partition's share of the batch, in that partition's transaction."""
-        self._producer = self._producers[partition]
+        txn = _Txn(self._producers[partition], self.states[partition])
         try:
-            async with self._producer.transaction():
-                offsets = await self._handle_batch(batch)
+            async with txn.producer.transaction():
+                offsets = await self._handle_batch(txn, batch)
                 if self.config.pause_in_transaction_s:
                     # the outputs are in the log, uncommitted, when the hook fires
-                    await self._producer.flush()
+                    await txn.producer.flush()
                     if self.on_in_transaction is not None:
                         maybe = self.on_in_transaction()
                         if maybe is not None:
                             await maybe
                     await asyncio.sleep(self.config.pause_in_transaction_s)
                 if offsets:
-                    await self._producer.send_offsets_to_transaction(offsets, self.config.group_id)
+                    await txn.producer.send_offsets_to_transaction(offsets, self.config.group_id)
         except Exception as exc:
-            if not (isinstance(exc, ProducerFenced) or producer_is_fatal(self._producer)):
+            if not (isinstance(exc, ProducerFenced) or producer_is_fatal(txn.producer)):
                 self.stats.aborted += 1
                 log.exception(
                     "%s: batch of partition %d aborted; restoring and rewinding",
@@ -351,9 +347,10 @@ class StreamProcessor:
     async def _process_at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
         """Baseline for the benchmark only: no transaction, commit after the outputs flushed."""
         assert self._plain_producer is not None and self._consumer is not None
-        self._producer = self._plain_producer
-        offsets = await self._handle_batch(batch)
-        await self._producer.flush()
+        partition = next(iter(batch)).partition
+        txn = _Txn(self._plain_producer, self.states[partition])
+        offsets = await self._handle_batch(txn, batch)
+        await txn.producer.flush()
         if offsets:
             await self._consumer.commit(offsets)
         self.stats.batches += 1
@@ -363,7 +360,6 @@ class StreamProcessor:
         assert self._consumer is not None
         for p in partitions:
             self.states.pop(p, None)
-        self._outputs.clear()
         await self.restore_partitions(partitions)
         for tp in self._consumer.assignment():
             if tp.partition not in partitions:
@@ -375,67 +371,61 @@ class StreamProcessor:
                 self._consumer.seek(tp, committed)
 
     async def _handle_batch(
-        self, batch: dict[TopicPartition, list[Record]]
+        self, txn: _Txn, batch: dict[TopicPartition, list[Record]]
     ) -> dict[TopicPartition, int]:
-        assert self._producer is not None and self._consumer is not None
         offsets: dict[TopicPartition, int] = {}
         # Messages first: a body in the same batch then finds its message.
         order = {self.topics.messages: 0, self.topics.crm_by_inbox: 1}
         yielded = time.perf_counter()
         for tp in sorted(batch, key=lambda t: (order.get(t.topic, 2), t.topic, t.partition)):
-            state = self.states[tp.partition]
             for rec in batch[tp]:
-                await self._handle_record(state, rec)
+                await self._handle_record(txn, rec)
                 offsets[tp] = rec.offset + 1
                 self.stats.records += 1
                 if time.perf_counter() - yielded > YIELD_EVERY_S:
                     # The engine is synchronous: without a turn of the event loop now and then
-                    # a long batch starves the consumer's heartbeats and the group expels us.
+                    # a long batch starves the consumer's heartbeats (and the other partitions'
+                    # transactions) and the group expels us.
                     await asyncio.sleep(0)
                     yielded = time.perf_counter()
-        partitions = {tp.partition for tp in batch}
-        for p in sorted(partitions):
-            await self._take(self.states[p], self.engine.sweep(self.states[p]))
-        await self._flush(partitions)
+        # Bodies to read back are read in one pass, before the sweep looks at engagements
+        # (as if each had been read on the spot), then once more for the sweep's own.
+        await self._read_bodies(txn)
+        txn.outputs += self.engine.sweep(txn.state)
+        await self._read_bodies(txn)
+        await self._flush(txn)
         return offsets
 
-    async def _flush(self, partitions: set[int]) -> None:
-        """Send outputs and the partitions' changelog writes (inside the open transaction)."""
-        assert self._producer is not None
-        for out in self._outputs:
+    async def _flush(self, txn: _Txn) -> None:
+        """Send outputs and the partition's changelog writes (inside the open transaction)."""
+        for out in txn.outputs:
+            assert isinstance(out, Emit)
             serde = serde_for(type(out.event))
             topic = self.topics.threads if out.output == "threads" else self.topics.engagements
-            await self._producer.send(
+            await txn.producer.send(
                 topic,
                 serde.encode(out.event),
                 key=out.key.encode(),
                 headers=serde.headers(out.event.event_type),
             )
-        self.stats.records_out += len(self._outputs)
-        self._outputs.clear()
-        for p in sorted(partitions):
-            changes = self.states[p].take_changes()
-            self.stats.records_out += len(changes)
-            for (store, key), value in changes.items():
-                await self._producer.send(
-                    self.topics.changelogs[store],
-                    value,
-                    key=key.encode("utf-8", "surrogateescape"),
-                    partition=p,
-                )
-
-    async def _take(self, state: PartitionState, steps: list[Step]) -> None:
-        """Queue the engine's outputs in order, reading back the bodies it asked for."""
-        for step in steps:
-            if isinstance(step, BodyRead):
-                step = self.engine.finish(state, step, await self._read_body(step))
-            self._outputs.append(step)
+        self.stats.records_out += len(txn.outputs)
+        txn.outputs.clear()
+        state = txn.state
+        changes = state.take_changes()
+        self.stats.records_out += len(changes)
+        for (store, key), value in changes.items():
+            await txn.producer.send(
+                self.topics.changelogs[store],
+                value,
+                key=key.encode("utf-8", "surrogateescape"),
+                partition=state.partition,
+            )
 
     # --- records --------------------------------------------------------------------------
 
-    async def _handle_record(self, state: PartitionState, rec: Record) -> None:
-        assert self._producer is not None
+    async def _handle_record(self, txn: _Txn, rec: Record) -> None:
         topic = rec.topic
+        state = txn.state
         stage = "decode"
         try:
             steps: list[Step] = []
@@ -450,7 +440,7 @@ class StreamProcessor:
             elif topic == self.topics.crm_outbound:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "repartition"
-                await self._repartition(rec, outbound)
+                await self._repartition(txn, rec, outbound)
             elif topic == self.topics.crm_by_inbox:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "process"
@@ -459,25 +449,24 @@ class StreamProcessor:
                 command = serde_for(EngagementEvent).decode(rec.value, rec.headers)
                 stage = "process"
                 steps = self.engine.on_delete(state, command)
-            await self._take(state, steps)
+            txn.outputs += steps
         except Exception as exc:  # one bad record never stops the partition
             self.stats.dead_lettered += 1
             self.stats.counts[f"dead_letter:{topic}"] += 1
-            await send_to_dead_letter(self._producer, self.topics.dead_letter, rec, stage, exc)
+            await send_to_dead_letter(txn.producer, self.topics.dead_letter, rec, stage, exc)
 
-    async def _repartition(self, rec: Record, ev: OutboundEvent) -> None:
+    async def _repartition(self, txn: _Txn, rec: Record, ev: OutboundEvent) -> None:
         """crm.outbound -> crm-by-inbox: to the inbox's partition, or to all of them."""
-        assert self._producer is not None
         headers = list(rec.headers or ())
         if ev.inbox_id:
-            await self._producer.send(
+            await txn.producer.send(
                 self.topics.crm_by_inbox, rec.value, key=ev.inbox_id.encode(), headers=headers
             )
             self.stats.counts["crm_routed"] += 1
             return
-        partitions = await self._producer.partitions_for(self.topics.crm_by_inbox)
+        partitions = await txn.producer.partitions_for(self.topics.crm_by_inbox)
         for p in sorted(partitions):
-            await self._producer.send(
+            await txn.producer.send(
                 self.topics.crm_by_inbox,
                 rec.value,
                 key=ev.message_id.encode(),
@@ -486,23 +475,106 @@ class StreamProcessor:
             )
         self.stats.counts["crm_broadcast"] += 1
 
-    async def _read_body(self, read: BodyRead) -> Body | None:
-        """Read a held reply's body back from inbox.bodies (it never entered state)."""
-        if self._body_reader is None:
-            self._body_reader = make_consumer(self.settings.kafka, group_id=None)
-            await self._body_reader.start()
-        tp = TopicPartition(self.topics.bodies, read.partition)
-        self._body_reader.assign([tp])
-        self._body_reader.seek(tp, read.offset)
+    async def _read_bodies(self, txn: _Txn) -> None:
+        """Finish every ``BodyRead`` among the outputs with its body, read back from
+        inbox.bodies in offset order (a held reply's body never entered state)."""
+        reads = [step for step in txn.outputs if isinstance(step, BodyRead)]
+        if not reads:
+            return
+        bodies = await self._fetch_bodies(txn.state.partition, [r.offset for r in reads])
+        txn.outputs = [
+            self.engine.finish(txn.state, step, bodies.get(step.offset))
+            if isinstance(step, BodyRead)
+            else step
+            for step in txn.outputs
+        ]
+
+    async def _fetch_bodies(self, partition: int, offsets: list[int]) -> dict[int, Body | None]:
+        """The bodies at ``offsets`` of one inbox.bodies partition: one sequential read per
+        run of nearby offsets, a seek across gaps. Gone (retention) or unreadable: None."""
+        found: dict[int, Body | None] = {}
+        wanted = sorted(set(offsets))
+        tp = TopicPartition(self.topics.bodies, partition)
+        async with self._reader_lock:  # one reader, shared by the partitions' transactions
+            if self._body_reader is None:
+                self._body_reader = make_consumer(self.settings.kafka, group_id=None)
+                await self._body_reader.start()
+            reader = self._body_reader
+            reader.assign([tp])
+            i = 0
+            while i < len(wanted):
+                reader.seek(tp, wanted[i])
+                while i < len(wanted):
+                    try:
+                        batch = await asyncio.wait_for(
+                            reader.getmany(tp, timeout_ms=30_000, max_records=BODY_READ_RECORDS),
+                            timeout=35,
+                        )
+                    except Exception as exc:  # a timeout, or the topic went away
+                        log.warning("bodies at %s from %d unavailable: %s", tp, wanted[i], exc)
+                        batch = {}
+                    records = batch.get(tp, [])
+                    if not records:
+                        found[wanted[i]] = None  # nothing there: count it gone, go on after it
+                        i += 1
+                        break
+                    for rec in records:
+                        while i < len(wanted) and wanted[i] < rec.offset:
+                            found[wanted[i]] = None  # deleted by retention before we came
+                            i += 1
+                        if i < len(wanted) and wanted[i] == rec.offset:
+                            found[rec.offset] = self._decode_body(rec)
+                            i += 1
+                    if i < len(wanted) and wanted[i] - records[-1].offset > BODY_READ_RECORDS:
+                        break  # a gap: seek rather than read through it
+        return found
+
+    @staticmethod
+    def _decode_body(rec: Record) -> Body | None:
         try:
-            rec = await asyncio.wait_for(self._body_reader.getone(tp), timeout=30)
-            ev = serde_for(BodyEvent).decode(rec.value, rec.headers)
-        except Exception as exc:  # gone by retention, or unreadable: log it without a body
-            log.warning("body at %s@%d unavailable: %s", tp, read.offset, exc)
+            return Body.of(serde_for(BodyEvent).decode(rec.value, rec.headers))
+        except Exception as exc:  # unreadable: log the engagement without a body
+            log.warning("body at %s@%d unreadable: %s", rec.topic, rec.offset, exc)
             return None
-        if rec.offset != read.offset:
-            return None
-        return Body.of(ev)
+
+
+@dataclass
+class _Txn:
+    """One input partition's share of a batch: its producer (transactional with exactly
+    once), its state, and the outputs queued in order (a ``BodyRead`` until its body is read)."""
+
+    producer: AIOKafkaProducer
+    state: PartitionState
+    outputs: list[Step] = field(default_factory=list)
+
+
+#: How many inbox.bodies records one read-back fetch takes, and the gap it seeks across.
+BODY_READ_RECORDS = 500
+
+
+async def collect_batch(
+    consumer: AIOKafkaConsumer, *, max_records: int, max_ms: int, first_timeout_ms: int
+) -> dict[TopicPartition, list[Record]]:
+    """Up to ``max_records``, gathered for at most ``max_ms`` after the first fetch brought
+    something: getmany hands back whatever one fetch brought (often a few records per
+    partition), and bigger transactions mean fewer commits, which is where exactly-once costs.
+    The benchmark's bare loop batches with this same function."""
+    batch: dict[TopicPartition, list[Record]] = await consumer.getmany(
+        timeout_ms=first_timeout_ms, max_records=max_records
+    )
+    total = sum(len(r) for r in batch.values())
+    deadline = time.perf_counter() + max_ms / 1000
+    while batch and total < max_records:
+        left_ms = int((deadline - time.perf_counter()) * 1000)
+        if left_ms <= 0:
+            break
+        more = await consumer.getmany(timeout_ms=min(left_ms, 20), max_records=max_records - total)
+        if not more:
+            break  # nothing buffered and nothing came: the stream is quiet, commit now
+        for tp, records in more.items():
+            batch.setdefault(tp, []).extend(records)
+            total += len(records)
+    return batch
 
 
 async def run_processor(

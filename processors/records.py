@@ -8,7 +8,7 @@ here: a held reply keeps the *offset* of its body in inbox.bodies, never the bod
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Self
 
@@ -23,6 +23,12 @@ from inboxstream.schemas.models import (
 )
 
 Json = dict[str, Any]
+
+
+def _flat(record: Any) -> Json:
+    """A flat slotted dataclass as a dict, fields in order (``asdict`` deep-copies every
+    value, which cost more than the rest of writing the state)."""
+    return {name: getattr(record, name) for name in record.__slots__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,7 @@ class CrmRecord:
 
     def to_json(self) -> Json:
         # the field order is the changelog's key order; JSON writes tuples as lists
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, data: Json) -> Self:
@@ -88,7 +94,7 @@ class Reply:
 
     def to_json(self) -> Json:
         # the field order is the changelog's key order; JSON writes tuples as lists
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, data: Json) -> Self:
@@ -153,7 +159,7 @@ class EngagementRecord:
 
     def to_json(self) -> Json:
         # the field order is the changelog's key order; JSON writes tuples as lists
-        return asdict(self)
+        return _flat(self)
 
     @classmethod
     def from_json(cls, data: Json) -> Self:

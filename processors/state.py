@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 
 from inboxstream.core.kafka import ReadStalledError, make_consumer, read_to_end
@@ -52,7 +53,23 @@ def _split(key: str) -> tuple[str, str]:
 
 
 def _encode(value: Json | None) -> bytes | None:
-    return None if value is None else json.dumps(value, separators=(",", ":")).encode()
+    if value is None:
+        return None
+    try:
+        # orjson writes the same JSON as the stdlib at a tenth of the cost (UTF-8 rather
+        # than \u escapes, which the reader does not mind)...
+        return orjson.dumps(value)
+    except TypeError:
+        # ...but refuses lone surrogates (undecodable header bytes kept by surrogateescape)
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _decode(value: bytes) -> Json:
+    try:
+        data: Json = orjson.loads(value)
+    except orjson.JSONDecodeError:  # a lone surrogate, written by the stdlib (``_encode``)
+        data = json.loads(value)
+    return data
 
 
 @dataclass
@@ -148,7 +165,7 @@ class PartitionState:
 
     def apply(self, store: str, key: str, value: bytes | None) -> None:
         """Replay one changelog record into memory (no new change is recorded)."""
-        data: Json | None = None if value is None else json.loads(value)
+        data: Json | None = None if value is None else _decode(value)
         if store == "threads":
             inbox, event_id = _split(key)
             if data is None:
