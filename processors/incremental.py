@@ -390,6 +390,10 @@ class InboxThreads:
         targets: dict[_Group, object],
     ) -> tuple[list[ThreadEvent], list[MessageEntry]]:
         new_key = self._key(_root(self._node_of[entry.event_id]))
+        if len(targets) == 1 and next(iter(targets.values())) == new_key:
+            group = next(iter(targets))
+            if (group.subject or next(iter(group.roots))) == new_key:  # it keeps its key
+                return self._join(entry, group, before, with_members)
         plan: dict[object, list[_Group]] = {k: [] for k in {new_key, *targets.values()}}
         for group, key in targets.items():
             plan[key].append(group)
@@ -441,6 +445,36 @@ class InboxThreads:
                 if e is not entry:
                     changed.append(e)
         return events, changed
+
+    def _join(
+        self,
+        entry: MessageEntry,
+        group: _Group,
+        before: dict[_Node, None],
+        with_members: dict[_Node, None],
+    ) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+        """The common case of ``_merge``: the message joins one whole group, which keeps its
+        id; one ``thread.assigned``."""
+        for root in before:
+            if root.parent is not None and root.group is group:  # linked under another tree
+                del group.roots[root]
+                root.group = None
+        added = [r for r in with_members if r.group is None]
+        for root in added:
+            group.roots[root] = None
+            root.group = group
+        if group.rep in group.roots:
+            group.rep = min([group.rep, *added], key=lambda r: r.order)
+        else:
+            group.rep = min(group.roots, key=lambda r: r.order)
+        group.count += 1
+        group.min_seq = min(group.min_seq, entry.seq)
+        group.max_obs = max(group.max_obs, entry.observed_ms)
+        assert group.tid is not None
+        entry.thread_id = group.tid
+        self._index_tid(entry, None)
+        named = group.as_group([])
+        return [assigned_event(self.inbox_id, entry, group.tid, named, self.algorithm)], [entry]
 
     def _combine(
         self, key: object, pieces: list[_Group], roots: list[_Node], entry: MessageEntry | None

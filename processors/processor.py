@@ -53,6 +53,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 
 from inboxstream.core.aiokafka_shim import producer_is_fatal
+from inboxstream.core.batches import BatchSender, Outgoing
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import (
     client_options,
@@ -127,6 +128,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.processor.lock:
             gone = {tp.partition for tp in revoked}
+            await self.processor._drain(gone)  # their open transactions finish first
             for p in gone:
                 self.processor.states.pop(p, None)
                 producer = self.processor._producers.pop(p, None)
@@ -161,6 +163,15 @@ class StreamProcessor:
         self._plain_producer: AIOKafkaProducer | None = None
         self._body_reader: AIOKafkaConsumer | None = None
         self._reader_lock = asyncio.Lock()
+        # Transactions under way (the latest task per partition), the partitions to rewind
+        # after an abort, and an epoch per partition that an abort or a fencing moves on, so
+        # shares handed over before it are dropped (``_after``).
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._needs_rewind: set[int] = set()
+        self._epoch: dict[int, int] = {}
+        self._active = 0
+        self._busy_since = 0.0
+        self._partition_of: dict[tuple[str, bytes | None], int] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -251,12 +262,14 @@ class StreamProcessor:
                 break
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
+        await self._drain()
         return self.stats
 
     async def _caught_up(self) -> bool:
         """Every assigned input partition restored and read to its (committed) end offset.
         Asked afresh each time: crm-by-inbox grows with our own commits."""
         assert self._consumer is not None
+        await self._drain()  # positions count fetched records; done means committed
         async with self.lock:
             assigned = list(self._consumer.assignment())
             if not assigned or any(tp.partition not in self.states for tp in assigned):
@@ -279,34 +292,87 @@ class StreamProcessor:
     # --- one batch ------------------------------------------------------------------------
 
     async def _process_batch(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        """Hand each partition's share of the batch to a transaction of its own.
+
+        With exactly once the transactions run as tasks, side by side, and the loop goes on
+        fetching while they commit: partition N's next transaction starts when its previous
+        one has committed (one open transaction per producer), and the loop waits for the
+        previous batch's transactions before it fetches the one after this (two batches in
+        flight at most). So one partition's commit round trips overlap the others'
+        processing, also across batches."""
         async with self.lock:
-            # The assignment may have changed while we waited for the lock. Each partition's
-            # share goes in its own transaction (its own producer, see the module docstring),
-            # and those run side by side: one partition's commit round trips overlap the
-            # others' processing.
+            # A failed transaction's partition is rewound here, between fetches, never while
+            # a fetch is under way: what a fetch brought before the seek is dropped with it.
+            for p in sorted(self._needs_rewind):
+                batch = {tp: recs for tp, recs in batch.items() if tp.partition != p}
+            await self._rewind_pending()
+            # The assignment may have changed while we waited for the lock.
             by_partition: dict[int, dict[TopicPartition, list[Record]]] = {}
             for tp, records in batch.items():
                 if tp.partition in self.states:
                     by_partition.setdefault(tp.partition, {})[tp] = records
-            if not by_partition:
-                return
-            started = time.perf_counter()
-            self.stats.first_batch_at = self.stats.first_batch_at or started
-            if self.config.exactly_once:
-                await asyncio.gather(
-                    *(self._process_transaction(p, by_partition[p]) for p in sorted(by_partition))
-                )
-            else:
+            if not self.config.exactly_once:
                 for p in sorted(by_partition):
-                    await self._process_at_least_once(by_partition[p])
-            self.stats.busy_s += time.perf_counter() - started
-            self.stats.last_batch_at = time.perf_counter()
+                    await self._timed(self._process_at_least_once(by_partition[p]))
+                return
+            previous = list(self._inflight.values())
+            for p in sorted(by_partition):
+                after = self._inflight.get(p)
+                self._inflight[p] = asyncio.create_task(
+                    self._timed(self._after(after, p, self._epoch.get(p, 0), by_partition[p]))
+                )
+        # back pressure: the previous batch's transactions are done before the next fetch
+        await _settle(previous)
+
+    async def _after(
+        self,
+        previous: asyncio.Task[None] | None,
+        partition: int,
+        epoch: int,
+        share: dict[TopicPartition, list[Record]],
+    ) -> None:
+        """Partition N's transaction for ``share``, once its previous one has committed;
+        dropped when that one aborted or was fenced, or N was revoked, since ``share`` was
+        handed over (its records come again from the committed offsets after the rewind, or
+        go to the new owner)."""
+        if previous is not None:
+            await _settle([previous])
+        if (
+            self._epoch.get(partition, 0) != epoch
+            or partition in self._needs_rewind
+            or partition not in self.states
+            or partition not in self._producers
+        ):
+            return
+        await self._process_transaction(partition, share)
+
+    async def _timed(self, work: Awaitable[None]) -> None:
+        """Run ``work``, counting wall time while any transaction is under way as busy."""
+        if not self._active:
+            self._busy_since = time.perf_counter()
+            self.stats.first_batch_at = self.stats.first_batch_at or self._busy_since
+        self._active += 1
+        try:
+            await work
+        finally:
+            self._active -= 1
+            if not self._active:
+                self.stats.last_batch_at = time.perf_counter()
+                self.stats.busy_s += self.stats.last_batch_at - self._busy_since
+
+    async def _drain(self, partitions: set[int] | None = None) -> None:
+        """Wait for the transactions under way (of ``partitions``, or all of them)."""
+        tasks = [t for p, t in self._inflight.items() if partitions is None or p in partitions]
+        await _settle(tasks)
+        for p, task in list(self._inflight.items()):
+            if task.done():
+                del self._inflight[p]
 
     async def _process_transaction(
         self, partition: int, batch: dict[TopicPartition, list[Record]]
     ) -> None:
         """One input partition's share of the batch, in that partition's transaction."""
-        txn = _Txn(self._producers[partition], self.states[partition])
+        txn = _Txn(self._producers[partition], self.states[partition], self._partition_of)
         try:
             async with txn.producer.transaction():
                 offsets = await self._handle_batch(txn, batch)
@@ -328,7 +394,9 @@ class StreamProcessor:
                     self.name,
                     partition,
                 )
-                await self._rewind({partition})
+                # rewound by the loop before its next dispatch (``_process_batch``)
+                self._epoch[partition] = self._epoch.get(partition, 0) + 1
+                self._needs_rewind.add(partition)
                 await asyncio.sleep(1.0)
                 return
             # A newer owner of this partition exists (we were expelled from the group and the
@@ -337,6 +405,7 @@ class StreamProcessor:
             # this producer, and never replace it: a new one would fence the rightful owner.
             self.stats.counts["fenced"] += 1
             log.warning("%s: fenced on partition %d (%r); dropping it", self.name, partition, exc)
+            self._epoch[partition] = self._epoch.get(partition, 0) + 1
             self.states.pop(partition, None)
             producer = self._producers.pop(partition, None)
             if producer is not None:
@@ -348,12 +417,20 @@ class StreamProcessor:
         """Baseline for the benchmark only: no transaction, commit after the outputs flushed."""
         assert self._plain_producer is not None and self._consumer is not None
         partition = next(iter(batch)).partition
-        txn = _Txn(self._plain_producer, self.states[partition])
+        txn = _Txn(self._plain_producer, self.states[partition], self._partition_of)
         offsets = await self._handle_batch(txn, batch)
         await txn.producer.flush()
         if offsets:
             await self._consumer.commit(offsets)
         self.stats.batches += 1
+
+    async def _rewind_pending(self) -> None:
+        """Rewind the partitions whose transaction aborted (under the lock, between fetches)."""
+        pending, self._needs_rewind = self._needs_rewind, set()
+        pending &= set(self.states)
+        if pending:
+            await self._drain(pending)
+            await self._rewind(pending)
 
     async def _rewind(self, partitions: set[int]) -> None:
         """After an abort: state and positions back to what the last commit says."""
@@ -397,29 +474,26 @@ class StreamProcessor:
         return offsets
 
     async def _flush(self, txn: _Txn) -> None:
-        """Send outputs and the partition's changelog writes (inside the open transaction)."""
+        """Send outputs and the partition's changelog writes (inside the open transaction),
+        in ready-made batches (``core.batches``)."""
+        outgoing: list[Outgoing] = []
         for out in txn.outputs:
             assert isinstance(out, Emit)
             serde = serde_for(type(out.event))
             topic = self.topics.threads if out.output == "threads" else self.topics.engagements
-            await txn.producer.send(
-                topic,
-                serde.encode(out.event),
-                key=out.key.encode(),
-                headers=serde.headers(out.event.event_type),
-            )
+            headers = serde.headers(out.event.event_type)
+            outgoing.append((topic, None, out.key.encode(), serde.encode(out.event), headers))
         self.stats.records_out += len(txn.outputs)
         txn.outputs.clear()
         state = txn.state
         changes = state.take_changes()
         self.stats.records_out += len(changes)
         for (store, key), value in changes.items():
-            await txn.producer.send(
-                self.topics.changelogs[store],
-                value,
-                key=key.encode("utf-8", "surrogateescape"),
-                partition=state.partition,
+            topic = self.topics.changelogs[store]
+            outgoing.append(
+                (topic, state.partition, key.encode("utf-8", "surrogateescape"), value, [])
             )
+        await txn.sender.send_all(outgoing)
 
     # --- records --------------------------------------------------------------------------
 
@@ -545,7 +619,19 @@ class _Txn:
 
     producer: AIOKafkaProducer
     state: PartitionState
+    partitions: dict[tuple[str, bytes | None], int]  # the key -> partition cache, shared
     outputs: list[Step] = field(default_factory=list)
+    sender: BatchSender = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sender = BatchSender(self.producer, self.partitions)
+
+
+async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for ``tasks``; an exception one of them raised (a bug: transactions catch their
+    own failures) is raised here, in the loop, instead of vanishing with the task."""
+    if tasks:
+        await asyncio.gather(*tasks)
 
 
 #: How many inbox.bodies records one read-back fetch takes, and the gap it seeks across.

@@ -7,17 +7,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
+from inboxstream.core.batches import BatchSender
 from inboxstream.core.contracts import topic_for
 from inboxstream.core.settings import TopicSettings
 from inboxstream.producers.encode import EncodedRecord
 from inboxstream.producers.parse_pool import INLINE, ParsePool
 from inboxstream.schemas.models import BodyEvent, Event, MessageEvent
 from inboxstream.schemas.serde import serde_for
-
-#: What ``producer.send`` uses for a keyed record: murmur2 of the key over all partitions.
-_PARTITIONER = DefaultPartitioner()
 
 
 @dataclass
@@ -31,7 +28,10 @@ class EventPublisher:
     producer: AIOKafkaProducer
     topics: TopicSettings
     parse_pool: ParsePool = field(default=INLINE)
-    _partitions: dict[tuple[str, bytes], int] = field(default_factory=dict, repr=False)
+    _batches: BatchSender = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._batches = BatchSender(self.producer)
 
     def _topic_for(self, event: Event) -> str:
         return self._topic_for_model(type(event))
@@ -58,35 +58,12 @@ class EventPublisher:
         would give their events; await the returned futures for the broker's acks.
 
         A backfill sends thousands of records a second under one key, and ``producer.send``
-        costs more per record than parsing one did (a pure-Python murmur2 hash, a future and
-        an accumulator lookup each). So the records go into batches we fill ourselves, one
-        per topic, on the partition the default partitioner gives the key: the same
-        partition, order and headers as one ``send`` per record.
+        costs more per record than parsing one did, so they go in batches we fill ourselves
+        (``core.batches``): the same partition, order and headers as one ``send`` per record.
         """
-        by_model: dict[type[Event], list[EncodedRecord]] = {}
+        outgoing = []
         for record in records:
             model: type[Event] = MessageEvent if record.topic == "messages" else BodyEvent
-            by_model.setdefault(model, []).append(record)
-        futures: list[asyncio.Future[object]] = []
-        for model, group in by_model.items():
-            topic = self._topic_for_model(model)
-            partition = await self._partition(topic, key)
-            batch = self.producer.create_batch()
-            for record in group:
-                headers = serde_for(model).headers(record.event_type)
-                if batch.append(key=key, value=record.value, timestamp=None, headers=headers):
-                    continue
-                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-                batch = self.producer.create_batch()  # the first record always fits
-                batch.append(key=key, value=record.value, timestamp=None, headers=headers)
-            if batch.record_count():
-                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        return futures
-
-    async def _partition(self, topic: str, key: bytes) -> int:
-        cached = self._partitions.get((topic, key))
-        if cached is None:
-            partitions = list(await self.producer.partitions_for(topic))  # as send() lists them
-            cached = _PARTITIONER(key, partitions, partitions)
-            self._partitions[(topic, key)] = cached
-        return cached
+            headers = serde_for(model).headers(record.event_type)
+            outgoing.append((self._topic_for_model(model), None, key, record.value, headers))
+        return await self._batches.send_all(outgoing)

@@ -1,0 +1,56 @@
+"""Ready-made batches (``core.batches``) against real Kafka: the same partition, order and
+headers as one ``producer.send`` per record, in a transaction too."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from inboxstream.core.batches import BatchSender, Outgoing
+from inboxstream.core.kafka import client_options, ensure_topics, make_producer
+from inboxstream.core.settings import Settings
+from tests.helpers.pipeline import read_records
+
+
+def _records(topic: str) -> list[Outgoing]:
+    out: list[Outgoing] = []
+    for i in range(300):
+        key = f"inbox-{i % 7}".encode()
+        partition = 0 if i % 50 == 0 else None  # a few with an explicit partition
+        out.append((topic, partition, key, f"v{i}".encode() * 40, [("n", str(i).encode())]))
+    return out
+
+
+Row = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+def _layout(records: list[ConsumerRecord[bytes, bytes]]) -> dict[int, list[Row]]:
+    by_partition: dict[int, list[Row]] = {}
+    for rec in records:
+        by_partition.setdefault(rec.partition, []).append(
+            (rec.key, rec.value, [(k, bytes(v)) for k, v in rec.headers])
+        )
+    return by_partition
+
+
+async def test_batches_land_where_single_sends_land(settings: Settings, unique: str) -> None:
+    await ensure_topics(settings.kafka, settings.topics)
+    ours, theirs = settings.topics.threads.name, settings.topics.engagements.name
+    plain = make_producer(settings.kafka)
+    txn = AIOKafkaProducer(
+        **client_options(settings.kafka), transactional_id=f"batches-{unique}", acks="all"
+    )
+    await plain.start()
+    await txn.start()
+    try:
+        for topic, partition, key, value, headers in _records(theirs):
+            await plain.send(topic, value, key=key, partition=partition, headers=list(headers))
+        await plain.flush()
+        async with txn.transaction():
+            await BatchSender(txn).send_all(_records(ours))
+    finally:
+        await plain.stop()
+        await txn.stop()
+    got = _layout(await read_records(settings, ours))
+    want = _layout(await read_records(settings, theirs))
+    assert sum(len(v) for v in got.values()) == 300
+    assert got == want
