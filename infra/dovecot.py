@@ -595,6 +595,11 @@ def add_user(
     _write_user_file(name, line)
     if not special_use and sent_folder not in doveadm("mailbox", "list", "-u", name).splitlines():
         doveadm("mailbox", "create", "-s", "-u", name, sent_folder)
+    # Open every folder once, here and alone: Dovecot creates the ``auto`` folders on first
+    # access, and two fresh sessions of one user (inbox and sent connections) doing that at
+    # the same moment take the list index and a mailbox index lock in opposite orders; the
+    # kernel answers EDEADLK and the imap process panics (seen in test_live).
+    doveadm("mailbox", "status", "-u", name, "messages", "*")
 
 
 def remove_user(name: str, *, wait: bool = False) -> None:
