@@ -571,7 +571,14 @@ class StreamProcessor:
         tp = TopicPartition(self.topics.bodies, partition)
         async with self._reader_lock:  # one reader, shared by the partitions' transactions
             if self._body_reader is None:
-                self._body_reader = make_consumer(self.settings.kafka, group_id=None)
+                # A fetch at the partition's end waits fetch_max_wait_ms for more data, and
+                # a seek back must wait for that fetch to return (aiokafka sends one fetch at
+                # a time per broker): with the default 500 ms, a read-back that touched the
+                # end cost half a second a seek. Paused between read-backs, so the short
+                # wait never turns into polling.
+                self._body_reader = make_consumer(
+                    self.settings.kafka, group_id=None, fetch_max_wait_ms=5
+                )
                 await self._body_reader.start()
             reader = self._body_reader
             reader.assign([tp])
@@ -601,6 +608,7 @@ class StreamProcessor:
                             i += 1
                     if i < len(wanted) and wanted[i] - records[-1].offset > BODY_READ_RECORDS:
                         break  # a gap: seek rather than read through it
+            reader.pause(tp)  # no prefetching until the next read-back assigns it again
         return found
 
     @staticmethod
