@@ -90,7 +90,7 @@ async def ensure_topics(
         new = [
             NewTopic(
                 name=s.name,
-                num_partitions=topics.partitions,
+                num_partitions=s.partitions or topics.partitions,
                 replication_factor=topics.replication_factor,
                 topic_configs=topic_config(s),
             )

@@ -62,6 +62,7 @@ class TopicSpec(_Frozen):
     name: str
     retention_ms: int = Field(ge=-1)
     compacted: bool = False
+    partitions: int | None = Field(default=None, ge=1)  # None: TopicSettings.partitions
 
 
 class TopicSettings(_Frozen):
@@ -88,6 +89,12 @@ class TopicSettings(_Frozen):
     )
     engagements: TopicSpec = TopicSpec(name="crm.engagements", retention_ms=-1)
     checkpoints: TopicSpec = TopicSpec(name="inbox.checkpoints", retention_ms=-1, compacted=True)
+    # The fleet's inbox registry (producers/fleet.py): partitions are what producer processes
+    # lease, so there are many, and 60 splits evenly over 2, 3, 4, 5, 6, 10, 12... processes.
+    # Not in ``all()``: created by what uses it (topic registry mode), not by every command.
+    registry: TopicSpec = TopicSpec(
+        name="inbox.registry", retention_ms=-1, compacted=True, partitions=60
+    )
     dead_letter: TopicSpec = TopicSpec(
         name="inboxstream.dead-letter", retention_ms=days_ms(DEAD_LETTER_RETENTION_DAYS)
     )
@@ -176,6 +183,20 @@ class ProducerSettings(_Frozen):
     other_folders_interval_s: float = Field(default=60.0, gt=0)
     backoff_initial_s: float = Field(default=1.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
+    # Cold start without a storm (imap/gate.py): connection set-ups (connect to LOGIN) run at
+    # most this many at once per process, INBOX connections first; each inbox's first connect
+    # waits a random 0..connect_jitter_s; a slow answer (a timeout) is retried within
+    # slow_retry_max_s instead of backing off towards backoff_max_s.
+    connect_concurrency: int = Field(default=16, ge=1, le=1000)
+    connect_jitter_s: float = Field(default=0.5, ge=0)
+    slow_retry_max_s: float = Field(default=30.0, gt=0)
+    # Where the inboxes are registered: "folder" (registry_dir, one process syncs them all) or
+    # "topic" (topics.registry: a fleet of processes in the consumer group fleet_group leases
+    # them by partition; producers/fleet.py). A process that stops answering loses its inboxes
+    # to the others after fleet_session_timeout_ms.
+    registry: Literal["folder", "topic"] = "folder"
+    fleet_group: str = "inboxstream-producers"
+    fleet_session_timeout_ms: int = Field(default=10_000, ge=6_000)
 
 
 class Settings(BaseSettings):

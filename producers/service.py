@@ -6,18 +6,27 @@ has more than five connections:
 
 * "inbox" slot: INBOX, backfill from its checkpoint, then IDLE (or NOOP polling);
 * "sent" slot: the sent folder, the same way (absent when the mailbox has none);
-* "other" slot: one connection rotating through every other folder, every
-  ``other_folders_interval_s`` (absent when there are no other folders).
+* "other" slot: one connection per round through every other folder, every
+  ``other_folders_interval_s``, closed between rounds (absent when there are no other
+  folders): an idle inbox holds two connections, not three.
 
 The INBOX connection logs in first; the other two start only after it succeeded, so a wrong
-password costs one login attempt, not three. A non-retriable error (auth, TLS, unsupported
-server) stops the whole inbox with a ``disconnected`` status until its registry entry
-changes; anything else reconnects that one connection with full-jitter exponential backoff.
+password costs one login attempt, not three. Every set-up (connect to LOGIN) goes through the
+process's ``ConnectGate`` (imap/gate.py): a bounded number at once, INBOX connections first,
+each inbox's first one after a random jitter, so a cold start with thousands of inboxes is
+a queue, not a storm; a timeout (a slow server) is retried within ``slow_retry_max_s``.
+A non-retriable error (auth, TLS, unsupported server) stops the whole inbox with a
+``disconnected`` status until its registry entry changes; anything else reconnects that one
+connection with full-jitter exponential backoff.
 Each inbox runs in its own task and catches its own errors, so one bad inbox never stalls
 the others.
 
-``ProducerService`` reconciles the running workers with the registry (producers/registry.py)
-every ``registry_poll_s``: new inboxes start, removed ones stop, changed ones restart.
+``ProducerService`` reconciles the running workers with the registry every
+``registry_poll_s``: new inboxes start, removed ones stop, changed ones restart. The registry
+is a folder (producers/registry.py: one process syncs every inbox in it) or, with
+``producer.registry = "topic"``, the fleet's registry topic, of which this process syncs the
+inboxes its lease holds (producers/fleet.py): a revoked share is stopped before the process
+rejoins the group, so no inbox is ever synced by two processes at once.
 """
 
 from __future__ import annotations
@@ -26,16 +35,20 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import Literal
 
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.settings import InboxSettings, ProducerSettings, Settings
+from inboxstream.core.vault import SecretBox
 from inboxstream.errors import InboxstreamError
 from inboxstream.imap.budget import BudgetRegistry, ConnectionRole
 from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
-from inboxstream.imap.exceptions import ProtocolError
+from inboxstream.imap.exceptions import ConnectTimeoutError, ProtocolError
 from inboxstream.imap.folders import assign_roles
+from inboxstream.imap.gate import ConnectGate
 from inboxstream.producers.checkpoints import CheckpointStore, default_owner
+from inboxstream.producers.fleet import InboxLeases
 from inboxstream.producers.live import FolderWatch, LiveTimings, ProgressCallback, wait_for_change
 from inboxstream.producers.parse_pool import ParsePool
 from inboxstream.producers.publish import EventPublisher
@@ -44,6 +57,9 @@ from inboxstream.producers.status import StatusReporter
 from inboxstream.schemas.models import FolderRole
 
 log = logging.getLogger(__name__)
+
+#: How a role's run on one connection ended (``InboxWorker._run_role``); live roles never end.
+RoleEnd = Literal["done", "rest"]
 
 _ROLE_TEXT: dict[ConnectionRole, str] = {
     "inbox": "INBOX connection",
@@ -103,6 +119,7 @@ class InboxWorker:
     publisher: EventPublisher
     store: CheckpointStore
     budgets: BudgetRegistry
+    gate: ConnectGate
     producer_name: str = ""
     on_progress: ProgressCallback | None = None
     rng: random.Random = field(default_factory=random.Random)
@@ -112,10 +129,14 @@ class InboxWorker:
     connects: int = field(default=0, init=False)
     _watches: dict[str, FolderWatch] = field(default_factory=dict, init=False)
     _logged_in: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _other_announced: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.status = StatusReporter(
-            self.publisher, self.inbox.id, f"{self.inbox.imap_host}:{self.inbox.imap_port}"
+            self.publisher,
+            self.inbox.id,
+            f"{self.inbox.imap_host}:{self.inbox.imap_port}",
+            producer=self.producer_name,
         )
 
     @property
@@ -136,6 +157,8 @@ class InboxWorker:
 
     async def _run_roles(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        if self.config.connect_jitter_s:
+            await asyncio.sleep(self.rng.uniform(0, self.config.connect_jitter_s))
         try:
             inbox_task = asyncio.create_task(self._role_loop("inbox"))
             tasks.add(inbox_task)
@@ -159,36 +182,45 @@ class InboxWorker:
         """Connect, run the role, reconnect with backoff on retriable errors."""
         budget = self.budgets.for_inbox(self.inbox.id)
         attempt = 0
+        announce = True  # "connected" after the first connect and after every failure
         while True:
             try:
                 async with budget.hold(role):
-                    conn = await ImapConnection.open(
-                        endpoint_for_inbox(self.inbox),
-                        self.inbox.username,
-                        self.inbox.password.get_secret_value(),
-                    )
+                    async with self.gate.slot(role):
+                        conn = await ImapConnection.open(
+                            endpoint_for_inbox(self.inbox),
+                            self.inbox.username,
+                            self.inbox.password.get_secret_value(),
+                        )
                     self.connects += 1
                     try:
                         attempt = 0
                         self._logged_in.set()
-                        await self.status.emit("connected", reason=_ROLE_TEXT[role])
+                        if announce:
+                            announce = False
+                            await self.status.emit("connected", reason=_ROLE_TEXT[role])
                         done = await self._run_role(role, conn)
                     except BaseException:
                         # Cancelled (stop/remove) or failed, possibly mid-IDLE or on a dead
                         # socket: a polite LOGOUT could wait for the IDLE to end. Just close.
                         conn.abort()
                         raise
-                    if done:
-                        await conn.logout()
-                        return
+                    await conn.logout()
+                if done == "done":
+                    return
+                # a round of the other folders: no connection held until the next one
+                await asyncio.sleep(self.config.other_folders_interval_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if _stops_inbox(exc):
                     raise
-                delay = backoff_delay(
-                    attempt, self.config.backoff_initial_s, self.config.backoff_max_s, self.rng
-                )
+                longest = self.config.backoff_max_s
+                if isinstance(exc, ConnectTimeoutError):
+                    # A slow answer (a login storm, a busy server) is waited out, not punished:
+                    # the retry comes within slow_retry_max_s, never minutes later.
+                    longest = min(longest, self.config.slow_retry_max_s)
+                delay = backoff_delay(attempt, self.config.backoff_initial_s, longest, self.rng)
                 attempt += 1
                 log.warning(
                     "%s (%s): %s: %s; reconnecting in %.1fs",
@@ -201,10 +233,13 @@ class InboxWorker:
                 await self.status.emit(
                     "disconnected", reason=f"{_ROLE_TEXT[role]}: {exc}"[:500], error=exc
                 )
+                announce = True
                 await asyncio.sleep(delay)
 
-    async def _run_role(self, role: ConnectionRole, conn: ImapConnection) -> bool:
-        """Run one role on a fresh connection; True when the role has nothing to do."""
+    async def _run_role(self, role: ConnectionRole, conn: ImapConnection) -> RoleEnd:
+        """Run one role on a fresh connection: the live roles (INBOX, sent) never end by
+        themselves; "done" when the role has nothing to do, "rest" after a round of the other
+        folders."""
         roles = assign_roles(await conn.list_folders())
         if role == "inbox":
             await self._watch_live(conn, "INBOX")
@@ -212,13 +247,13 @@ class InboxWorker:
             sent = [name for name, r in roles.items() if r == "sent"]
             if not sent:
                 log.info("%s: no sent folder; the sent connection is not needed", self.inbox.id)
-                return True
+                return "done"
             await self._watch_live(conn, sent[0])
         else:
             if not any(r == "other" for r in roles.values()):
-                return True
-            await self._rotate_other(conn, roles)
-        return False
+                return "done"
+            await self._other_round(conn, roles)
+        return "rest"
 
     def _watch(self, folder: str, role: FolderRole) -> FolderWatch:
         watch = self._watches.get(folder)
@@ -249,25 +284,23 @@ class InboxWorker:
             # so a missed push costs at most one keepalive interval.
             await watch.settle(conn)
 
-    async def _rotate_other(self, conn: ImapConnection, roles: dict[str, FolderRole]) -> None:
-        announced = False
-        while True:
-            for folder, role in roles.items():
-                if role != "other":
-                    continue
-                try:
-                    await self._watch(folder, "other").catch_up(conn)
-                except ProtocolError as exc:
-                    if conn.protocol.closed.is_set():
-                        raise
-                    # The server said NO for this folder (deleted meanwhile, no rights...):
-                    # skip it this round instead of stalling every other folder.
-                    log.warning("%s: skipping folder %r this round: %s", self.inbox.id, folder, exc)
-            if not announced:
-                announced = True
-                await self.status.emit("idle", folder="(other folders)")
-            await asyncio.sleep(self.config.other_folders_interval_s)
-            roles = assign_roles(await conn.list_folders())  # folders come and go
+    async def _other_round(self, conn: ImapConnection, roles: dict[str, FolderRole]) -> None:
+        """One round through every other folder (listed afresh each round: folders come and
+        go)."""
+        for folder, role in roles.items():
+            if role != "other":
+                continue
+            try:
+                await self._watch(folder, "other").catch_up(conn)
+            except ProtocolError as exc:
+                if conn.protocol.closed.is_set():
+                    raise
+                # The server said NO for this folder (deleted meanwhile, no rights...):
+                # skip it this round instead of stalling every other folder.
+                log.warning("%s: skipping folder %r this round: %s", self.inbox.id, folder, exc)
+        if not self._other_announced:
+            self._other_announced = True
+            await self.status.emit("idle", folder="(other folders)")
 
 
 @dataclass
@@ -285,13 +318,23 @@ class ProducerService:
     registry: InboxRegistry | None = None
     budgets: BudgetRegistry = field(default_factory=BudgetRegistry)
     on_progress: ProgressCallback | None = None
+    gate: ConnectGate | None = None  # default: one of settings.producer.connect_concurrency
+    #: The fleet lease (topic registry mode); made by ``run`` when the settings ask for it.
+    leases: InboxLeases | None = field(default=None, init=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
     producer_name: str = field(default_factory=default_owner)
     workers: dict[str, _Running] = field(default_factory=dict, init=False)
     ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     store: CheckpointStore | None = field(default=None, init=False)
     publisher: EventPublisher | None = field(default=None, init=False)
 
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            self.gate = ConnectGate(self.settings.producer.connect_concurrency)
+
     def desired(self) -> dict[str, InboxSettings]:
+        if self.leases is not None:  # a fleet member syncs its lease, nothing else
+            return self.leases.owned()
         inboxes = {i.id: i for i in self.settings.inboxes}
         if self.registry is not None:
             inboxes |= self.registry.load()
@@ -313,23 +356,56 @@ class ProducerService:
         )
         try:
             await self.store.start()
+            if self.settings.producer.registry == "topic":
+                self.leases = InboxLeases(
+                    self.settings,
+                    SecretBox.default(self.settings.producer.secret_key_file),
+                    on_revoked=self._release,
+                )
+                await self.leases.start()
             self.ready.set()
             while not stop.is_set():
-                await self.reconcile(self.desired())
-                try:
-                    await asyncio.wait_for(stop.wait(), self.settings.producer.registry_poll_s)
-                except TimeoutError:
-                    pass
+                async with self._lock:
+                    await self.reconcile(self.desired())
+                await self._wait_for_change(stop)
         finally:
-            await asyncio.gather(
-                *(
-                    self._stop_worker(inbox_id, "the producer service is shutting down")
-                    for inbox_id in list(self.workers)
+            async with self._lock:
+                await asyncio.gather(
+                    *(
+                        self._stop_worker(inbox_id, "the producer service is shutting down")
+                        for inbox_id in list(self.workers)
+                    )
                 )
-            )
+            if self.leases is not None:
+                await self.leases.stop()  # after the inboxes stopped: then the others start
             await self.store.stop()
             await producer.stop()
             self.publisher.parse_pool.close()
+
+    async def _wait_for_change(self, stop: asyncio.Event) -> None:
+        """Until stopped, the lease changed, or ``registry_poll_s`` passed."""
+        waits = [asyncio.create_task(stop.wait())]
+        if self.leases is not None:
+            self.leases.changed.clear()
+            waits.append(asyncio.create_task(self.leases.changed.wait()))
+        try:
+            await asyncio.wait(waits, timeout=self.settings.producer.registry_poll_s)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def _release(self, inbox_ids: set[str]) -> None:
+        """A rebalance took these inboxes away: stop them all before the process rejoins."""
+        async with self._lock:
+            await asyncio.gather(
+                *(
+                    self._stop_worker(
+                        inbox_id, "the producer fleet is rebalancing; another process may own it"
+                    )
+                    for inbox_id in inbox_ids
+                    if inbox_id in self.workers
+                )
+            )
 
     async def reconcile(self, desired: dict[str, InboxSettings]) -> None:
         """Start new inboxes, stop removed ones, restart changed ones."""
@@ -351,13 +427,14 @@ class ProducerService:
             self._start_worker(inbox, fingerprint)
 
     def _start_worker(self, inbox: InboxSettings, fingerprint: str) -> None:
-        assert self.store is not None and self.publisher is not None
+        assert self.store is not None and self.publisher is not None and self.gate is not None
         worker = InboxWorker(
             inbox,
             self.settings.producer,
             self.publisher,
             self.store,
             self.budgets,
+            self.gate,
             producer_name=self.producer_name,
             on_progress=self.on_progress,
         )
