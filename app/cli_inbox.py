@@ -1,7 +1,9 @@
-"""``inboxstream inbox add|remove|list|status`` and ``inboxstream producer run``.
+"""``inboxstream inbox add|remove|list|status|migrate`` and ``inboxstream producer run``.
 
-Inboxes live in the registry directory (producers/registry.py); a running producer picks up
-every change within ``producer.registry_poll_s``. Passwords come from ``--password-env``,
+Inboxes live in the registry directory (producers/registry.py) or, with
+``producer.registry = "topic"``, in the fleet's registry topic (producers/registry_topic.py);
+a running producer picks up every change within ``producer.registry_poll_s`` (a fleet member:
+as soon as the record arrives). Passwords come from ``--password-env``,
 ``--password-file`` or a hidden prompt, in that order, and are never echoed or logged.
 """
 
@@ -27,6 +29,7 @@ from inboxstream.imap.folders import assign_roles
 from inboxstream.producers.checkpoints import CheckpointStore
 from inboxstream.producers.folder_sync import FolderProgress
 from inboxstream.producers.registry import InboxRegistry, registry_for
+from inboxstream.producers.registry_topic import TopicRegistry
 from inboxstream.producers.service import ProducerService
 from inboxstream.producers.status import latest_status
 
@@ -45,6 +48,41 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _registry(settings: Settings) -> InboxRegistry:
     return registry_for(settings)
+
+
+class _TopicStore:
+    """The registry topic behind the same calls as the folder registry (one command, one
+    read or write of the topic)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topics = TopicRegistry(settings, registry_for(settings).box)
+        self.errors: dict[str, str] = {}
+        self.partitions: dict[str, int] = {}
+
+    def add(self, inbox: InboxSettings) -> bool:
+        return asyncio.run(self.topics.add(inbox))
+
+    def remove(self, inbox_id: str) -> bool:
+        return asyncio.run(self.topics.remove(inbox_id))
+
+    def load(self) -> dict[str, InboxSettings]:
+        view = asyncio.run(self.topics.read())
+        self.errors = dict(view.errors)
+        self.partitions = {i: p for i, (p, _) in view.inboxes.items()}
+        return {i: inbox for i, (_, inbox) in view.inboxes.items()}
+
+
+def _store(settings: Settings) -> InboxRegistry | _TopicStore:
+    """Where ``inbox add/remove/list`` act: the folder, or the fleet's topic."""
+    if settings.producer.registry == "topic":
+        return _TopicStore(settings)
+    return _registry(settings)
+
+
+def _where(settings: Settings) -> str:
+    if settings.producer.registry == "topic":
+        return f"registry topic {settings.topics.registry.name}"
+    return str(settings.producer.registry_dir)
 
 
 def read_password(password_env: str | None, password_file: Path | None) -> str:
@@ -132,7 +170,7 @@ def inbox_add(
         folders = ", ".join(f"{name} ({role})" for name, role in roles.items())
         console.print(f"verified: {folders}")
     try:
-        created = _registry(_settings(ctx)).add(settings)
+        created = _store(_settings(ctx)).add(settings)
     except SecretKeyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(1) from None
@@ -160,8 +198,8 @@ async def _verify(inbox: InboxSettings) -> dict[str, str]:
 def inbox_remove(ctx: click.Context, inbox_id: str, forget_checkpoints: bool) -> None:
     """Stop syncing an inbox (its events stay in Kafka)."""
     settings = _settings(ctx)
-    if not _registry(settings).remove(inbox_id):
-        raise click.UsageError(f"no inbox {inbox_id!r} in {settings.producer.registry_dir}")
+    if not _store(settings).remove(inbox_id):
+        raise click.UsageError(f"no inbox {inbox_id!r} in {_where(settings)}")
     if forget_checkpoints:
         asyncio.run(_forget(settings, inbox_id))
     console.print(f"removed inbox {inbox_id}")
@@ -216,9 +254,11 @@ def inbox_rekey(ctx: click.Context, new_key: bool) -> None:
 @click.pass_context
 def inbox_list(ctx: click.Context) -> None:
     """The registered inboxes (never their passwords)."""
-    registry = _registry(_settings(ctx))
+    registry = _store(_settings(ctx))
     inboxes = registry.load()
-    table = Table("id", "imap", "security", "username", "attachments", "certificate")
+    partitions = registry.partitions if isinstance(registry, _TopicStore) else {}
+    columns = ["id", "imap", "security", "username", "attachments", "certificate"]
+    table = Table(*columns, *(["partition"] if partitions else []))
     for i in inboxes.values():
         table.add_row(
             i.id,
@@ -227,6 +267,7 @@ def inbox_list(ctx: click.Context) -> None:
             i.username,
             "logged" if i.log_attachments else "off",
             "unverified allowed" if i.allow_unverified_certificate else "verified",
+            *([str(partitions[i.id])] if partitions else []),
         )
     _out().print(table)
     for name, reason in registry.errors.items():
@@ -240,12 +281,12 @@ def inbox_status(ctx: click.Context, inbox_id: str | None) -> None:
     """Latest state of each inbox (from inbox.status) and each folder's checkpoint."""
     settings = _settings(ctx)
     statuses, checkpoints = asyncio.run(_read_status(settings))
-    ids = sorted(set(statuses) | set(_registry(settings).load()))
+    ids = sorted(set(statuses) | set(_store(settings).load()))
     if inbox_id is not None:
         ids = [i for i in ids if i == inbox_id]
         if not ids:
             raise click.UsageError(f"nothing known about inbox {inbox_id!r}")
-    table = Table("inbox", "state", "folder", "progress", "reason", "at")
+    table = Table("inbox", "state", "folder", "progress", "reason", "at", "producer")
     for i in ids:
         event = statuses.get(i)
         if event is None:
@@ -263,6 +304,7 @@ def inbox_status(ctx: click.Context, inbox_id: str | None) -> None:
             progress,
             event.reason or "",
             event.at.isoformat(timespec="seconds"),
+            event.producer,
         )
     _out().print(table)
     folders = Table("inbox", "folder", "uidvalidity", "last uid", "highestmodseq")
@@ -289,6 +331,29 @@ async def _read_status(settings: Settings) -> tuple[dict[str, Any], dict[tuple[s
     return statuses, known
 
 
+@inbox.command("migrate")
+@click.pass_context
+def inbox_migrate(ctx: click.Context) -> None:
+    """Copy every inbox of the registry folder into the fleet's registry topic.
+
+    The files stay as they are (delete them once the fleet runs); run it again after a change
+    to a file and the topic record is replaced. Then set producer.registry = "topic"."""
+    settings = _settings(ctx)
+    folder = _registry(settings)
+    inboxes = folder.load()
+    topic = _TopicStore(settings)
+    for inbox_id, created in asyncio.run(topic.topics.add_many(list(inboxes.values()))).items():
+        console.print(f"{'copied' if created else 'updated'} {inbox_id}")
+    for name, reason in folder.errors.items():
+        console.print(f"[yellow]not copied {name}:[/yellow] {reason}")
+    console.print(
+        f"{len(inboxes)} inbox(es) in registry topic {settings.topics.registry.name}; set "
+        "producer.registry = \"topic\" (INBOXSTREAM_PRODUCER__REGISTRY=topic) to run a fleet"
+    )
+    if folder.errors:
+        raise SystemExit(1)
+
+
 @click.group("producer")
 def producer() -> None:
     """The IMAP producer service."""
@@ -304,10 +369,16 @@ def producer_run(ctx: click.Context, no_progress: bool) -> None:
     removed with ``inboxstream inbox`` are picked up without a restart.
     """
     settings = _settings(ctx)
-    console.print(
-        f"producer: registry {settings.producer.registry_dir}, "
-        f"{len(_registry(settings).load()) + len(settings.inboxes)} inbox(es)"
-    )
+    if settings.producer.registry == "topic":
+        console.print(
+            f"producer: fleet member of {settings.producer.fleet_group}, "
+            f"inboxes leased from {_where(settings)}"
+        )
+    else:
+        console.print(
+            f"producer: registry {settings.producer.registry_dir}, "
+            f"{len(_registry(settings).load()) + len(settings.inboxes)} inbox(es)"
+        )
     asyncio.run(_run(settings, progress=not no_progress and console.is_terminal))
 
 

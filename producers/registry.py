@@ -52,6 +52,28 @@ def _with_password(inbox: InboxSettings) -> dict[str, object]:
 ENCRYPTED = "password_encrypted"
 
 
+def to_document(inbox: InboxSettings, box: SecretBox) -> dict[str, object]:
+    """The stored form of an inbox (a registry file, a registry topic record): every setting,
+    the password only as a Fernet token."""
+    data: dict[str, object] = inbox.model_dump(mode="json", exclude={"password"})
+    data[ENCRYPTED] = box.encrypt(inbox.password.get_secret_value())
+    return data
+
+
+def from_document(data: object, box: SecretBox) -> tuple[InboxSettings, bool]:
+    """The inbox of a stored document, and whether its password was stored in clear.
+    Raises ``ValueError``, ``ValidationError`` or ``SecretKeyError``."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    clear = ENCRYPTED not in data
+    if not clear:
+        token = data.pop(ENCRYPTED)
+        if not isinstance(token, str):
+            raise ValueError(f"{ENCRYPTED} is not a string")
+        data["password"] = box.decrypt(token)
+    return InboxSettings.model_validate(data), clear
+
+
 @dataclass
 class InboxRegistry:
     directory: Path
@@ -68,8 +90,7 @@ class InboxRegistry:
         """Create or replace; True if it was new. Written atomically, mode 0600."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o700)
-        data: dict[str, object] = inbox.model_dump(mode="json", exclude={"password"})
-        data[ENCRYPTED] = self.box.encrypt(inbox.password.get_secret_value())
+        data = to_document(inbox, self.box)
         path = self._path(inbox.id)
         existed = path.exists()
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
@@ -85,16 +106,7 @@ class InboxRegistry:
 
     def _read(self, path: Path) -> tuple[InboxSettings, bool]:
         """The inbox of one file, and whether its password was stored in clear."""
-        data = json.loads(path.read_bytes())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        clear = ENCRYPTED not in data
-        if not clear:
-            token = data.pop(ENCRYPTED)
-            if not isinstance(token, str):
-                raise ValueError(f"{ENCRYPTED} is not a string")
-            data["password"] = self.box.decrypt(token)
-        return InboxSettings.model_validate(data), clear
+        return from_document(json.loads(path.read_bytes()), self.box)
 
     def _migrate(self, path: Path, inbox: InboxSettings) -> None:
         """A clear-text file from before encryption at rest: rewrite it encrypted."""

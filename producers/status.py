@@ -37,6 +37,7 @@ class StatusReporter:
     publisher: EventPublisher
     inbox_id: str
     server: str | None = None
+    producer: str = ""
     _last_progress: dict[str, float] = field(default_factory=dict, init=False)
     sent: int = field(default=0, init=False)
 
@@ -67,6 +68,7 @@ class StatusReporter:
             progress_total=total,
             server=self.server,
             at=datetime.now(UTC),
+            producer=self.producer,
         )
         log.info(
             "%s: %s%s%s",

@@ -161,6 +161,7 @@ class StatusEvent(Event):
     progress_total: int | None = None
     server: str | None = None
     at: Timestamp
+    producer: str = ""  # v2: the producer process (host:pid); which fleet member owns the inbox
 
 
 OutboundKind = Literal["sent", "logged", "sequence"]
