@@ -39,6 +39,7 @@ from typing import Literal
 
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.lifetime import raise_open_files_limit
 from inboxstream.core.settings import InboxSettings, ProducerSettings, Settings
 from inboxstream.core.vault import SecretBox
 from inboxstream.errors import InboxstreamError
@@ -342,6 +343,7 @@ class ProducerService:
 
     async def run(self, stop: asyncio.Event) -> None:
         tune_for_streaming()
+        raise_open_files_limit()  # two sockets per idle inbox: thousands for a big share
         await ensure_topics(self.settings.kafka, self.settings.topics)
         producer = make_producer(self.settings.kafka)
         await producer.start()
