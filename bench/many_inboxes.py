@@ -1,4 +1,5 @@
-"""Hundreds of inboxes in one asyncio process: backfill, then live mail to every one of them.
+"""Hundreds or thousands of inboxes in one asyncio process: a cold start, then live mail to
+every one of them.
 
     .venv/bin/python -m bench.many_inboxes [INBOXES] [MESSAGES_PER_INBOX]
 
@@ -8,16 +9,23 @@ and Kafka:
 
 - backfill: messages/s until every inbox's INBOX is in Kafka, against the same service with one
   inbox of INBOXES x MESSAGES_PER_INBOX messages (the baseline, measured in the same run);
+- cold start: seconds from the service's start until every inbox's INBOX and sent folder are
+  backfilled and idling (their ``idle`` status events), with set-ups through the connect gate;
 - connections: the most IMAP connections any inbox held and the total (``doveadm who``), which
-  the budget caps at 5 per inbox (3 here: INBOX, sent, other folders);
+  the budget caps at 5 per inbox (at most 3 here: INBOX, sent, a round of the other folders);
 - live: one message delivered over LMTP to every inbox while all of them IDLE, and the delay
   from delivery to its event in Kafka, p50/p95 (Dovecot delays IDLE notices by ~0.5 s);
-- memory: the process's RSS before and at the end, per inbox.
+- memory: the process's RSS (with its parse workers) sampled every second, the peak;
+- Dovecot: its processes' count, CPU seconds and RSS at the end of the cold start.
+
+The last line is one JSON object: ``{"inboxes", "all_idle_s", "peak_rss_mb",
+"max_connections_per_inbox", "live_p50_ms", "live_p95_ms"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import statistics
 import sys
@@ -37,7 +45,7 @@ from inboxstream.imap.budget import BudgetRegistry
 from inboxstream.infra import dovecot, kafka
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.producers.service import ProducerService
-from inboxstream.schemas.models import MessageEvent
+from inboxstream.schemas.models import MessageEvent, StatusEvent
 from inboxstream.schemas.serde import serde_for
 
 
@@ -88,6 +96,39 @@ class Counter:
                     self.arrived[event.message_id] = now
 
 
+class IdleWatch:
+    """Reads inbox.status; notes when each inbox has both its INBOX and sent folder idle."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.serde = serde_for(StatusEvent)
+        self.topic = settings.topics.status.name
+        self.partitions = settings.topics.partitions
+        self.idle: dict[str, set[str]] = {}
+        self.all_idle_at: dict[str, float] = {}
+        self.consumer = AIOKafkaConsumer(
+            **client_options(settings.kafka), group_id=None, auto_offset_reset="earliest"
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+
+    async def run(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=200)
+            now = time.monotonic()
+            for records in batches.values():
+                for record in records:
+                    event = self.serde.decode(record.value, record.headers)
+                    if event.state == "idle" and event.folder in ("INBOX", "Sent"):
+                        folders = self.idle.setdefault(event.inbox_id, set())
+                        folders.add(event.folder)
+                        if len(folders) == 2:
+                            self.all_idle_at.setdefault(event.inbox_id, now)
+
+
 def connections(prefix: str) -> tuple[int, int]:
     """(total, most for one user) IMAP connections of our users, from doveadm who."""
     per_user: dict[str, int] = {}
@@ -98,26 +139,95 @@ def connections(prefix: str) -> tuple[int, int]:
     return sum(per_user.values()), max(per_user.values(), default=0)
 
 
+def rss_with_children(proc: psutil.Process) -> int:
+    """The producer's memory with its parse workers' (Python children only: Kafka and Dovecot
+    are children too when this run started them). PSS, so pages the forked workers share
+    with each other are counted once, not once per process."""
+    total = proc.memory_full_info().pss
+    for child in proc.children(recursive=True):
+        try:
+            if "python" in child.name():
+                total += child.memory_full_info().pss
+        except psutil.Error:
+            pass
+    return total
+
+
+def dovecot_usage() -> tuple[int, float, int]:
+    """(processes, CPU seconds, RSS bytes) of every Dovecot process."""
+    count, cpu, rss = 0, 0.0, 0
+    for p in psutil.process_iter(["name"]):
+        name = p.info["name"] or ""
+        if name in (
+            "dovecot",
+            "imap",
+            "imap-login",
+            "auth",
+            "anvil",
+            "log",
+            "config",
+            "stats",
+            "indexer",
+            "lmtp",
+            "dict",
+        ) or name.startswith("dovecot"):
+            try:
+                t = p.cpu_times()
+                cpu += t.user + t.system
+                rss += p.memory_info().rss
+                count += 1
+            except psutil.Error:
+                pass
+    return count, cpu, rss
+
+
 async def run_service(
     settings: Settings, users: list[str], password: str, expected: int, prefix: str
-) -> tuple[float, int, int, ProducerService, asyncio.Event, asyncio.Task[None], Counter]:
+) -> tuple[
+    float, float, int, int, ProducerService, asyncio.Event, asyncio.Task[None], Counter, int
+]:
+    """Start the service on ``users``; return when every message is in Kafka and every inbox
+    idles: (seconds to the last message, seconds to all idle, peak connections in all, most
+    for one inbox, the service, its stop event and task, the message counter, peak RSS)."""
     registry = InboxRegistry(settings.producer.registry_dir)
     for user in users:
         registry.add(demo_inbox(password, user))
     counter = Counter(settings)
     await counter.start()
+    watch = IdleWatch(settings)
+    await watch.start()
+    watching = asyncio.create_task(watch.run())
     service = ProducerService(settings, registry, BudgetRegistry())
     stop = asyncio.Event()
+    proc = psutil.Process()
+    peak_rss = rss_with_children(proc)
     t0 = time.monotonic()
     task = asyncio.create_task(service.run(stop))
     peak_total = peak_one = 0
     waiting = asyncio.create_task(counter.until(expected, timeout=900))
-    while not waiting.done():
+    last_report = t0
+    while not waiting.done() or len(watch.all_idle_at) < len(users):
+        if task.done():
+            task.result()  # the service died: say why
         total, one = await asyncio.to_thread(connections, prefix)
         peak_total, peak_one = max(peak_total, total), max(peak_one, one)
+        peak_rss = max(peak_rss, rss_with_children(proc))
+        if time.monotonic() - last_report > 10:
+            last_report = time.monotonic()
+            print(
+                f"  {last_report - t0:5.0f}s: {counter.total} messages, "
+                f"{len(watch.all_idle_at)} of {len(users)} inboxes idle, {total} connections",
+                file=sys.stderr,
+            )
+        if time.monotonic() - t0 > 900:
+            raise TimeoutError(f"{len(watch.all_idle_at)} of {len(users)} inboxes idle in 900 s")
         await asyncio.wait({waiting}, timeout=1.0)
     waiting.result()
-    return time.monotonic() - t0, peak_total, peak_one, service, stop, task, counter
+    watching.cancel()
+    await watch.consumer.stop()
+    all_idle = max(watch.all_idle_at.values()) - t0
+    messages_s = max(counter.arrived.values(), default=t0) - t0
+    return (messages_s, all_idle, peak_total, peak_one, service, stop, task, counter, peak_rss)
 
 
 async def main(n_inboxes: int, per_inbox: int) -> None:
@@ -154,7 +264,7 @@ async def main(n_inboxes: int, per_inbox: int) -> None:
     try:
         base = settings_for("base")
         await ensure_topics(base.kafka, base.topics)
-        b_s, _, _, service, stop, task, counter = await run_service(
+        b_s, _, _, _, service, stop, task, counter, _ = await run_service(
             base, [baseline_user], password, expected, f"{prefix}base"
         )
         stop.set()
@@ -164,9 +274,19 @@ async def main(n_inboxes: int, per_inbox: int) -> None:
         many = settings_for("many")
         await ensure_topics(many.kafka, many.topics)
         rss0 = proc.memory_info().rss
-        m_s, peak_total, peak_one, service, stop, task, counter = await run_service(
-            many, users, password, expected, prefix
-        )
+        cpu0 = dovecot_usage()[1]
+        (
+            m_s,
+            idle_s,
+            peak_total,
+            peak_one,
+            service,
+            stop,
+            task,
+            counter,
+            peak_rss,
+        ) = await run_service(many, users, password, expected, prefix)
+        dc_count, dc_cpu, dc_rss = dovecot_usage()
         assert all(counter.per_inbox.get(u) == per_inbox for u in users), "an inbox is short"
         # Live: every inbox is IDLE now; deliver one message to each and time its event.
         await asyncio.sleep(3)
@@ -199,9 +319,13 @@ async def main(n_inboxes: int, per_inbox: int) -> None:
     print(f"backfill, one inbox of {expected} messages (baseline): {expected / b_s:8.0f} msg/s")
     print(
         f"backfill, {n_inboxes} inboxes x {per_inbox} messages:    "
-        f"{expected / m_s:8.0f} msg/s  ({m_s:.1f}s to the last inbox)"
+        f"{expected / m_s:8.0f} msg/s  ({m_s:.1f}s to the last message)"
     )
     print(f"ratio many inboxes / one inbox: {b_s / m_s:.2f}")
+    print(
+        f"cold start: every inbox backfilled and idling (INBOX and Sent) {idle_s:.1f}s after "
+        f"the start (target: 120 s for 1,000 inboxes)"
+    )
     print(
         f"IMAP connections: peak {peak_total} in all, at most {peak_one} for one inbox (budget: 5)"
     )
@@ -211,8 +335,26 @@ async def main(n_inboxes: int, per_inbox: int) -> None:
         f"(Dovecot's IDLE notice delay ~500 ms is the floor; LMTP took {deliver_s:.1f}s for all)"
     )
     print(
-        f"RSS: {rss0 / 2**20:.0f} MB before, {rss1 / 2**20:.0f} MB with {n_inboxes} inboxes "
-        f"live ({(rss1 - rss0) / n_inboxes / 1024:.0f} KB per inbox)"
+        f"RSS: {rss0 / 2**20:.0f} MB before, peak {peak_rss / 2**20:.0f} MB (PSS) with parse "
+        "workers, "
+        f"{rss1 / 2**20:.0f} MB with {n_inboxes} inboxes live "
+        f"({(rss1 - rss0) / n_inboxes / 1024:.0f} KB per inbox)"
+    )
+    print(
+        f"Dovecot after the cold start: {dc_count} processes, {dc_rss / 2**20:.0f} MB RSS, "
+        f"{dc_cpu - cpu0:.0f} CPU-s during it"
+    )
+    print(
+        json.dumps(
+            {
+                "inboxes": n_inboxes,
+                "all_idle_s": round(idle_s, 1),
+                "peak_rss_mb": round(peak_rss / 2**20),
+                "max_connections_per_inbox": peak_one,
+                "live_p50_ms": round(p50 * 1000),
+                "live_p95_ms": round(p95 * 1000),
+            }
+        )
     )
 
 
