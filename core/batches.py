@@ -23,6 +23,9 @@ Headers = Sequence[tuple[str, bytes]]
 #: headers.
 Outgoing = tuple[str, int | None, bytes | None, bytes | None, Headers]
 
+#: Fewer records than this for one partition go through ``send`` (see ``send_all``).
+SMALL_GROUP = 16
+
 #: What ``producer.send`` uses for a keyed record: murmur2 of the key over all partitions.
 _PARTITIONER = DefaultPartitioner()
 
@@ -59,6 +62,19 @@ class BatchSender:
             by_tp.setdefault((topic, partition), []).append((key, value, listed))
         futures: list[asyncio.Future[object]] = []
         for (topic, partition), group in by_tp.items():
+            if len(group) < SMALL_GROUP:
+                # A few records (a live message of one of many inboxes) go through ``send``:
+                # they join the partition's open batch with everyone else's. A batch of our
+                # own for each would be its own produce round trip (aiokafka drains one batch
+                # per partition per request), and a thousand inboxes' live mail queued a
+                # thousand of them: 14 s p50 delivery and batches expiring unsent.
+                for key, value, headers in group:
+                    futures.append(
+                        await self.producer.send(
+                            topic, value, key=key, partition=partition, headers=headers
+                        )
+                    )
+                continue
             batch = self.producer.create_batch()
             for key, value, headers in group:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers):

@@ -3,6 +3,7 @@ headers as one ``producer.send`` per record, in a transaction too."""
 
 from __future__ import annotations
 
+import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from inboxstream.core.batches import BatchSender, Outgoing
@@ -11,9 +12,9 @@ from inboxstream.core.settings import Settings
 from tests.helpers.pipeline import read_records
 
 
-def _records(topic: str) -> list[Outgoing]:
+def _records(topic: str, count: int = 300) -> list[Outgoing]:
     out: list[Outgoing] = []
-    for i in range(300):
+    for i in range(count):
         key = f"inbox-{i % 7}".encode()
         partition = 0 if i % 50 == 0 else None  # a few with an explicit partition
         out.append((topic, partition, key, f"v{i}".encode() * 40, [("n", str(i).encode())]))
@@ -32,25 +33,28 @@ def _layout(records: list[ConsumerRecord[bytes, bytes]]) -> dict[int, list[Row]]
     return by_partition
 
 
-async def test_batches_land_where_single_sends_land(settings: Settings, unique: str) -> None:
+@pytest.mark.parametrize("count", [300, 9])  # big groups go as batches, small ones via send
+async def test_batches_land_where_single_sends_land(
+    settings: Settings, unique: str, count: int
+) -> None:
     await ensure_topics(settings.kafka, settings.topics)
     ours, theirs = settings.topics.threads.name, settings.topics.engagements.name
     plain = make_producer(settings.kafka)
     txn = AIOKafkaProducer(
-        **client_options(settings.kafka), transactional_id=f"batches-{unique}", acks="all"
+        **client_options(settings.kafka), transactional_id=f"batches-{unique}-{count}", acks="all"
     )
     await plain.start()
     await txn.start()
     try:
-        for topic, partition, key, value, headers in _records(theirs):
+        for topic, partition, key, value, headers in _records(theirs, count):
             await plain.send(topic, value, key=key, partition=partition, headers=list(headers))
         await plain.flush()
         async with txn.transaction():
-            await BatchSender(txn).send_all(_records(ours))
+            await BatchSender(txn).send_all(_records(ours, count))
     finally:
         await plain.stop()
         await txn.stop()
     got = _layout(await read_records(settings, ours))
     want = _layout(await read_records(settings, theirs))
-    assert sum(len(v) for v in got.values()) == 300
+    assert sum(len(v) for v in got.values()) == count
     assert got == want
