@@ -42,13 +42,18 @@ def encode_entry(inbox: InboxSettings, box: SecretBox) -> bytes:
 def decode_entry(value: bytes, box: SecretBox) -> InboxSettings:
     """Raises ``ValueError`` (with a reason to show) for anything that is not an inbox."""
     try:
-        inbox, _ = from_document(json.loads(value), box)
+        inbox, clear = from_document(json.loads(value), box)
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc)) from None
     except SecretKeyError as exc:
         raise ValueError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a JSON document: {exc}") from None
+    if clear:  # never sync from, or keep using, a secret someone put in a topic in clear
+        raise ValueError(
+            "the record holds its password in clear; the registry topic takes encrypted "
+            "passwords only (inboxstream inbox add)"
+        )
     return inbox
 
 

@@ -24,8 +24,10 @@ import pytest
 from inboxstream.core.settings import Settings, TopicSpec
 from inboxstream.core.vault import SecretBox
 from inboxstream.infra import dovecot
+from inboxstream.producers.registry import InboxRegistry
 from inboxstream.producers.registry_topic import TopicRegistry
 from inboxstream.schemas.models import MessageEvent, StatusEvent
+from tests.helpers.pipeline import read_records
 from tests.helpers.service import deliver_many, fast_settings, new_messages, readers, service_env
 from tests.helpers.services import MailUser
 
@@ -223,3 +225,36 @@ async def test_kill_9_of_a_member_hands_its_inboxes_over_and_loses_nothing(
         for user, subjects in per_inbox.items():
             # the backfill and the mail during the takeover, nothing missing
             assert {"bulk 0", "bulk 1", "bulk 200", "bulk 201"} <= set(subjects), user
+
+
+async def test_inbox_migrate_copies_the_folder_registry_into_the_topic(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    s = fleet_settings(settings, tmp_path, unique)
+    s = s.model_copy(
+        update={"producer": s.producer.model_copy(update={"registry_dir": tmp_path / "folder"})}
+    )
+    box = SecretBox.default(s.producer.secret_key_file)
+    folder = InboxRegistry(s.producer.registry_dir, box)
+    users = [MailUser(f"m{n}{unique}@inboxstream.test", f"pw-{n}-{unique}") for n in range(3)]
+    for user in users:
+        folder.add(user.inbox())
+    cli = Path(sys.executable).with_name("inboxstream")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(cli), "inbox", "migrate"],
+        env=service_env(s),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert all(u.password not in done.stdout + done.stderr for u in users)
+    view = await TopicRegistry(s, box).read()
+    assert {i: inbox for i, (_, inbox) in view.inboxes.items()} == {
+        u.name: u.inbox() for u in users
+    }
+    # the topic holds Fernet tokens, never a password
+    raw = await read_records(s, s.topics.registry.name)
+    assert len(raw) == 3
+    assert all(u.password.encode() not in (r.value or b"") for u in users for r in raw)
