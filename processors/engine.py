@@ -122,8 +122,14 @@ class Engine:
         key = message_key(inbox, ev.event_id)
         orphan = state.pending.get(key)  # its body came first: we hold only the body's offset
         body_at = orphan.body_at if orphan else None
+        automated = ev.automated  # inbox.messages v3
+        if automated and (ev.in_reply_to or ev.references):
+            # An out-of-office answer or a bounce refers to the CRM mail like a reply does,
+            # but no person replied: threaded, counted, never an engagement.
+            self.counts[f"automated_not_reply:{automated}"] += 1
         if (
             not (ev.in_reply_to or ev.references)
+            or automated
             # Replies are incoming mail (the FAQ: "monitor incoming mail for replies"); the
             # owner's own follow-ups filed in the sent folder are threaded, never engagements.
             or ev.folder_role == "sent"

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from inboxstream.core.contracts import MAX_MESSAGE_BYTES
 from inboxstream.imap.fetch import FetchedItem
+from inboxstream.mail.automatic import automatic_kind
 from inboxstream.mail.headers import decode_bytes, decode_text, parse_date, parse_msg_ids
 from inboxstream.mail.limits import (
     MAX_ATTACHMENTS,
@@ -414,6 +415,7 @@ def parse_records(
         "parse_error": parse_error,
         "observed_at": observed,
         "producer": producer,
+        "automated": safe("automatic", lambda _: automatic_kind(header), None),
     }
 
     skipped: str | None = None

@@ -117,6 +117,9 @@ class MessageEvent(Event):
     parse_error: str | None = None
     observed_at: Timestamp
     producer: str = ""
+    # v3: why no person wrote it (mail/automatic.py): bounce | auto_reply | auto_generated |
+    # bulk; None for mail a person wrote. Automated mail is never a CRM reply.
+    automated: str | None = None
 
 
 class BodyEvent(Event):

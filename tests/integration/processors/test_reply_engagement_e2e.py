@@ -55,6 +55,29 @@ async def test_reply_to_crm_mail_becomes_an_engagement(
     private["In-Reply-To"] = "<dinner@friend.test>"
     private.set_content("PRIVATE-DINNER-TEXT")
     dovecot.deliver(alice.name, bytes(private))
+    # Bob's out-of-office answer and a bounce both refer to the CRM mail, and neither is a
+    # reply: marked on their events, threaded, never engagements (so never in the reply rate).
+    away = EmailMessage()
+    away["From"] = f"Bob Buyer <{bob.name}>"
+    away["To"] = alice.name
+    away["Subject"] = "Automatic reply: Your quote"
+    away["Message-ID"] = make_msgid(domain="buyer.test")
+    away["In-Reply-To"] = f"<{sent.message_id}>"
+    away["Auto-Submitted"] = "auto-replied"
+    away.set_content("I am out of the office until Monday.")
+    dovecot.deliver(alice.name, bytes(away), sender=bob.name)
+    bounce_id = make_msgid(domain="buyer.test")
+    bounce = (  # RFC 3464: a multipart/report with a message/delivery-status part
+        f"From: MAILER-DAEMON@buyer.test\r\nTo: {alice.name}\r\n"
+        f"Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: {bounce_id}\r\n"
+        f"References: <{sent.message_id}>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+        "--b1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; buyer.test\r\n\r\nFinal-Recipient: rfc822; gone@buyer.test\r\n"
+        "Action: failed\r\nStatus: 5.1.1\r\n\r\n--b1--\r\n"
+    ).encode()
+    dovecot.deliver(alice.name, bounce)
 
     await sync_inbox_once(settings, alice.inbox())
     await run_processor(settings, ProcessorConfig(group_id=f"e2e-{unique}"), until_end=True)
@@ -77,4 +100,12 @@ async def test_reply_to_crm_mail_becomes_an_engagement(
     synced = await read_all(settings, settings.topics.messages.name, MessageEvent)
     sent_copy = next(m for m in synced if m.message_id == sent.message_id)
     assert sent_copy.folder_role == "sent"
-    assert (await assignments(settings))[sent_copy.event_id] == eng.thread_id
+    threads = await assignments(settings)
+    assert threads[sent_copy.event_id] == eng.thread_id
+    automated = {m.subject: m for m in synced if m.automated}
+    assert {s: m.automated for s, m in automated.items()} == {
+        "Automatic reply: Your quote": "auto_reply",
+        "Undelivered Mail Returned to Sender": "bounce",
+    }
+    assert all(threads[m.event_id] == eng.thread_id for m in automated.values())
+    assert not [m for m in synced if m.automated and m.subject and m.subject.startswith("Re:")]

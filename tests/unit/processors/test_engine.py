@@ -37,6 +37,7 @@ def message(
     at: datetime = T0,
     folder_role: str = "inbox",
     subject: str = "Quote",
+    automated: str | None = None,
 ) -> MessageEvent:
     return MessageEvent(
         event_id=f"e{n}",
@@ -53,6 +54,7 @@ def message(
         size=100,
         raw_headers=b"",
         observed_at=at,
+        automated=automated,
     )
 
 
@@ -157,6 +159,35 @@ def test_sent_folder_mail_and_unrelated_mail_are_no_engagements() -> None:
     h.feed(body_of(3, "unrelated"))
     assert h.types() == [] and not h.state.pending
     assert h.engine.counts["bodies_dropped"] == 2
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["auto_reply", "bounce", "auto_generated", "bulk"]),
+    crm_first=st.booleans(),
+)
+def test_automated_answers_to_crm_mail_are_threaded_never_engagements(
+    kind: str, crm_first: bool
+) -> None:
+    """An out-of-office answer or a bounce refers to the CRM mail like a reply: it joins the
+    thread, is counted, and never becomes an engagement, whichever of its events comes first;
+    a real reply next to it still does."""
+    h = Harness()
+    if crm_first:
+        h.feed(crm("m1@example.com"))
+    h.feed(message(1, folder_role="sent"))
+    auto = h.feed(message(2, reply_to="m1@example.com", automated=kind))
+    h.feed(body_of(2, "I am away"))
+    real = h.feed(message(3, reply_to="m1@example.com"))
+    h.feed(body_of(3, "yes"))
+    if not crm_first:
+        h.feed(crm("m1@example.com"))
+    assert [e.event.event_type for e in auto] == ["thread.assigned"]
+    assert auto[0].event.thread_id == real[0].event.thread_id  # type: ignore[union-attr]
+    engagements = [e for e in h.out if e.output == "engagements"]
+    assert [e.event.message_id for e in engagements] == ["m3@example.com"]  # type: ignore[union-attr]
+    assert f"{INBOX}\x00e2" not in h.state.pending  # its body is not even held
+    assert h.engine.counts[f"automated_not_reply:{kind}"] == 1
 
 
 def test_retention_over_ninety_days_of_event_time() -> None:
