@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from inboxstream.core.kafka import client_options
 from inboxstream.core.settings import ProducerSettings, Settings
 from inboxstream.imap.budget import BudgetRegistry
+from inboxstream.imap.gate import ConnectGate
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.producers.service import ProducerService
 from inboxstream.schemas.models import CheckpointEvent, Event, MessageEvent, StatusEvent
@@ -107,11 +108,14 @@ class TopicReader:
 
 @asynccontextmanager
 async def running_service(
-    settings: Settings, budgets: BudgetRegistry | None = None
+    settings: Settings, budgets: BudgetRegistry | None = None, gate: ConnectGate | None = None
 ) -> AsyncIterator[ProducerService]:
     """The service with its registry at ``settings.producer.registry_dir``, stopped after."""
     service = ProducerService(
-        settings, InboxRegistry(settings.producer.registry_dir), budgets or BudgetRegistry()
+        settings,
+        InboxRegistry(settings.producer.registry_dir),
+        budgets or BudgetRegistry(),
+        gate=gate,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))

@@ -113,3 +113,40 @@ async def test_five_connections_at_most_while_syncing_and_sending(
     while dovecot.who(mail_user.name) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert dovecot.who(mail_user.name) == 0  # everything was closed on stop
+
+
+async def test_an_idle_inbox_holds_two_connections_between_other_folder_rounds(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    """INBOX and Sent stay connected (IDLE); the other folders are read a round at a time on a
+    connection of their own that is closed between rounds, and the rounds go on."""
+    await asyncio.to_thread(fill_folders, mail_user, 2)
+    s = fast_settings(
+        settings, tmp_path / "inboxes", other_folders_interval_s=4.0, connect_jitter_s=0.0
+    )
+    InboxRegistry(s.producer.registry_dir).add(mail_user.inbox())
+    async with readers(s) as (messages, status), running_service(s):
+        await status.wait_for(
+            lambda ev: (
+                {e.folder for e in ev if e.state == "idle"} >= {"INBOX", "Sent", "(other folders)"}
+            ),
+            timeout=60,
+            what="every folder caught up",
+        )
+        await asyncio.sleep(0.5)  # the round's LOGOUT reaches the server
+        between = [await asyncio.to_thread(dovecot.who, mail_user.name) for _ in range(10)]
+        assert between == [2] * 10, between
+        # The next round still comes, on a new connection: mail filed meanwhile arrives.
+        client = imap_client(mail_user.name, mail_user.password)
+        try:
+            raw = (
+                b"From: a@example.com\r\nSubject: filed later\r\nMessage-ID: <later@x>\r\n\r\nx\r\n"
+            )
+            assert client.append("Archive", None, None, raw)[0] == "OK"
+        finally:
+            client.logout()
+        await messages.wait_for(
+            lambda ev: any(e.subject == "filed later" and e.folder == "Archive" for e in ev),
+            timeout=30,
+            what="mail filed in Archive between rounds",
+        )

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from inboxstream.core.settings import Settings
+from inboxstream.imap.gate import ConnectGate
 from inboxstream.infra import dovecot
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import StatusEvent
@@ -234,3 +235,33 @@ async def test_revoked_access_while_running_stops_the_inbox_without_a_storm(
             after[-1].event_id
             == next(e for e in reversed(after) if e.error_kind == "auth").event_id
         )
+
+
+async def test_connection_set_ups_pass_the_gate_inbox_connections_first(
+    settings: Settings, dovecot_server: dovecot.DovecotEndpoints, unique: str, tmp_path: Path
+) -> None:
+    """Six inboxes starting at once through a gate of two: never more than two set-ups at a
+    time, and every INBOX connection is set up before any sent or other-folders one."""
+    users = [MailUser(f"g{unique}{n}@inboxstream.test", f"pw-{unique}-{n}") for n in range(6)]
+    s = fast_settings(settings, tmp_path / "inboxes", connect_jitter_s=0.0)
+    registry = InboxRegistry(s.producer.registry_dir)
+    gate = ConnectGate(2, record=True)
+    try:
+        for user in users:
+            dovecot.add_user(user.name, user.password)
+            registry.add(user.inbox())
+        async with readers(s) as (_, status), running_service(s, gate=gate):
+            await status.wait_for(
+                lambda ev: (
+                    len({e.inbox_id for e in ev if e.state == "idle" and e.folder == "Sent"})
+                    == len(users)
+                ),
+                timeout=120,
+                what="every inbox's sent folder idle",
+            )
+    finally:
+        for user in users:
+            dovecot.remove_user(user.name)
+    assert gate.peak == 2
+    assert gate.granted[: len(users)] == ["inbox"] * len(users), gate.granted
+    assert set(gate.granted[len(users) :]) <= {"sent", "other", "inbox"}
