@@ -232,8 +232,16 @@ def inbox_rekey(ctx: click.Context, new_key: bool) -> None:
     """Re-encrypt every stored inbox secret under the newest key, then retire the old keys.
 
     A crash half-way loses nothing: the old key stays in the key file until every secret is
-    re-encrypted, and every file is rewritten atomically."""
-    registry = _registry(_settings(ctx))
+    re-encrypted, and every file is rewritten atomically.
+
+    With the registry topic, every producer host holds the keys: put the new key first
+    (INBOXSTREAM_SECRET_KEY="new,old" or the key file) on every host, run rekey (it rewrites
+    each record under the new key), then retire the old key everywhere."""
+    settings = _settings(ctx)
+    if settings.producer.registry == "topic":
+        _rekey_topic(settings, new_key)
+        return
+    registry = _registry(settings)
     try:
         if new_key:
             registry.box.add_new_key()
@@ -248,6 +256,31 @@ def inbox_rekey(ctx: click.Context, new_key: bool) -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(1) from None
     console.print(f"re-encrypted {count} inbox secret(s) under the newest key")
+
+
+def _rekey_topic(settings: Settings, new_key: bool) -> None:
+    if new_key:
+        raise click.UsageError(
+            "in a fleet every producer needs the new key: put it first in "
+            "INBOXSTREAM_SECRET_KEY (or the key file) on every producer host, then run rekey "
+            "without --new-key"
+        )
+    store = _TopicStore(settings)
+    try:
+        inboxes = store.load()
+    except SecretKeyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
+    if store.errors:
+        for inbox_id, reason in store.errors.items():
+            console.print(f"[red]cannot re-encrypt {inbox_id}:[/red] {reason}")
+        console.print("nothing rewritten: fix the records above (inbox add) and run rekey again")
+        raise SystemExit(1)
+    asyncio.run(store.topics.add_many(list(inboxes.values())))
+    console.print(
+        f"re-encrypted {len(inboxes)} inbox secret(s) in {_where(settings)} under the newest "
+        "key; retire the old key on every producer host"
+    )
 
 
 @inbox.command("list")

@@ -359,6 +359,12 @@ class ProducerService:
         try:
             await self.store.start()
             if self.settings.producer.registry == "topic":
+                if self.settings.inboxes:
+                    log.warning(
+                        "producer.registry is 'topic': the %d [[inboxes]] of the config file "
+                        "are not synced by a fleet member; add them with 'inbox add'",
+                        len(self.settings.inboxes),
+                    )
                 self.leases = InboxLeases(
                     self.settings,
                     SecretBox.default(self.settings.producer.secret_key_file),

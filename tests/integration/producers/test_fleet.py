@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from inboxstream.core.settings import Settings, TopicSpec
-from inboxstream.core.vault import SecretBox
+from inboxstream.core.vault import SecretBox, write_key_file
 from inboxstream.infra import dovecot
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.producers.registry_topic import TopicRegistry
@@ -258,3 +259,37 @@ async def test_inbox_migrate_copies_the_folder_registry_into_the_topic(
     raw = await read_records(s, s.topics.registry.name)
     assert len(raw) == 3
     assert all(u.password.encode() not in (r.value or b"") for u in users for r in raw)
+
+
+async def test_inbox_rekey_rewrites_the_topic_under_the_new_key(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    s = fleet_settings(settings, tmp_path, unique)
+    old, new = Fernet.generate_key(), Fernet.generate_key()
+    write_key_file(tmp_path / "old.key", [old])
+    write_key_file(tmp_path / "new.key", [new])
+    old_box, new_box = (
+        SecretBox.default(tmp_path / "old.key"),
+        SecretBox.default(tmp_path / "new.key"),
+    )
+    users = [MailUser(f"k{n}{unique}@inboxstream.test", f"pw-{n}-{unique}") for n in range(2)]
+    await TopicRegistry(s, old_box).add_many([u.inbox() for u in users])
+    env = service_env(s) | {"INBOXSTREAM_SECRET_KEY": f"{new.decode()},{old.decode()}"}
+    cli = Path(sys.executable).with_name("inboxstream")
+    done = await asyncio.to_thread(
+        subprocess.run, [str(cli), "inbox", "rekey"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    after = await TopicRegistry(s, new_box).read()
+    assert {i: inbox for i, (_, inbox) in after.inboxes.items()} == {
+        u.name: u.inbox() for u in users
+    }
+    assert set((await TopicRegistry(s, old_box).read()).errors) == {u.name for u in users}
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [str(cli), "inbox", "rekey", "--new-key"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "every producer" in refused.stderr
