@@ -56,6 +56,9 @@ class Checkpoint:
     uidvalidity: int
     last_uid: int
     highestmodseq: int | None = None
+    #: Without QRESYNC, the UIDs <= last_uid the server listed at the last check (an IMAP
+    #: sequence set), to find expunges made while no producer ran; None when not known.
+    known_uids: str | None = None
 
 
 @dataclass
@@ -124,7 +127,12 @@ class CheckpointStore:
             log.warning("skipping unreadable checkpoint %r: %s", key, exc)
             return
         self._known[(event.inbox_id, event.folder)] = Checkpoint(
-            event.inbox_id, event.folder, event.uidvalidity, event.last_uid, event.highestmodseq
+            event.inbox_id,
+            event.folder,
+            event.uidvalidity,
+            event.last_uid,
+            event.highestmodseq,
+            event.known_uids,
         )
 
     def get(self, inbox_id: str, folder: str) -> Checkpoint | None:
@@ -146,6 +154,7 @@ class CheckpointStore:
             highestmodseq=checkpoint.highestmodseq,
             owner=self.owner,
             updated_at=datetime.now(UTC),
+            known_uids=checkpoint.known_uids,
         )
         serde = serde_for(CheckpointEvent)
         if self.producer is None:

@@ -165,9 +165,13 @@ class FolderWatch:
         after = cp.last_uid if cp is not None else 0
         modseq = selected.highestmodseq
 
+        # the known UID set stays as stored while new messages move last_uid on (UIDs past
+        # the old last_uid are new, never "gone"); _diff_expunges replaces it
+        known = None if cp is None or qresync else cp.known_uids
+
         async def checkpoint(sel: SelectedFolder, last_uid: int) -> None:
             await self.store.save(
-                Checkpoint(self.inbox_id, self.folder, sel.uidvalidity, last_uid, modseq)
+                Checkpoint(self.inbox_id, self.folder, sel.uidvalidity, last_uid, modseq, known)
             )
 
         # Messages already in Kafka, for "n of m" on resume: an estimate (UIDs may be sparse).
@@ -201,7 +205,7 @@ class FolderWatch:
             # Nothing new, but the UIDVALIDITY or MODSEQ mark moved: record it.
             await checkpoint(selected, result.last_uid)
         if not qresync:
-            await self._diff_expunges(conn, selected, result.last_uid)
+            await self._diff_expunges(conn, selected, result.last_uid, modseq, known)
         if not self.caught_up:
             self.caught_up = True
             await self.status.progress(self.folder, selected.exists, selected.exists, final=True)
@@ -312,9 +316,19 @@ class FolderWatch:
         return acks
 
     async def _diff_expunges(
-        self, conn: ImapConnection, selected: SelectedFolder, last_uid: int
+        self,
+        conn: ImapConnection,
+        selected: SelectedFolder,
+        last_uid: int,
+        modseq: int | None,
+        stored: str | None,
     ) -> None:
-        """Expunges without QRESYNC: UIDs seen last time that the server no longer lists."""
+        """Expunges without QRESYNC: UIDs seen last time that the server no longer lists.
+
+        "Last time" is the previous check of this process or, after a start, the UID set the
+        checkpoint kept (``known_uids``): expunges made while no producer ran are reported
+        too. The new set is checkpointed once its expunge events are acked, and only when it
+        changed."""
         if last_uid == 0:
             self.known_uids = array("q")
             return
@@ -325,11 +339,33 @@ class FolderWatch:
         if response.result != "OK":
             raise ProtocolError(f"UID SEARCH in {self.folder!r} failed")
         now = array("q", sorted(u for u in search_uids(response.lines[:-1]) if u <= last_uid))
+        if self.known_uids is None and stored is not None:
+            self.known_uids = array("q", expand_uid_set(stored))
         if self.known_uids is not None:
             gone = sorted(set(self.known_uids) - set(now))
             if gone:
                 await asyncio.gather(*await self._publish_expunged(selected, gone))
         self.known_uids = now
+        ranges: str | None = compress_uid_set(list(now)) if now else ""
+        if ranges is not None and len(ranges) > MAX_KNOWN_UIDS_CHARS:
+            log.warning(
+                "%s: %s has too fragmented a UID set to checkpoint (%d characters); expunges "
+                "while no producer runs will not be reported for it",
+                self.inbox_id,
+                self.folder,
+                len(ranges),
+            )
+            ranges = None
+        if ranges != stored:
+            await self.store.save(
+                Checkpoint(
+                    self.inbox_id, self.folder, selected.uidvalidity, last_uid, modseq, ranges
+                )
+            )
+
+
+#: The longest known-UID set kept in a checkpoint (a record stays far under Kafka's 1 MiB).
+MAX_KNOWN_UIDS_CHARS = 256 * 1024
 
 
 def expunged_event(

@@ -254,6 +254,7 @@ class CheckpointEvent(Event):
     highestmodseq: int | None = None
     owner: str = ""
     updated_at: Timestamp
+    known_uids: str | None = None  # v2: UIDs <= last_uid at the last check, without QRESYNC
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

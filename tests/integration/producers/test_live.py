@@ -12,7 +12,7 @@ from inboxstream.app.demo import imap_client
 from inboxstream.core.settings import Settings
 from inboxstream.infra import dovecot
 from inboxstream.producers.registry import InboxRegistry
-from inboxstream.schemas.models import MessageEvent, StatusEvent
+from inboxstream.schemas.models import CheckpointEvent, MessageEvent, StatusEvent
 from tests.helpers.service import (
     checkpoint_reader,
     fast_settings,
@@ -154,6 +154,52 @@ async def test_server_without_idle_or_condstore_is_polled(
         events = await messages.wait_for(lambda ev: expunged(ev, 2), what="expunge by diff")
     assert all(e.modseq is None for e in new_messages(events))
     assert not [e for e in events if e.event_type == "message.flags"]  # no CONDSTORE: none
+
+
+def expunge_uids(user: MailUser, *uids: int) -> None:
+    client = imap_client(user.name, user.password)
+    try:
+        client.select("INBOX")
+        for uid in uids:
+            assert client.uid("STORE", str(uid), "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert client.expunge()[0] == "OK"
+    finally:
+        client.logout()
+
+
+async def test_expunges_while_no_producer_ran_are_reported_without_qresync(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    """Exchange-like (no CONDSTORE, no QRESYNC): the checkpoint keeps the folder's UIDs as
+    ranges, so messages expunged while the producer was stopped are reported at its start."""
+    for i in range(5):
+        dovecot.deliver(mail_user.name, mail(f"k {i}", mail_user.name))
+    ep = dovecot.endpoints()
+    inbox = mail_user.inbox().model_copy(update={"imap_host": ep.limited_host})
+    s = fast_settings(settings, tmp_path / "inboxes")
+    InboxRegistry(s.producer.registry_dir).add(inbox)
+    cps = checkpoint_reader(s)
+    async with readers(s) as (messages, status):
+        async with running_service(s):
+            await status.wait_for(idle_on("INBOX"), what="INBOX idle")
+        kept: list[CheckpointEvent] = await cps.wait_for(
+            lambda ev: any(c.folder == "INBOX" and c.known_uids == "1:5" for c in ev),
+            what="the INBOX UID set in a checkpoint",
+        )
+        assert kept
+        await asyncio.to_thread(expunge_uids, mail_user, 2, 3)  # nobody is watching
+        await asyncio.to_thread(dovecot.deliver, mail_user.name, mail("k 5", mail_user.name))
+        async with running_service(s):
+            events = await messages.wait_for(
+                lambda ev: expunged(ev, 2) and expunged(ev, 3) and "k 5" in subjects(ev, "INBOX"),
+                what="the expunges made while stopped, and the new mail",
+            )
+            await asyncio.sleep(1.0)  # a second check finds nothing more
+            events = await messages.read_to_end()
+        latest = [c for c in await cps.read_to_end() if c.folder == "INBOX"][-1]
+    gone = sorted(e.uid for e in events if e.event_type == "message.expunged")
+    assert gone == [2, 3]  # each once, and nothing that is still there
+    assert latest.known_uids == "1,4:6"
 
 
 async def test_uidvalidity_change_resyncs_the_folder(
