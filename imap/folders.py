@@ -3,7 +3,11 @@
 The sent folder is the one with the ``\\Sent`` special-use attribute (RFC 6154); a server
 without special-use gets the first folder whose name contains "sent", case-insensitively, in
 the server's LIST order (the source documents' rule). Folders that cannot be selected
-(``\\Noselect``, ``\\NonExistent``) are skipped.
+(``\\Noselect``, ``\\NonExistent``) are skipped, and so are virtual folders that show messages
+stored in other folders again: ``\\All`` (Gmail's All Mail, Dovecot's virtual All), ``\\Flagged``
+(Gmail's Starred, RFC 6154) and ``\\Important`` (RFC 8457). Syncing them would publish every
+copy as another message, and make archiving (the message leaves INBOX, stays in All Mail) look
+like a message that moved instead of one that is still there.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ _LIST_RE = re.compile(
     re.IGNORECASE,
 )
 _UNSELECTABLE = {"\\NOSELECT", "\\NONEXISTENT"}
+#: Special-use attributes of folders that only show messages stored elsewhere.
+VIRTUAL = {"\\ALL", "\\FLAGGED", "\\IMPORTANT"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,11 @@ class Folder:
     @property
     def selectable(self) -> bool:
         return not ({f.upper() for f in self.flags} & _UNSELECTABLE)
+
+    @property
+    def virtual(self) -> bool:
+        """A view of messages stored in other folders (module docstring)."""
+        return bool({f.upper() for f in self.flags} & VIRTUAL)
 
 
 def decode_mutf7(value: str) -> str:
@@ -90,9 +101,12 @@ def parse_list_lines(lines: list[bytes | bytearray]) -> list[Folder]:
 
 
 def assign_roles(folders: list[Folder]) -> dict[str, FolderRole]:
-    """Map wire name → role: INBOX, the one sent folder, everything else."""
+    """Map wire name → role: INBOX, the one sent folder, every other folder that holds
+    messages of its own (virtual ones are left out)."""
     roles: dict[str, FolderRole] = {}
-    selectable = [f for f in folders if f.selectable]
+    selectable = [
+        f for f in folders if f.selectable and (f.wire_name.upper() == "INBOX" or not f.virtual)
+    ]
     sent = next((f for f in selectable if "\\SENT" in {x.upper() for x in f.flags}), None)
     if sent is None:
         sent = next(

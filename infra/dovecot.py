@@ -141,6 +141,10 @@ def _users_dir() -> Path:
     return _dir() / "users"
 
 
+def _virtual_dir() -> Path:
+    return _dir() / "virtual"
+
+
 def _pidfile() -> Path:
     return _base_dir() / "master.pid"
 
@@ -355,6 +359,7 @@ def _render_config() -> str:
         "imaps_port": str(ep.imaps_port),
         "lmtp_port": str(ep.lmtp_port),
         "auth_socket_name": ep.auth_socket.name,
+        "virtual_dir": str(_virtual_dir()),
     }
     text = _TEMPLATE.read_text()
     for key, value in values.items():
@@ -376,6 +381,12 @@ def _write_config() -> bool:
     users = _users_dir()
     users.mkdir(parents=True, exist_ok=True)
     _fix_users_perms(users, 0o750)
+    # The virtual \All folder's definition: every mailbox but the virtual ones, all messages.
+    definition = _virtual_dir() / "All" / "dovecot-virtual"
+    definition.parent.mkdir(parents=True, exist_ok=True)
+    definition.write_text("*\n-Virtual/*\n  all\n")
+    for path in (_virtual_dir(), definition.parent, definition):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     text = _render_config()
     conf = _conf_path()
     old = conf.read_text() if conf.exists() else None
@@ -556,15 +567,22 @@ def _check_name(name: str) -> None:
 
 
 def add_user(
-    name: str, password: str, *, sent_folder: str = "Sent", special_use: bool = True
+    name: str,
+    password: str,
+    *,
+    sent_folder: str = "Sent",
+    special_use: bool = True,
+    virtual_all: bool = False,
 ) -> None:
     """Create (or replace) a mail user; Dovecot sees the change on its next lookup.
 
     ``special_use=True``: INBOX plus Sent/Drafts/Trash/Junk/Archive flagged per RFC 6154, with
     the \\Sent folder named ``sent_folder`` (no whitespace: the name travels as a passwd-file
     extra field). ``special_use=False``: INBOX and ``sent_folder`` only, without any flags,
-    like servers that predate SPECIAL-USE. Both work through userdb fields that switch
-    namespaces or rename the configured Sent mailbox (see the template).
+    like servers that predate SPECIAL-USE. ``virtual_all=True`` adds ``Virtual/All``, a
+    virtual folder flagged ``\\All`` that shows every message again (like Gmail's All Mail).
+    All of these work through userdb fields that switch namespaces or rename the configured
+    Sent mailbox (see the template).
     """
     _check_name(name)
     if "\n" in password or "\r" in password:
@@ -588,6 +606,8 @@ def add_user(
             "namespace/plain/disabled=no",
             "namespace/limited/disabled=yes",
         ]
+    if virtual_all:  # a Virtual/All folder (\All) showing every message once more
+        fields.append("namespace/virtual/disabled=no")
     uid, gid = _mail_ids()
     secret = "{PLAIN.B64}" + base64.b64encode(password.encode()).decode()
     extra = " ".join(f"userdb_{f}" for f in fields)

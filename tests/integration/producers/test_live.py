@@ -238,3 +238,55 @@ async def test_uidvalidity_change_resyncs_the_folder(
             )
         resync = next(e for e in await status.poll() if e.state == "resync")
     assert str(new_validity) in (resync.reason or "")
+
+
+async def test_a_virtual_all_folder_is_not_synced_so_each_message_is_one_message(
+    settings: Settings, dovecot_server: dovecot.DovecotEndpoints, unique: str, tmp_path: Path
+) -> None:
+    """Dovecot's virtual Virtual/All (RFC 6154 \\All, like Gmail's All Mail) shows every
+    message again; it gets no connection and no events, so each message is published once,
+    from the folder that holds it, also after it moved."""
+    user = MailUser(f"va{unique}@inboxstream.test", f"pw-{unique}")
+    dovecot.add_user(user.name, user.password, virtual_all=True)
+    try:
+        for i in range(3):
+            dovecot.deliver(user.name, mail(f"va {i}", user.name))
+        append(user, "Archive", mail("va filed", user.name))
+        client = imap_client(user.name, user.password)
+        try:
+            assert client.select("Virtual/All", readonly=True)[1] == [b"4"]  # it does show them
+        finally:
+            client.logout()
+        s = fast_settings(settings, tmp_path / "inboxes")
+        InboxRegistry(s.producer.registry_dir).add(user.inbox())
+        async with readers(s) as (messages, status), running_service(s):
+            await status.wait_for(
+                lambda ev: {e.folder for e in ev if e.state == "idle"}
+                >= {"INBOX", "Sent", "(other folders)"},
+                what="every folder caught up",
+            )
+            # archive one: it leaves INBOX and is filed in Archive (it stays in Virtual/All)
+            client = imap_client(user.name, user.password)
+            try:
+                client.select("INBOX")
+                assert client.uid("MOVE", "1", "Archive")[0] == "OK"
+            finally:
+                client.logout()
+            events = await messages.wait_for(
+                lambda ev: expunged(ev, 1) and "va 0" in subjects(ev, "Archive"),
+                what="the archived message in Archive",
+            )
+            await asyncio.sleep(1.5)  # another round of the other folders
+            events = await messages.read_to_end()
+    finally:
+        dovecot.remove_user(user.name)
+    assert not [e for e in events if e.folder.startswith("Virtual")]
+    new = new_messages(events)
+    by_folder = sorted((e.folder, e.subject) for e in new)
+    assert by_folder == [
+        ("Archive", "va 0"),
+        ("Archive", "va filed"),
+        ("INBOX", "va 0"),
+        ("INBOX", "va 1"),
+        ("INBOX", "va 2"),
+    ]

@@ -86,6 +86,38 @@ def test_sent_role_prefers_special_use_then_first_named_sent() -> None:
     assert "Sent" not in assign_roles([f("INBOX"), f("Sent", "\\Noselect", "\\Sent")])
 
 
+def test_virtual_folders_are_not_synced() -> None:
+    """Gmail's labels-as-folders and Dovecot/Exchange virtual folders show messages stored
+    elsewhere: \\All, \\Flagged and \\Important folders get no role; real special-use
+    folders (\\Archive, \\Junk, \\Trash) and INBOX always do."""
+
+    def f(name: str, *flags: str) -> Folder:
+        return Folder(name, name, frozenset(flags), "/")
+
+    gmail = [
+        f("INBOX"),
+        f("[Gmail]/All Mail", "\\HasNoChildren", "\\All"),
+        f("[Gmail]/Starred", "\\Flagged"),
+        f("[Gmail]/Important", "\\important"),
+        f("[Gmail]/Sent Mail", "\\Sent"),
+        f("[Gmail]/Spam", "\\Junk"),
+        f("[Gmail]/Trash", "\\Trash"),
+        f("Clients/ACME"),
+        f("Virtual/All", "\\All"),
+        f("Archive", "\\Archive"),
+    ]
+    assert assign_roles(gmail) == {
+        "INBOX": "inbox",
+        "[Gmail]/Sent Mail": "sent",
+        "[Gmail]/Spam": "other",
+        "[Gmail]/Trash": "other",
+        "Clients/ACME": "other",
+        "Archive": "other",
+    }
+    # INBOX is synced even on a server that flags it oddly
+    assert assign_roles([f("INBOX", "\\Flagged")]) == {"INBOX": "inbox"}
+
+
 def test_mutf7_edge_cases() -> None:
     assert decode_mutf7("&-") == "&"
     assert decode_mutf7("~peter/mail/&U,BTFw-/&ZeVnLIqe-") == "~peter/mail/台北/日本語"
