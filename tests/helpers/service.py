@@ -6,6 +6,8 @@ Plain functions and context managers (not fixtures) so each test module states w
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -192,3 +194,14 @@ def deliver_many(user: str, count: int, *, start: int = 0) -> None:
             msg["Message-ID"] = f"<bulk-{i}@example.com>"
             msg.set_content(f"message number {i}\n" + "lorem ipsum " * 40)
             lmtp.sendmail("bulk@example.com", [user], bytes(msg))
+
+
+def start_producer(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """``inboxstream producer run`` in a subprocess with these settings, as deployed."""
+    cli = Path(sys.executable).with_name("inboxstream")
+    return subprocess.Popen(
+        [str(cli), "--log-level", "INFO", "producer", "run", "--no-progress"],
+        env=service_env(settings),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )

@@ -29,7 +29,14 @@ from inboxstream.producers.registry import InboxRegistry
 from inboxstream.producers.registry_topic import TopicRegistry
 from inboxstream.schemas.models import MessageEvent, StatusEvent
 from tests.helpers.pipeline import read_records
-from tests.helpers.service import deliver_many, fast_settings, new_messages, readers, service_env
+from tests.helpers.service import (
+    deliver_many,
+    fast_settings,
+    new_messages,
+    readers,
+    service_env,
+    start_producer,
+)
 from tests.helpers.services import MailUser
 
 INBOXES = 6
@@ -51,16 +58,6 @@ def fleet_settings(settings: Settings, tmp_path: Path, unique: str) -> Settings:
         name=f"{s.topics.messages.name}.registry", retention_ms=-1, compacted=True, partitions=6
     )
     return s.model_copy(update={"topics": s.topics.model_copy(update={"registry": registry})})
-
-
-def start_member(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    cli = Path(sys.executable).with_name("inboxstream")
-    return subprocess.Popen(
-        [str(cli), "--log-level", "INFO", "producer", "run", "--no-progress"],
-        env=service_env(settings),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def member_name(proc: subprocess.Popen[bytes]) -> str:
@@ -117,7 +114,7 @@ async def test_a_second_member_takes_half_and_no_inbox_is_ever_held_twice(
     s = fleet_settings(settings, tmp_path, unique)
     log = tmp_path / "fleet.log"
     async with fleet_users(unique, tmp_path, s) as users, readers(s) as (messages, status):
-        a = start_member(s, log)
+        a = start_producer(s, log)
         b: subprocess.Popen[bytes] | None = None
         peak: dict[str, int] = {}
         sampling = True
@@ -137,7 +134,7 @@ async def test_a_second_member_takes_half_and_no_inbox_is_ever_held_twice(
                 timeout=90,
                 what="every inbox idle on the first member",
             )
-            b = start_member(s, log)
+            b = start_producer(s, log)
             got: list[StatusEvent] = await status.wait_for(
                 lambda ev: (
                     sorted(
@@ -185,7 +182,7 @@ async def test_kill_9_of_a_member_hands_its_inboxes_over_and_loses_nothing(
     s = fleet_settings(settings, tmp_path, unique)
     log = tmp_path / "fleet.log"
     async with fleet_users(unique, tmp_path, s) as users, readers(s) as (messages, status):
-        a, b = start_member(s, log), start_member(s, log)
+        a, b = start_producer(s, log), start_producer(s, log)
         try:
             await status.wait_for(
                 lambda ev: (

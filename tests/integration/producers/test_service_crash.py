@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -23,21 +21,11 @@ from tests.helpers.service import (
     fast_settings,
     new_messages,
     readers,
-    service_env,
+    start_producer,
 )
 from tests.helpers.services import MailUser
 
 FOLDER_SIZE = 3000
-
-
-def start_service(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    cli = Path(sys.executable).with_name("inboxstream")
-    return subprocess.Popen(
-        [str(cli), "--log-level", "INFO", "producer", "run", "--no-progress"],
-        env=service_env(settings),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 async def test_kill_9_mid_backfill_then_restart_loses_and_duplicates_nothing(
@@ -49,7 +37,7 @@ async def test_kill_9_mid_backfill_then_restart_loses_and_duplicates_nothing(
     log = tmp_path / "service.log"
     cps = checkpoint_reader(s)
     async with readers(s) as (messages, status):
-        first = start_service(s, log)
+        first = start_producer(s, log)
         try:
             at_kill = await messages.wait_for(
                 lambda ev: len(new_messages(ev, "INBOX")) >= 600,
@@ -78,7 +66,7 @@ async def test_kill_9_mid_backfill_then_restart_loses_and_duplicates_nothing(
         assert set(range(1, resume_from + 1)) <= seen_at_kill
         statuses_before = len(await status.read_to_end())
 
-        second = start_service(s, log)
+        second = start_producer(s, log)
         try:
             await status.wait_for(
                 lambda ev: any(
