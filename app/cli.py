@@ -14,9 +14,11 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from inboxstream.app.failures import EX_CONFIG, EX_DATAERR, EX_FAILED, EX_UNAVAILABLE, describe
 from inboxstream.core.settings import Settings, SettingsError, load_settings
 from inboxstream.errors import InboxstreamError
 from inboxstream.infra.common import InfraError
@@ -38,12 +40,33 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    sys.exit(1)
+def _fail(message: str, code: int = EX_FAILED) -> None:
+    """One line on stderr (never wrapped: scripts and log collectors read it), then exit."""
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    line = line.replace(":; ", ": ")
+    console.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True, highlight=False)
+    sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The top-level group: an expected failure of any command (app/failures.py) ends as one
+    line on stderr and its exit code, never as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            described = describe(exc)
+            if described is None:
+                raise  # a bug: the traceback is what a bug report needs
+            code, line = described
+            _fail(line, code)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="inboxstream", prog_name="inboxstream")
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -52,15 +75,16 @@ def _fail(message: str) -> None:
 )
 @click.option(
     "--log-level",
-    default="WARNING",
-    show_default=True,
+    default=None,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Overrides the log_level setting (INBOXSTREAM_LOG_LEVEL; default WARNING).",
 )
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, log_level: str) -> None:
+def main(ctx: click.Context, config: Path | None, log_level: str | None) -> None:
     """inboxstream: connected inboxes as Kafka events, projected into ClickHouse."""
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=(log_level or "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     cache: dict[str, Settings] = {}
 
@@ -69,7 +93,9 @@ def main(ctx: click.Context, config: Path | None, log_level: str) -> None:
             try:
                 cache["s"] = load_settings(config)
             except SettingsError as exc:
-                _fail(str(exc))
+                _fail(f"configuration: {exc}", EX_CONFIG)
+            if log_level is None:  # the setting, unless the command line said otherwise
+                logging.getLogger().setLevel(cache["s"].log_level)
         return cache["s"]
 
     ctx.obj = {"settings": settings}
@@ -185,7 +211,9 @@ def query(ctx: click.Context, sql: str, fmt: str) -> None:
     try:
         rows = connect_for_reading(_settings(ctx).clickhouse).query(sql)
     except InboxstreamError as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        # unreachable or busy: the service (69); otherwise the statement itself (65)
+        code = EX_UNAVAILABLE if exc.retriable else EX_DATAERR
+        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, code)
         return
     _print_rows(rows, fmt)
 

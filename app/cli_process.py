@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from inboxstream.app.failures import BadInputError
 
 if TYPE_CHECKING:
     from inboxstream.processors.jwz import Algorithm
@@ -31,8 +34,13 @@ def thread(algorithm: str, file: Path) -> None:
     """Thread an mbox FILE offline; one JSON object per thread per line."""
     from inboxstream.processors.mbox import thread_mbox
 
+    threads = 0
     for obj in thread_mbox(file, _algorithm(algorithm)):
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        threads += 1
+    if not threads and file.stat().st_size:
+        # mailbox.mbox reads any file: one with no "From " separator line holds no message
+        raise BadInputError(f"{file} is not an mbox file: no message starts with a 'From ' line")
 
 
 @click.command("process")
@@ -103,9 +111,16 @@ def process(
             sys.stderr.flush()
 
         processor.on_in_transaction = in_transaction
+        # SIGTERM (systemd, Kubernetes) and Ctrl-C stop cleanly: the transactions under way
+        # finish (or abort), then the consumer leaves the group, so its partitions move to the
+        # other instances at once instead of after the session timeout.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await processor.start()
         try:
-            stats = await processor.run(idle_exit_s=until_idle)
+            stats = await processor.run(stop, idle_exit_s=until_idle)
         finally:
             await processor.stop()
         log.warning("processed %d records in %d batches", stats.records, stats.batches)

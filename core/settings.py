@@ -215,7 +215,8 @@ class Settings(BaseSettings):
     sink: SinkSettings = SinkSettings()
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     inboxes: list[InboxSettings] = Field(default_factory=list)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The commands' log level (``--log-level`` overrides it).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,126 @@
+"""Expected failures of the command line end as one line on stderr and a documented exit code
+(app/failures.py), never a traceback; ``process`` stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from inboxstream.app.failures import EX_CONFIG, EX_DATAERR, EX_UNAVAILABLE
+from inboxstream.core.kafka import client_options
+from inboxstream.core.settings import Settings
+from tests.helpers.service import service_env
+
+CLI = str(Path(sys.executable).with_name("inboxstream"))
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXSTREAM_")}
+    env["INBOXSTREAM_HOME"] = str(tmp_path / "home")
+    env["INBOXSTREAM_CLICKHOUSE__PATH"] = str(tmp_path / "chdb")
+    env["COLUMNS"] = "60"  # a narrow terminal must not wrap the line either
+    return env
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1, done.stderr
+    return ours[0]
+
+
+@pytest.mark.parametrize(
+    ("config", "code", "words"),
+    [
+        ("kafka = [\n", EX_CONFIG, "not valid TOML"),
+        ('log_level = "LOUD"\n', EX_CONFIG, "log_level"),
+        ('[kafka]\nbootstrap_servers = "nonsense"\n', EX_CONFIG, "host:port"),
+    ],
+)
+def test_a_bad_config_is_one_line_and_exit_78(
+    tmp_path: Path, config: str, code: int, words: str
+) -> None:
+    path = tmp_path / "inboxstream.toml"
+    path.write_text(config)
+    done = run(["--config", str(path), "topics", "create"], clean_env(tmp_path), tmp_path)
+    assert done.returncode == code
+    line = one_error_line(done)
+    assert line.startswith("error: configuration: ") and words in line
+
+
+def test_kafka_unreachable_is_one_line_and_exit_69(tmp_path: Path) -> None:
+    env = clean_env(tmp_path) | {
+        "INBOXSTREAM_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "INBOXSTREAM_KAFKA__REQUEST_TIMEOUT_MS": "2000",
+    }
+    done = run(["topics", "create"], env, tmp_path)
+    assert done.returncode == EX_UNAVAILABLE
+    assert "Kafka is unavailable" in one_error_line(done)
+
+
+def test_bad_input_is_one_line_and_exit_65(tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    done = run(["query", "SELEC 1"], env, tmp_path)
+    assert done.returncode == EX_DATAERR
+    assert "refused" in one_error_line(done)
+    not_mbox = tmp_path / "passwd"
+    not_mbox.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    done = run(["thread", str(not_mbox)], env, tmp_path)
+    assert done.returncode == EX_DATAERR and done.stdout == ""
+    assert "is not an mbox file" in one_error_line(done)
+    empty = tmp_path / "empty.mbox"
+    empty.write_text("")
+    done = run(["thread", str(empty)], env, tmp_path)  # an empty mbox is an mbox
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_version(tmp_path: Path) -> None:
+    done = run(["--version"], clean_env(tmp_path), tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("inboxstream, version ")
+
+
+async def test_process_stops_cleanly_on_sigterm_and_leaves_its_group(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    group = f"sigterm-{unique}"
+    proc = subprocess.Popen(
+        [CLI, "process", "--group-id", group],
+        env=service_env(settings),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    await admin.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the instance holds its partitions
+            [described] = await admin.describe_consumer_groups([group])
+            members = described.groups[0][5] if described.groups else []
+            if members or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        assert members, "the processor never joined its group"
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=60)
+        assert proc.returncode == 0, err
+        assert '"records"' in err and "Traceback" not in err  # its clean-stop summary
+        [described] = await admin.describe_consumer_groups([group])
+        assert not described.groups[0][5]  # it left: no member waits out a session timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await admin.close()
