@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import socket
 import string
@@ -158,7 +159,40 @@ def _locked() -> Iterator[None]:
 
 
 def installed() -> bool:
-    return _complete_marker().exists()
+    marker = _complete_marker()
+    # an installation from before the tools were part of it is redone once
+    return marker.exists() and f"kafka-tools-{KAFKA_VERSION}.jar" in marker.read_text()
+
+
+#: The stock command-line tools, as the Kafka distribution names their scripts.
+TOOLS = {
+    "kafka-topics.sh": "org.apache.kafka.tools.TopicCommand",
+    "kafka-console-consumer.sh": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "kafka-console-producer.sh": "org.apache.kafka.tools.ConsoleProducer",
+    "kafka-consumer-groups.sh": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "kafka-transactions.sh": "org.apache.kafka.tools.TransactionsCommand",
+    "kafka-get-offsets.sh": "org.apache.kafka.tools.GetOffsetShell",
+}
+
+
+def bin_dir() -> Path:
+    """Where the tools' scripts are (``kafka-topics.sh --bootstrap-server ... --list``)."""
+    return _dir() / "bin"
+
+
+def _write_tool_scripts() -> None:
+    """One script per tool, as in the distribution's bin/: the same class on our class path,
+    warnings and errors of the tools' own logging to stderr."""
+    bin_dir().mkdir(parents=True, exist_ok=True)
+    for script, main_class in TOOLS.items():
+        path = bin_dir() / script
+        path.write_text(
+            "#!/bin/sh\n"
+            f"# {script} of Apache Kafka {KAFKA_VERSION} (written by inboxstream infra)\n"
+            f"exec {shlex.quote(_java())} -Xmx256m -Dlog4j2.level=WARN "
+            f"-cp {shlex.quote(_classpath())} {main_class} \"$@\"\n"
+        )
+        path.chmod(0o755)
 
 
 def install() -> bool:
@@ -204,6 +238,7 @@ def install() -> bool:
             raise InfraError(f"mvn did not produce kafka_2.13-{KAFKA_VERSION}.jar in {staging}")
         shutil.rmtree(libs, ignore_errors=True)
         staging.rename(libs)
+        _write_tool_scripts()
         _complete_marker().write_text("\n".join(jars) + "\n")
         print(f"kafka: {len(jars)} jars in {libs} ({time.monotonic() - started:.0f}s)", flush=True)
         return True

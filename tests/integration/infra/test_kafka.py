@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,63 @@ async def test_restart_keeps_log(kafka_bootstrap: str, unique: str) -> None:
     assert meta.read_text() == meta_before  # same storage, not reformatted
     assert kafka.running_version() == kafka.KAFKA_VERSION
     assert sorted(await _read(kafka_bootstrap, topic, len(records))) == sorted(records)
+
+
+async def test_the_stock_command_line_tools_ship_and_read_our_topics(
+    kafka_bootstrap: str, unique: str
+) -> None:
+    """kafka-topics.sh lists a topic we made; kafka-console-consumer.sh prints one of our
+    records with its key and its inboxstream.* headers; kafka-consumer-groups.sh lists."""
+    import subprocess
+
+    from inboxstream.schemas.models import StatusEvent
+    from inboxstream.schemas.serde import serde_for
+
+    topic = f"tools-{unique}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    serde = serde_for(StatusEvent)
+    event = StatusEvent(
+        event_id="e1", inbox_id="tools@example.test", state="idle", at=datetime.now(UTC)
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, serde.encode(event), key=b"tools@example.test", headers=serde.headers("idle")
+        )
+    finally:
+        await producer.stop()
+
+    def tool(script: str, *args: str) -> str:
+        done = subprocess.run(
+            [str(kafka.bin_dir() / script), "--bootstrap-server", kafka_bootstrap, *args],
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.decode("utf-8", "replace")  # Avro values are binary
+
+    assert topic in tool("kafka-topics.sh", "--list").split()
+    printed = tool(
+        "kafka-console-consumer.sh",
+        "--topic",
+        topic,
+        "--from-beginning",
+        "--max-messages",
+        "1",
+        "--timeout-ms",
+        "30000",
+        "--property",
+        "print.headers=true",
+        "--property",
+        "print.key=true",
+    )
+    assert "inboxstream.schema:inbox.status" in printed
+    assert "inboxstream.event-type:idle" in printed
+    assert "tools@example.test" in printed
+    assert isinstance(tool("kafka-consumer-groups.sh", "--list"), str)
