@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from inboxstream.imap.folders import assign_roles
 from inboxstream.producers.folder_sync import FolderProgress, SyncResult, sync_folder
 from inboxstream.producers.parse_pool import ParsePool
 from inboxstream.producers.publish import EventPublisher
+from inboxstream.producers.status import StatusReporter
 from inboxstream.sinks.clickhouse import ClickHouse, connect
 from inboxstream.sinks.exceptions import ClickHouseError
 from inboxstream.sinks.migrate import migrate
@@ -52,20 +54,40 @@ async def sync_inbox_once(
     *,
     on_progress: Callable[[FolderProgress], Awaitable[None] | None] | None = None,
 ) -> InboxSyncReport:
-    """Publish every message of every selectable folder of one inbox, once."""
+    """Publish every message of every selectable folder of one inbox, once, with the
+    ``inbox.status`` events the service publishes (connected, syncing n of m, idle per folder
+    once caught up; disconnected with the reason when it ends or fails), so ``inbox status``
+    shows what a one-shot sync did."""
     await ensure_topics(settings.kafka, settings.topics)
     producer = make_producer(settings.kafka)
     await producer.start()
     pool = ParsePool(settings.producer.parse_workers)
+    name = f"{socket.gethostname()}:{os.getpid()}"
     try:
         publisher = EventPublisher(producer, settings.topics, pool)
-        conn = await ImapConnection.open(
-            endpoint_for(inbox), inbox.username, inbox.password.get_secret_value()
+        status = StatusReporter(
+            publisher, inbox.id, f"{inbox.imap_host}:{inbox.imap_port}", producer=name
         )
+        try:
+            conn = await ImapConnection.open(
+                endpoint_for(inbox), inbox.username, inbox.password.get_secret_value()
+            )
+        except Exception as exc:
+            await status.emit("disconnected", error=exc)
+            raise
+        await status.emit("connected", reason="one-shot sync")
         try:
             roles = assign_roles(await conn.list_folders())
             results = {}
             for wire_name, role in roles.items():
+
+                async def progress(p: FolderProgress) -> None:
+                    await status.progress(p.folder, p.done, p.total)
+                    if on_progress is not None:
+                        maybe = on_progress(p)
+                        if maybe is not None:
+                            await maybe
+
                 results[wire_name] = await sync_folder(
                     conn,
                     publisher,
@@ -74,10 +96,17 @@ async def sync_inbox_once(
                     role=role,
                     log_attachments=inbox.log_attachments,
                     producer_name=socket.gethostname(),
-                    on_progress=on_progress,
+                    on_progress=progress,
                 )
+                done = results[wire_name]
+                await status.progress(wire_name, done.published, done.folder.exists, final=True)
+                await status.emit("idle", folder=wire_name)
+        except Exception as exc:
+            await status.emit("disconnected", error=exc)
+            raise
         finally:
             await conn.logout()
+        await status.emit("disconnected", reason="one-shot sync finished")
         await producer.flush()
     finally:
         await producer.stop()

@@ -12,8 +12,9 @@ from inboxstream.app.pipeline import open_clickhouse, run_sink, sync_inbox_once
 from inboxstream.core.kafka import DLQ_PREFIX, make_consumer, make_producer
 from inboxstream.core.settings import Settings
 from inboxstream.infra import dovecot
-from inboxstream.schemas.models import BodyEvent, MessageEvent
+from inboxstream.schemas.models import BodyEvent, MessageEvent, StatusEvent
 from inboxstream.schemas.serde import serde_for
+from tests.helpers.pipeline import read_all
 from tests.helpers.services import MailUser
 
 
@@ -67,8 +68,17 @@ async def test_one_message_end_to_end(settings: Settings, mail_user: MailUser) -
     # In ClickHouse, through the sink.
     ch = open_clickhouse(settings)
     sink = await run_sink(settings, ch, until_caught_up=True, timeout=60)
-    # one metadata row and, since the sink projects every topic, one body row
-    assert sink.stats.inserted_by_table == {"email_metadata": 1, "bodies": 1}
+    # one metadata row and, since the sink projects every topic, one body row, and the
+    # status events of the sync
+    tables = dict(sink.stats.inserted_by_table)
+    assert tables.pop("inbox_status") >= 3
+    assert tables == {"email_metadata": 1, "bodies": 1}
+    # the one-shot sync says what it did on inbox.status, as the service does
+    statuses = await read_all(settings, settings.topics.status.name, StatusEvent)
+    assert statuses[0].state == "connected"
+    assert any(e.state == "idle" and e.folder == "INBOX" for e in statuses)
+    assert (statuses[-1].state, statuses[-1].reason) == ("disconnected", "one-shot sync finished")
+    assert all(e.producer for e in statuses)
     rows = ch.query(
         f"SELECT message_id, subject, from_email, from_domain, folder_role, has_attachments "
         f"FROM {ch.database}.email_metadata FINAL"
