@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from inboxstream.app.failures import EX_CONFIG, EX_DATAERR, EX_FAILED, EX_UNAVAILABLE, describe
+from inboxstream.core.logs import LogFormat
+from inboxstream.core.logs import configure as configure_logs
 from inboxstream.core.settings import Settings, SettingsError, load_settings
 from inboxstream.errors import InboxstreamError
 from inboxstream.infra.common import InfraError
@@ -79,13 +80,18 @@ class _Main(click.Group):
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Overrides the log_level setting (INBOXSTREAM_LOG_LEVEL; default WARNING).",
 )
+@click.option(
+    "--log-format",
+    default=None,
+    type=click.Choice(["text", "json"]),
+    help="Overrides the log_format setting: json is one object a line, with inbox and folder.",
+)
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, log_level: str | None) -> None:
+def main(
+    ctx: click.Context, config: Path | None, log_level: str | None, log_format: str | None
+) -> None:
     """inboxstream: connected inboxes as Kafka events, projected into ClickHouse."""
-    logging.basicConfig(
-        level=(log_level or "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logs(log_level or "WARNING", "json" if log_format == "json" else "text")
     cache: dict[str, Settings] = {}
 
     def settings() -> Settings:
@@ -94,8 +100,11 @@ def main(ctx: click.Context, config: Path | None, log_level: str | None) -> None
                 cache["s"] = load_settings(config)
             except SettingsError as exc:
                 _fail(f"configuration: {exc}", EX_CONFIG)
-            if log_level is None:  # the setting, unless the command line said otherwise
-                logging.getLogger().setLevel(cache["s"].log_level)
+            # the settings, unless the command line said otherwise
+            fmt: LogFormat = "json" if log_format == "json" else cache["s"].log_format
+            if log_format == "text":
+                fmt = "text"
+            configure_logs(log_level or cache["s"].log_level, fmt)
         return cache["s"]
 
     ctx.obj = {"settings": settings}

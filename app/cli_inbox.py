@@ -10,6 +10,7 @@ as soon as the record arrives). Passwords come from ``--password-env``,
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -309,8 +310,9 @@ def inbox_list(ctx: click.Context) -> None:
 
 @inbox.command("status")
 @click.argument("inbox_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_context
-def inbox_status(ctx: click.Context, inbox_id: str | None) -> None:
+def inbox_status(ctx: click.Context, inbox_id: str | None, as_json: bool) -> None:
     """Latest state of each inbox (from inbox.status) and each folder's checkpoint."""
     settings = _settings(ctx)
     statuses, checkpoints = asyncio.run(_read_status(settings))
@@ -319,6 +321,26 @@ def inbox_status(ctx: click.Context, inbox_id: str | None) -> None:
         ids = [i for i in ids if i == inbox_id]
         if not ids:
             raise click.UsageError(f"nothing known about inbox {inbox_id!r}")
+    if as_json:
+        document = {
+            "inboxes": [
+                {"inbox": i, **(statuses[i].model_dump(mode="json") if i in statuses else {})}
+                for i in ids
+            ],
+            "folders": [
+                {
+                    "inbox": i,
+                    "folder": folder,
+                    "uidvalidity": cp.uidvalidity,
+                    "last_uid": cp.last_uid,
+                    "highestmodseq": cp.highestmodseq,
+                }
+                for (i, folder), cp in sorted(checkpoints.items())
+                if i in ids
+            ],
+        }
+        click.echo(json.dumps(document, ensure_ascii=False))
+        return
     table = Table("inbox", "state", "folder", "progress", "reason", "at", "producer")
     for i in ids:
         event = statuses.get(i)

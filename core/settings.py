@@ -215,8 +215,10 @@ class Settings(BaseSettings):
     sink: SinkSettings = SinkSettings()
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     inboxes: list[InboxSettings] = Field(default_factory=list)
-    # The commands' log level (``--log-level`` overrides it).
+    # The commands' log level and format (``--log-level``, ``--log-format`` override them);
+    # json: one object a line with inbox and folder fields (core/logs.py).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(

@@ -153,7 +153,12 @@ class InboxWorker:
             raise
         except Exception as exc:  # noqa: BLE001 - only non-retriable errors get here
             self.stopped = str(exc)
-            log.warning("%s: stopped until its settings change: %s", self.inbox.id, exc)
+            log.warning(
+                "%s: stopped until its settings change: %s",
+                self.inbox.id,
+                exc,
+                extra={"inbox": self.inbox.id},
+            )
             await self.status.emit("disconnected", error=exc)
 
     async def _run_roles(self) -> None:
@@ -230,6 +235,7 @@ class InboxWorker:
                     type(exc).__name__,
                     exc,
                     delay,
+                    extra={"inbox": self.inbox.id},
                 )
                 await self.status.emit(
                     "disconnected", reason=f"{_ROLE_TEXT[role]}: {exc}"[:500], error=exc

@@ -76,6 +76,7 @@ class StatusReporter:
             state,
             f" {folder}" if folder else "",
             f" ({event.reason})" if event.reason else "",
+            extra={"inbox": self.inbox_id, "folder": folder},
         )
         try:
             await (await self.publisher.send(event, self.inbox_id))

@@ -1,5 +1,6 @@
-"""Expected failures of the command line end as one line on stderr and a documented exit code
-(app/failures.py), never a traceback; ``process`` stops cleanly on SIGTERM."""
+"""The command line as operators use it: expected failures end as one line on stderr and a
+documented exit code (app/failures.py), never a traceback; ``process`` stops cleanly on
+SIGTERM; logs in JSON carry inbox and folder; ``inbox status --json``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from inboxstream.app.failures import EX_CONFIG, EX_DATAERR, EX_UNAVAILABLE
 from inboxstream.core.kafka import client_options
 from inboxstream.core.settings import Settings
-from tests.helpers.service import service_env
+from tests.helpers.service import deliver_many, service_env
+from tests.helpers.services import MailUser
 
 CLI = str(Path(sys.executable).with_name("inboxstream"))
 
@@ -124,3 +126,30 @@ async def test_process_stops_cleanly_on_sigterm_and_leaves_its_group(
         if proc.poll() is None:
             proc.kill()
         await admin.close()
+
+
+async def test_sync_logs_json_with_inbox_fields_and_inbox_status_prints_json(
+    settings: Settings, mail_user: MailUser, tmp_path: Path
+) -> None:
+    import json
+
+    await asyncio.to_thread(deliver_many, mail_user.name, 1)
+    inbox = mail_user.inbox().model_dump(mode="json") | {"password": mail_user.password}
+    env = service_env(settings) | {"INBOXSTREAM_INBOXES": json.dumps([inbox])}
+    done = await asyncio.to_thread(
+        run, ["--log-format", "json", "--log-level", "INFO", "sync"], env, tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert logged and all({"time", "level", "logger", "message"} <= set(o) for o in logged)
+    ours = [o for o in logged if o.get("inbox") == mail_user.name]
+    assert any(o.get("folder") == "INBOX" for o in ours), logged[-5:]
+    assert mail_user.password not in done.stderr + done.stdout
+
+    shown = await asyncio.to_thread(run, ["inbox", "status", "--json"], env, tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    document = json.loads(shown.stdout)
+    [mine] = [i for i in document["inboxes"] if i["inbox"] == mail_user.name]
+    assert (mine["state"], mine["reason"]) == ("disconnected", "one-shot sync finished")
+    assert mine["producer"] and mine["server"]
+    assert isinstance(document["folders"], list)  # one-shot sync keeps no checkpoints
