@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
 from inboxstream.app.failures import EX_CONFIG, EX_DATAERR, EX_UNAVAILABLE
 from inboxstream.core.kafka import client_options
@@ -108,20 +109,29 @@ async def test_process_stops_cleanly_on_sigterm_and_leaves_its_group(
     admin = AIOKafkaAdminClient(**client_options(settings.kafka))
     await admin.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:  # until the instance holds its partitions
-            [described] = await admin.describe_consumer_groups([group])
-            members = described.groups[0][5] if described.groups else []
-            if members or time.monotonic() > deadline:
-                break
+
+        async def members() -> list[object]:
+            # a fresh broker's group coordinator may not be up yet: ask again
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    [described] = await admin.describe_consumer_groups([group])
+                    return list(described.groups[0][5]) if described.groups else []
+                except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+
+        deadline = time.monotonic() + 90
+        while not await members():  # until the instance holds its partitions
+            assert time.monotonic() < deadline, "the processor never joined its group"
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
             await asyncio.sleep(0.3)
-        assert members, "the processor never joined its group"
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.to_thread(proc.communicate, timeout=60)
         assert proc.returncode == 0, err
         assert '"records"' in err and "Traceback" not in err  # its clean-stop summary
-        [described] = await admin.describe_consumer_groups([group])
-        assert not described.groups[0][5]  # it left: no member waits out a session timeout
+        assert not await members()  # it left: no member waits out a session timeout
     finally:
         if proc.poll() is None:
             proc.kill()
