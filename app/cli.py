@@ -91,7 +91,10 @@ def main(
     ctx: click.Context, config: Path | None, log_level: str | None, log_format: str | None
 ) -> None:
     """inboxstream: connected inboxes as Kafka events, projected into ClickHouse."""
-    configure_logs(log_level or "WARNING", "json" if log_format == "json" else "text")
+    cli_format: LogFormat | None = (
+        "json" if log_format == "json" else "text" if log_format else None
+    )
+    configure_logs(log_level or "WARNING", cli_format or "text")
     cache: dict[str, Settings] = {}
 
     def settings() -> Settings:
@@ -101,10 +104,7 @@ def main(
             except SettingsError as exc:
                 _fail(f"configuration: {exc}", EX_CONFIG)
             # the settings, unless the command line said otherwise
-            fmt: LogFormat = "json" if log_format == "json" else cache["s"].log_format
-            if log_format == "text":
-                fmt = "text"
-            configure_logs(log_level or cache["s"].log_level, fmt)
+            configure_logs(log_level or cache["s"].log_level, cli_format or cache["s"].log_format)
         return cache["s"]
 
     ctx.obj = {"settings": settings}

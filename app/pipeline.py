@@ -77,17 +77,17 @@ async def sync_inbox_once(
             raise
         await status.emit("connected", reason="one-shot sync")
         try:
+
+            async def progress(p: FolderProgress) -> None:
+                await status.progress(p.folder, p.done, p.total)
+                if on_progress is not None:
+                    maybe = on_progress(p)
+                    if maybe is not None:
+                        await maybe
+
             roles = assign_roles(await conn.list_folders())
             results = {}
             for wire_name, role in roles.items():
-
-                async def progress(p: FolderProgress) -> None:
-                    await status.progress(p.folder, p.done, p.total)
-                    if on_progress is not None:
-                        maybe = on_progress(p)
-                        if maybe is not None:
-                            await maybe
-
                 results[wire_name] = await sync_folder(
                     conn,
                     publisher,

@@ -45,7 +45,7 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 from inboxstream.core.kafka import ensure_topics, make_consumer
 from inboxstream.core.settings import InboxSettings, Settings
 from inboxstream.core.vault import SecretBox
-from inboxstream.producers.registry_topic import decode_entry
+from inboxstream.producers.registry_topic import RegistryView
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +62,25 @@ class InboxLeases:
     on_revoked: OnRevoked
     #: set whenever the owned inboxes changed (an assignment loaded, a record applied)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _entries: dict[int, dict[str, InboxSettings]] = field(default_factory=dict, init=False)
+    #: the records of the partitions held, read as ``inbox list`` reads the topic
+    _view: RegistryView = field(default_factory=RegistryView, init=False)
+    _held: set[int] = field(default_factory=set, init=False)
     #: partition -> the end offset to read to before its inboxes count (-1: not known yet)
     _loading: dict[int, int] = field(default_factory=dict, init=False)
     _consumer: AIOKafkaConsumer | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
-    errors: dict[str, str] = field(default_factory=dict, init=False)
-    rebalances: int = field(default=0, init=False)
 
     @property
     def topic(self) -> str:
         return self.settings.topics.registry.name
 
-    @property
-    def partitions(self) -> list[int]:
-        """The registry partitions this process holds now (loaded or loading)."""
-        return sorted(self._entries)
-
     def owned(self) -> dict[str, InboxSettings]:
         """The inboxes this process should sync now: those of its loaded partitions."""
-        out: dict[str, InboxSettings] = {}
-        for partition, inboxes in self._entries.items():
-            if partition not in self._loading:
-                out.update(inboxes)
-        return out
+        return {
+            inbox_id: inbox
+            for inbox_id, (partition, inbox) in self._view.inboxes.items()
+            if partition in self._held and partition not in self._loading
+        }
 
     async def start(self) -> None:
         p = self.settings.producer
@@ -114,7 +109,7 @@ class InboxLeases:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
-        self._entries.clear()
+        self._held.clear()
 
     async def _poll(self) -> None:
         assert self._consumer is not None
@@ -130,12 +125,13 @@ class InboxLeases:
                 continue
             touched = False
             for tp, records in batch.items():
-                inboxes = self._entries.get(tp.partition)
-                if inboxes is None:
+                if tp.partition not in self._held:
                     continue  # revoked meanwhile
                 for rec in records:
                     touched = True
-                    self._apply(inboxes, rec.key, rec.value)
+                    skipped = self._view.apply(rec.partition, rec.key, rec.value, self.box)
+                    if skipped is not None:
+                        log.warning("fleet: skipping inbox %r: %s", rec.key, skipped)
             for partition, end in list(self._loading.items()):
                 if end < 0:
                     continue
@@ -149,28 +145,11 @@ class InboxLeases:
             if touched:
                 self.changed.set()
 
-    def _apply(
-        self, inboxes: dict[str, InboxSettings], key: bytes | None, value: bytes | None
-    ) -> None:
-        if key is None:
-            return
-        inbox_id = key.decode("utf-8", "replace")
-        inboxes.pop(inbox_id, None)
-        self.errors.pop(inbox_id, None)
-        if value is None:
-            return
-        try:
-            inboxes[inbox_id] = decode_entry(value, self.box)
-        except ValueError as exc:
-            self.errors[inbox_id] = str(exc)
-            log.warning("fleet: skipping inbox %s: %s", inbox_id, exc)
-
     async def _revoked(self, partitions: set[int]) -> None:
-        self.rebalances += 1
-        gone: set[str] = set()
+        self._held -= partitions
         for p in partitions:
-            gone |= set(self._entries.pop(p, {}))
             self._loading.pop(p, None)
+        gone = self._view.drop(partitions)
         if gone:
             log.info("fleet: %d inbox(es) of partitions %s revoked", len(gone), sorted(partitions))
         await self.on_revoked(gone)  # stopped before we rejoin: see the module docstring
@@ -183,7 +162,7 @@ class InboxLeases:
         # Before any await: the fetcher starts on a new assignment at once, and the poll loop
         # must apply (not drop) what it brings; -1 = the end to reach is not known yet.
         for tp in tps:
-            self._entries[tp.partition] = {}
+            self._held.add(tp.partition)
             self._loading[tp.partition] = -1
         await self._consumer.seek_to_beginning(*tps)  # nothing is committed: read it all
         ends = await self._consumer.end_offsets(tps)

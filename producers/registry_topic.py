@@ -69,21 +69,34 @@ class RegistryView:
     placed: dict[str, int] = field(default_factory=dict)
     partitions: int = 0
 
-    def apply(self, partition: int, key: bytes | None, value: bytes | None, box: SecretBox) -> None:
-        """One record of the topic, in offset order."""
+    def apply(
+        self, partition: int, key: bytes | None, value: bytes | None, box: SecretBox
+    ) -> str | None:
+        """One record of the topic, in offset order; the reason when it was skipped."""
         if key is None:
-            return
+            return None
         inbox_id = key.decode("utf-8", "replace")
         self.inboxes.pop(inbox_id, None)
         self.errors.pop(inbox_id, None)
         if value is None:  # tombstone
             self.placed.pop(inbox_id, None)
-            return
+            return None
         self.placed[inbox_id] = partition
         try:
             self.inboxes[inbox_id] = (partition, decode_entry(value, box))
         except ValueError as exc:
             self.errors[inbox_id] = str(exc)
+            return str(exc)
+        return None
+
+    def drop(self, partitions: set[int]) -> set[str]:
+        """Forget every inbox placed on ``partitions``; their ids."""
+        gone = {i for i, p in self.placed.items() if p in partitions}
+        for inbox_id in gone:
+            self.placed.pop(inbox_id)
+            self.inboxes.pop(inbox_id, None)
+            self.errors.pop(inbox_id, None)
+        return gone
 
     def least_loaded(self) -> int:
         counts = [0] * self.partitions

@@ -384,12 +384,7 @@ class ProducerService:
                 await self._wait_for_change(stop)
         finally:
             async with self._lock:
-                await asyncio.gather(
-                    *(
-                        self._stop_worker(inbox_id, "the producer service is shutting down")
-                        for inbox_id in list(self.workers)
-                    )
-                )
+                await self._stop_workers(set(self.workers), "the producer service is shutting down")
             if self.leases is not None:
                 await self.leases.stop()  # after the inboxes stopped: then the others start
             await self.store.stop()
@@ -411,14 +406,8 @@ class ProducerService:
     async def _release(self, inbox_ids: set[str]) -> None:
         """A rebalance took these inboxes away: stop them all before the process rejoins."""
         async with self._lock:
-            await asyncio.gather(
-                *(
-                    self._stop_worker(
-                        inbox_id, "the producer fleet is rebalancing; another process may own it"
-                    )
-                    for inbox_id in inbox_ids
-                    if inbox_id in self.workers
-                )
+            await self._stop_workers(
+                inbox_ids, "the producer fleet is rebalancing; another process may own it"
             )
 
     async def reconcile(self, desired: dict[str, InboxSettings]) -> None:
@@ -455,6 +444,11 @@ class ProducerService:
         task = asyncio.create_task(worker.run(), name=f"inbox:{inbox.id}")
         self.workers[inbox.id] = _Running(worker, task, fingerprint)
         log.info("%s: started", inbox.id)
+
+    async def _stop_workers(self, inbox_ids: set[str], reason: str) -> None:
+        """Stop these inboxes (those running) side by side, and wait until all are stopped."""
+        running = [i for i in inbox_ids if i in self.workers]
+        await asyncio.gather(*(self._stop_worker(i, reason) for i in running))
 
     async def _stop_worker(self, inbox_id: str, reason: str) -> None:
         running = self.workers.pop(inbox_id)
