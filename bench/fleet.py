@@ -38,6 +38,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench.pipeline import stage_env, start, stop
 from inboxstream.app.demo import demo_inbox
 from inboxstream.core.kafka import client_options, ensure_topics
 from inboxstream.core.settings import KafkaSettings, ProducerSettings, Settings, TopicSettings
@@ -105,17 +106,7 @@ class Topics:
 
 
 def start_member(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXSTREAM_")}
-    env["INBOXSTREAM_KAFKA"] = settings.kafka.model_dump_json()
-    env["INBOXSTREAM_TOPICS"] = settings.topics.model_dump_json()
-    env["INBOXSTREAM_PRODUCER"] = settings.producer.model_dump_json()
-    cli = Path(sys.executable).with_name("inboxstream")
-    return subprocess.Popen(
-        [str(cli), "--log-level", "WARNING", "producer", "run", "--no-progress"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+    return start(["producer", "run", "--no-progress"], stage_env(settings), log)
 
 
 def name_of(proc: subprocess.Popen[bytes]) -> str:
@@ -182,7 +173,7 @@ async def main(n_inboxes: int) -> None:
                 # every inbox idling again since the newest member started, on one of them
                 return (
                     len(topics.owner) == n_inboxes
-                    and set(topics.owner.values()) == set(names)
+                    and set(topics.owner.values()) <= set(names)
                     and all(t > since for t in topics.owner_since.values())
                 )
 
@@ -217,13 +208,14 @@ async def main(n_inboxes: int) -> None:
         sender = threading.Thread(target=deliver)
         sender.start()
         await until("the first live round", lambda: len(delivered) >= n_inboxes, 300)
-        victim = members[-1]
+        split = topics.split()
+        victim = max(members, key=lambda m: split.get(name_of(m), 0))  # the busiest member
         victim_name = name_of(victim)
         held = {i for i, p in topics.owner.items() if p == victim_name}
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(30)
-        survivors = {name_of(m) for m in members[:-1]}
+        survivors = {name_of(m) for m in members if m is not victim}
 
         def taken_over() -> bool:
             return all(
@@ -258,14 +250,7 @@ async def main(n_inboxes: int) -> None:
             "duplicated": duplicated,
         }
     finally:
-        for m in members:
-            if m.poll() is None:
-                m.send_signal(signal.SIGTERM)
-        for m in members:
-            try:
-                m.wait(60)
-            except subprocess.TimeoutExpired:
-                m.kill()
+        stop(members)
         reading.cancel()
         await topics.consumer.stop()
         for user in users:
