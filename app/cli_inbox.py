@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from inboxstream.core.oauth import TokenSources
 from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
 from inboxstream.core.vault import SecretKeyError
 from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
@@ -29,7 +30,7 @@ from inboxstream.imap.exceptions import ImapError
 from inboxstream.imap.folders import assign_roles
 from inboxstream.producers.checkpoints import CheckpointStore
 from inboxstream.producers.folder_sync import FolderProgress
-from inboxstream.producers.registry import InboxRegistry, registry_for
+from inboxstream.producers.registry import InboxRegistry, registry_for, with_refresh_token
 from inboxstream.producers.registry_topic import TopicRegistry
 from inboxstream.producers.service import ProducerService
 from inboxstream.producers.status import latest_status
@@ -86,7 +87,9 @@ def _where(settings: Settings) -> str:
     return str(settings.producer.registry_dir)
 
 
-def read_password(password_env: str | None, password_file: Path | None) -> str:
+def read_password(
+    password_env: str | None, password_file: Path | None, what: str = "IMAP password"
+) -> str:
     """From an env var, a file (first line) or a hidden prompt; never from the command line,
     where it would land in the shell history and the process list."""
     if password_env:
@@ -99,7 +102,7 @@ def read_password(password_env: str | None, password_file: Path | None) -> str:
         if not lines or not lines[0]:
             raise click.UsageError(f"{password_file} is empty")
         return lines[0]
-    prompted: str = click.prompt("IMAP password", hide_input=True)
+    prompted: str = click.prompt(what, hide_input=True)
     return prompted
 
 
@@ -126,6 +129,27 @@ def inbox() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Read the password from the first line of this file.",
 )
+@click.option(
+    "--auth",
+    type=click.Choice(["password", "xoauth2", "oauthbearer"]),
+    default="password",
+    show_default=True,
+    help="Sign in with a password, or with OAuth2 (SASL XOAUTH2 / OAUTHBEARER).",
+)
+@click.option("--oauth-token-url", metavar="URL", help="OAuth2 token endpoint (https).")
+@click.option("--oauth-client-id", metavar="ID", help="OAuth2 client (application) id.")
+@click.option(
+    "--oauth-client-secret-env", metavar="VAR", help="Read the OAuth2 client secret from here."
+)
+@click.option("--oauth-scope", metavar="SCOPE", help="Scope to ask for with each refresh.")
+@click.option(
+    "--refresh-token-env", metavar="VAR", help="Read the OAuth2 refresh token from this env var."
+)
+@click.option(
+    "--refresh-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the OAuth2 refresh token from the first line of this file.",
+)
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--allow-unverified-certificate", is_flag=True, help="Accept a self-signed cert.")
 @click.option("--allow-legacy-tls", is_flag=True, help="Allow TLS 1.0/1.1 for this inbox.")
@@ -146,25 +170,50 @@ def inbox_add(
     username: str | None,
     password_env: str | None,
     password_file: Path | None,
+    auth: str,
+    oauth_token_url: str | None,
+    oauth_client_id: str | None,
+    oauth_client_secret_env: str | None,
+    oauth_scope: str | None,
+    refresh_token_env: str | None,
+    refresh_token_file: Path | None,
     no_attachments: bool,
     verify: bool,
     **options: Any,
 ) -> None:
-    """Add an inbox, or replace its settings (which reconnects it, e.g. after a new password)."""
-    password = read_password(password_env, password_file)
+    """Add an inbox, or replace its settings (which reconnects it, e.g. after a new password
+    or a new OAuth2 sign-in)."""
+    secrets: dict[str, Any] = {}
+    if auth == "password":
+        secrets["password"] = read_password(password_env, password_file)
+    else:
+        if not (oauth_token_url and oauth_client_id):
+            raise click.UsageError(f"--auth {auth} needs --oauth-token-url and --oauth-client-id")
+        oauth: dict[str, Any] = {
+            "token_url": oauth_token_url,
+            "client_id": oauth_client_id,
+            "scope": oauth_scope,
+            "refresh_token": read_password(
+                refresh_token_env, refresh_token_file, "OAuth2 refresh token"
+            ),
+        }
+        if oauth_client_secret_env:
+            oauth["client_secret"] = read_password(oauth_client_secret_env, None)
+        secrets["oauth"] = oauth
     try:
         settings = InboxSettings(
             id=inbox_id,
             username=username or inbox_id,
-            password=password,
+            auth=auth,
             log_attachments=not no_attachments,
+            **secrets,
             **options,
         )
     except ValidationError as exc:
         raise click.UsageError(describe_validation_error(exc)) from None
     if verify:
         try:
-            roles = asyncio.run(_verify(settings))
+            roles, settings = asyncio.run(_verify(settings))
         except ImapError as exc:  # typed, and never contains the password
             console.print(f"[red]error:[/red] {exc}")
             raise SystemExit(1) from None
@@ -175,17 +224,26 @@ def inbox_add(
     except SecretKeyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(1) from None
-    console.print(f"{'added' if created else 'updated'} inbox {inbox_id} (password encrypted)")
+    what = "password" if auth == "password" else "refresh token"
+    console.print(f"{'added' if created else 'updated'} inbox {inbox_id} ({what} encrypted)")
 
 
-async def _verify(inbox: InboxSettings) -> dict[str, str]:
+async def _verify(inbox: InboxSettings) -> tuple[dict[str, str], InboxSettings]:
+    """The folders' roles, and the inbox to store: with the refresh token the endpoint rotated
+    to while signing in, if it did (the one given is then spent)."""
+    rotated: list[str] = []
+
+    async def keep(_inbox_id: str, refresh_token: str) -> None:
+        rotated.append(refresh_token)
+
     conn = await ImapConnection.open(
-        endpoint_for_inbox(inbox), inbox.username, inbox.password.get_secret_value()
+        endpoint_for_inbox(inbox), inbox.username, TokenSources(keep).credentials(inbox)
     )
     try:
-        return dict(assign_roles(await conn.list_folders()))
+        roles: dict[str, str] = dict(assign_roles(await conn.list_folders()))
     finally:
         await conn.logout()
+    return roles, with_refresh_token(inbox, rotated[-1]) if rotated else inbox
 
 
 @inbox.command("remove")
@@ -403,7 +461,7 @@ def inbox_migrate(ctx: click.Context) -> None:
         console.print(f"[yellow]not copied {name}:[/yellow] {reason}")
     console.print(
         f"{len(inboxes)} inbox(es) in registry topic {settings.topics.registry.name}; set "
-        "producer.registry = \"topic\" (INBOXSTREAM_PRODUCER__REGISTRY=topic) to run a fleet"
+        'producer.registry = "topic" (INBOXSTREAM_PRODUCER__REGISTRY=topic) to run a fleet'
     )
     if folder.errors:
         raise SystemExit(1)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
+from inboxstream.core.oauth import TokenSources
 from inboxstream.core.settings import InboxSettings, Settings
 from inboxstream.imap.connection import ImapConnection, ImapEndpoint, endpoint_for_inbox
 from inboxstream.imap.folders import assign_roles
@@ -22,6 +23,7 @@ from inboxstream.producers.folder_sync import FolderProgress, SyncResult, sync_f
 from inboxstream.producers.parse_pool import ParsePool
 from inboxstream.producers.publish import EventPublisher
 from inboxstream.producers.status import StatusReporter
+from inboxstream.producers.token_store import refresh_token_store
 from inboxstream.sinks.clickhouse import ClickHouse, connect
 from inboxstream.sinks.exceptions import ClickHouseError
 from inboxstream.sinks.migrate import migrate
@@ -69,8 +71,9 @@ async def sync_inbox_once(
             publisher, inbox.id, f"{inbox.imap_host}:{inbox.imap_port}", producer=name
         )
         try:
+            tokens = TokenSources(refresh_token_store(settings))
             conn = await ImapConnection.open(
-                endpoint_for(inbox), inbox.username, inbox.password.get_secret_value()
+                endpoint_for(inbox), inbox.username, tokens.credentials(inbox)
             )
         except Exception as exc:
             await status.emit("disconnected", error=exc)

@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -143,6 +151,39 @@ class SinkSettings(_Frozen):
     group_id: str = "inboxstream-sink"
 
 
+class OAuthSettings(_Frozen):
+    """OAuth2 sign-in of one inbox (core/oauth.py): an access token from a refresh token.
+
+    The token endpoint is called with the refresh-token grant (RFC 6749 section 6); a rotated
+    refresh token in its answer replaces the stored one. Both secrets are stored encrypted."""
+
+    token_url: str = Field(pattern=r"^https?://[^\s]+$")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr | None = None
+    refresh_token: SecretStr
+    scope: str | None = None
+
+    @field_validator("token_url")
+    @classmethod
+    def _secure_url(cls, value: str) -> str:
+        # The refresh token and client secret travel in the request body: https only, except to
+        # a token service on this host (tests, a local proxy).
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("localhost", "::1") or (parts.hostname or "").startswith(
+            "127."
+        )
+        if parts.scheme != "https" and not loopback:
+            raise ValueError("the token endpoint must be https (plain http only on loopback)")
+        return value
+
+
+#: How an inbox signs in: LOGIN with a password, or SASL XOAUTH2 / OAUTHBEARER (RFC 7628)
+#: with an OAuth2 access token for IMAP and SMTP alike.
+AuthMethod = Literal["password", "xoauth2", "oauthbearer"]
+
+
 class InboxSettings(_Frozen):
     """One connected mailbox: where it lives and how to reach it."""
 
@@ -151,7 +192,10 @@ class InboxSettings(_Frozen):
     imap_port: int = Field(default=993, gt=0, lt=65536)
     imap_security: Literal["tls", "starttls"] = "tls"
     username: str
-    password: SecretStr
+    # Empty with OAuth2 sign-in; required with auth = "password".
+    password: SecretStr = SecretStr("")
+    auth: AuthMethod = "password"
+    oauth: OAuthSettings | None = None
     allow_unverified_certificate: bool = False
     # TLS 1.0/1.1 for old servers: off unless the inbox opts in (TLS 1.2+ otherwise).
     allow_legacy_tls: bool = False
@@ -162,6 +206,22 @@ class InboxSettings(_Frozen):
     smtp_host: str | None = None
     smtp_port: int = Field(default=465, gt=0, lt=65536)
     smtp_security: Literal["tls", "starttls"] = "tls"
+
+    @model_validator(mode="after")
+    def _credentials(self) -> InboxSettings:
+        if self.auth == "password":
+            if not self.password.get_secret_value():
+                raise ValueError("auth = 'password' needs a password")
+            if self.oauth is not None:
+                raise ValueError(
+                    "oauth settings are only used with auth = 'xoauth2' or 'oauthbearer'"
+                )
+        elif self.oauth is None:
+            raise ValueError(
+                f"auth = {self.auth!r} needs the oauth settings "
+                "(token_url, client_id, refresh_token)"
+            )
+        return self
 
 
 class ProducerSettings(_Frozen):

@@ -22,6 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aioimaplib import aioimaplib
 
+from inboxstream.core.oauth import (
+    Credentials,
+    OAuthError,
+    OAuthLogin,
+    abort_response,
+    describe_challenge,
+    initial_response,
+)
 from inboxstream.imap.capabilities import (
     POP3_PORTS,
     ServerFeatures,
@@ -104,6 +112,15 @@ def endpoint_for_inbox(inbox: InboxSettings, *, timeout: float = 20.0) -> ImapEn
     )
 
 
+@dataclass
+class _SaslExchange:
+    """What the protocol needs to answer AUTHENTICATE's continuations."""
+
+    abort: str
+    pending: str | None = None
+    challenge: bytes = b""
+
+
 @dataclass(frozen=True)
 class SelectedFolder:
     name: str
@@ -176,6 +193,22 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             self.current_command = incomplete_read.cmd
             self.incomplete_line = incomplete_read.data
 
+    def _continuation(self, line: bytes) -> None:
+        """AUTHENTICATE's continuations: the first "+" of a server without SASL-IR gets the
+        initial response; any later one is an error challenge (base64 JSON), kept for the
+        message and answered so the server ends the exchange with NO (RFC 7628 3.2.3)."""
+        command = self.pending_sync_command
+        sasl = getattr(command, "sasl", None)
+        if command is None or command.name != "AUTHENTICATE" or sasl is None:
+            super()._continuation(line)
+            return
+        if sasl.pending is not None:
+            answer, sasl.pending = sasl.pending, None
+        else:
+            sasl.challenge = line[1:].strip()
+            answer = sasl.abort
+        self.transport.write(answer.encode("ascii") + b"\r\n")
+
     def _lost(self, exc: Exception | None) -> None:
         self.closed.set()
         self.ready.set()  # wake a waiter that would otherwise hang on a dead socket
@@ -231,20 +264,25 @@ class ImapConnection:
         return capability.upper() in self.capabilities
 
     @classmethod
-    async def open(cls, endpoint: ImapEndpoint, username: str, password: str) -> ImapConnection:
-        """Connect, secure, check and log in; every failure is a typed ImapError whose message
-        never contains the password."""
+    async def open(
+        cls, endpoint: ImapEndpoint, username: str, password: Credentials
+    ) -> ImapConnection:
+        """Connect, secure, check and log in (LOGIN with a password, AUTHENTICATE with an
+        OAuth2 login); every failure is a typed ImapError whose message never contains the
+        password or a token."""
         try:
             return await cls._open(endpoint, username, password)
         except ImapError as exc:
             # Belt and braces: no code path should put the password in a message, but a
             # library's text could; scrub it before anything logs or publishes the error.
-            if password and password in str(exc):
+            if isinstance(password, str) and password and password in str(exc):
                 exc.args = (str(exc).replace(password, "********"),)
             raise
 
     @classmethod
-    async def _open(cls, endpoint: ImapEndpoint, username: str, password: str) -> ImapConnection:
+    async def _open(
+        cls, endpoint: ImapEndpoint, username: str, password: Credentials
+    ) -> ImapConnection:
         where = f"{endpoint.host}:{endpoint.port}"
         refusal = check_port(endpoint.port)
         if refusal:
@@ -278,7 +316,10 @@ class ImapConnection:
                 await conn._starttls(ctx)
             conn._require_imap4rev1()
             await conn._identify()
-            await conn._login(username, password)
+            if isinstance(password, OAuthLogin):
+                await conn._authenticate(username, password)
+            else:
+                await conn._login(username, password)
             conn._require_imap4rev1()
             await conn._identify()
             await conn._enable()
@@ -411,6 +452,77 @@ class ImapConnection:
             )
         # Servers often send new capabilities after login; ask again to be sure.
         await self._capability()
+
+    async def _authenticate(self, username: str, login: OAuthLogin) -> None:
+        """SASL XOAUTH2 or OAUTHBEARER with the inbox's access token. A refused token is
+        replaced once (revoked or expired early); refused again, the login is an AuthError."""
+        mechanism = login.mechanism.upper()
+        if f"AUTH={mechanism}" not in self.capabilities:
+            offered = sorted(c for c in self.capabilities if c.startswith("AUTH="))
+            raise CapabilityError(
+                f"{self.where} does not offer {mechanism} (it offers "
+                f"{' '.join(offered) or 'no SASL mechanism'}); choose the inbox's auth to match"
+            )
+        rejected: str | None = None
+        for _attempt in range(2):
+            try:
+                token = await login.source.token(rejected=rejected)
+            except OAuthError as exc:
+                if exc.retriable:
+                    raise ImapError(f"{self.where}: {exc}", retriable=True) from None
+                raise AuthError(f"{self.where}: {exc}") from None
+            response, challenge = await self._sasl(mechanism, username, token, login)
+            if response.result == "OK":
+                self.protocol.state = aioimaplib.AUTH
+                await self._capability()
+                return
+            text = _text(response)
+            code = _RESP_CODE_RE.match(text.encode())
+            if code and code.group(1) == b"UNAVAILABLE":
+                raise ImapError(
+                    f"{self.where} cannot log {username!r} in right now: {text}. Will retry",
+                    retriable=True,
+                )
+            rejected = token
+        why = f" ({challenge})" if challenge else ""
+        raise AuthError(
+            f"{self.where} rejected the OAuth2 token for {username!r} twice, a fresh one "
+            f"included{why}: {text}. The token endpoint issues tokens this server does not "
+            "accept (wrong account, scope or client); sign the inbox in again"
+        )
+
+    async def _sasl(
+        self, mechanism: str, username: str, token: str, login: OAuthLogin
+    ) -> tuple[Any, str]:
+        """One AUTHENTICATE exchange; the tagged response and the error challenge's status."""
+        ir = initial_response(
+            login.mechanism, username, token, self.endpoint.host, self.endpoint.port
+        )
+        sasl = _SaslExchange(abort=abort_response(login.mechanism))
+        args = [mechanism]
+        if "SASL-IR" in self.capabilities:  # RFC 4959: the response rides on the command
+            args.append(ir)
+        else:
+            sasl.pending = ir
+        command = aioimaplib.Command(
+            "AUTHENTICATE", self.protocol.new_tag(), *args, loop=self.protocol.loop
+        )
+        command.sasl = sasl
+        try:
+            response = await asyncio.wait_for(
+                self.protocol.execute(command, scrub=ir), self.endpoint.timeout
+            )
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+                raise ConnectTimeoutError(
+                    f"{self.where} did not answer AUTHENTICATE within {self.endpoint.timeout:g}s"
+                ) from None
+            raise ProtocolError(
+                f"{self.where}: AUTHENTICATE failed with {type(exc).__name__}"
+            ) from None
+        return response, describe_challenge(sasl.challenge) if sasl.challenge else ""
 
     async def _enable(self) -> None:
         """ENABLE QRESYNC when offered (RFC 7162), so expunges arrive as VANISHED with UIDs.

@@ -64,6 +64,7 @@ UNTRUSTED_SOURCE = "127.0.0.9"
 DEFAULT_IMAP_PORT = 10143
 DEFAULT_IMAPS_PORT = 10993
 DEFAULT_LMTP_PORT = 10024
+DEFAULT_OAUTH_PORT = 10480
 
 #: Extensions the full listener must advertise after login (checked by the tests).
 FULL_CAPABILITIES = (
@@ -97,7 +98,9 @@ class DovecotEndpoints:
     same IMAP ports: minimal capabilities / a CA-signed cert for ``wrong_hostname`` / a
     self-signed cert (not from the CA) for localhost. ``auth_socket`` is Dovecot's SASL socket
     for Postfix (``smtpd_sasl_type = dovecot``). Bind a client to ``untrusted_source`` to be
-    treated as a remote client (LOGINDISABLED until STARTTLS).
+    treated as a remote client (LOGINDISABLED until STARTTLS). ``oauth_introspection_url`` is
+    where Dovecot's oauth2 passdb checks XOAUTH2/OAUTHBEARER tokens (RFC 7662, POST): nothing
+    of ours serves it; the test suite runs a token server there (tests/helpers/oauth_server.py).
     """
 
     host: str
@@ -109,9 +112,14 @@ class DovecotEndpoints:
     wrong_cert_host: str
     self_signed_host: str
     auth_socket: Path
+    oauth_port: int = DEFAULT_OAUTH_PORT
     tls_hostname: str = TLS_HOSTNAME
     wrong_hostname: str = WRONG_HOSTNAME
     untrusted_source: str = UNTRUSTED_SOURCE
+
+    @property
+    def oauth_introspection_url(self) -> str:
+        return f"http://{self.host}:{self.oauth_port}/introspect"
 
 
 # --- paths -----------------------------------------------------------------------------------
@@ -165,6 +173,7 @@ def endpoints() -> DovecotEndpoints:
         wrong_cert_host=WRONG_CERT_HOST,
         self_signed_host=SELF_SIGNED_HOST,
         auth_socket=_base_dir() / "auth-client-smtp",
+        oauth_port=env_port("INBOXSTREAM_OAUTH_PORT", DEFAULT_OAUTH_PORT),
     )
 
 
@@ -360,6 +369,7 @@ def _render_config() -> str:
         "lmtp_port": str(ep.lmtp_port),
         "auth_socket_name": ep.auth_socket.name,
         "virtual_dir": str(_virtual_dir()),
+        "oauth2_conf": str(_dir() / "oauth2.conf.ext"),
     }
     text = _TEMPLATE.read_text()
     for key, value in values.items():
@@ -387,6 +397,17 @@ def _write_config() -> bool:
     definition.write_text("*\n-Virtual/*\n  all\n")
     for path in (_virtual_dir(), definition.parent, definition):
         path.chmod(0o755 if path.is_dir() else 0o644)
+    # RFC 7662 introspection: Dovecot POSTs token=<access token> and wants {"active": true,
+    # "username": <the login name>} back; no cache, so a revoked token fails at once.
+    (_dir() / "oauth2.conf.ext").write_text(
+        "introspection_mode = post\n"
+        f"introspection_url = {endpoints().oauth_introspection_url}\n"
+        "force_introspection = yes\n"
+        "username_attribute = username\n"
+        "active_attribute = active\n"
+        "active_value = true\n"
+    )
+    (_dir() / "oauth2.conf.ext").chmod(0o644)
     text = _render_config()
     conf = _conf_path()
     old = conf.read_text() if conf.exists() else None

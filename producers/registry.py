@@ -7,7 +7,8 @@ holds the IMAP password: it stays on the producer host (directory 0700, files 06
 of being copied into a topic every consumer could read. A changed file (say, a new password
 after an auth failure) restarts that inbox; nothing else is touched.
 
-The password is stored encrypted (``password_encrypted``, a Fernet token; core/vault.py).
+The password is stored encrypted (``password_encrypted``, a Fernet token; core/vault.py), and
+so are an OAuth2 inbox's refresh token and client secret (``oauth.*_encrypted``).
 A file from before, with the password in clear, is rewritten encrypted the first time it is
 loaded.
 """
@@ -22,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
 from inboxstream.core.vault import SecretBox, SecretKeyError
@@ -38,40 +39,70 @@ def registry_for(settings: Settings) -> InboxRegistry:
 
 
 def inbox_fingerprint(inbox: InboxSettings) -> str:
-    """Changes whenever any setting, the password included, changes. Never printed."""
-    return hashlib.sha256(json.dumps(_with_password(inbox), sort_keys=True).encode()).hexdigest()
-
-
-def _with_password(inbox: InboxSettings) -> dict[str, object]:
-    """Every setting as JSON data, the password in clear (for the fingerprint only)."""
+    """Changes whenever any setting, the password and client secret included, changes. Never
+    printed. The OAuth2 refresh token is left out: the token endpoint rotates it and it is
+    stored back, which must not restart the inbox; a refresh token a person registers anew
+    reaches the running inbox through ``TokenSource.offer`` instead."""
     data = inbox.model_dump(mode="json")
     data["password"] = inbox.password.get_secret_value()
-    return data
+    if inbox.oauth is not None:
+        data["oauth"] = dict(data["oauth"], refresh_token=None)
+        if inbox.oauth.client_secret is not None:
+            data["oauth"]["client_secret"] = inbox.oauth.client_secret.get_secret_value()
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 ENCRYPTED = "password_encrypted"
+#: The OAuth2 secrets, stored the same way under ``oauth``.
+OAUTH_SECRETS = ("refresh_token", "client_secret")
 
 
 def to_document(inbox: InboxSettings, box: SecretBox) -> dict[str, object]:
     """The stored form of an inbox (a registry file, a registry topic record): every setting,
-    the password only as a Fernet token."""
+    the password and the OAuth2 secrets only as Fernet tokens (``<name>_encrypted``)."""
     data: dict[str, object] = inbox.model_dump(mode="json", exclude={"password"})
     data[ENCRYPTED] = box.encrypt(inbox.password.get_secret_value())
+    if inbox.oauth is not None:
+        oauth: dict[str, object] = inbox.oauth.model_dump(mode="json", exclude=set(OAUTH_SECRETS))
+        for name in OAUTH_SECRETS:
+            secret = getattr(inbox.oauth, name)
+            if secret is not None:
+                oauth[f"{name}_encrypted"] = box.encrypt(secret.get_secret_value())
+        data["oauth"] = oauth
     return data
 
 
 def from_document(data: object, box: SecretBox) -> tuple[InboxSettings, bool]:
-    """The inbox of a stored document, and whether its password was stored in clear.
+    """The inbox of a stored document, and whether a secret in it was stored in clear.
     Raises ``ValueError``, ``ValidationError`` or ``SecretKeyError``."""
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     clear = ENCRYPTED not in data
     if not clear:
-        token = data.pop(ENCRYPTED)
-        if not isinstance(token, str):
-            raise ValueError(f"{ENCRYPTED} is not a string")
-        data["password"] = box.decrypt(token)
+        data["password"] = box.decrypt(_token(data, ENCRYPTED))
+    oauth = data.get("oauth")
+    if isinstance(oauth, dict):
+        for name in OAUTH_SECRETS:
+            if name in oauth:
+                clear = True
+            elif f"{name}_encrypted" in oauth:
+                oauth[name] = box.decrypt(_token(oauth, f"{name}_encrypted"))
     return InboxSettings.model_validate(data), clear
+
+
+def _token(data: dict[str, object], key: str) -> str:
+    token = data.pop(key)
+    if not isinstance(token, str):
+        raise ValueError(f"{key} is not a string")
+    return token
+
+
+def with_refresh_token(inbox: InboxSettings, refresh_token: str) -> InboxSettings:
+    """The inbox with another OAuth2 refresh token (a rotated one, or a new sign-in)."""
+    if inbox.oauth is None:
+        raise ValueError(f"inbox {inbox.id!r} does not sign in with OAuth2")
+    oauth = inbox.oauth.model_copy(update={"refresh_token": SecretStr(refresh_token)})
+    return inbox.model_copy(update={"oauth": oauth})
 
 
 @dataclass
@@ -125,6 +156,11 @@ class InboxRegistry:
             self.add(inbox)
             done += 1
         return done
+
+    def store_refresh_token(self, inbox_id: str, refresh_token: str) -> None:
+        """Store a rotated OAuth2 refresh token back into the inbox's file (encrypted)."""
+        inbox, _ = self._read(self._path(inbox_id))
+        self.add(with_refresh_token(inbox, refresh_token))
 
     def remove(self, inbox_id: str) -> bool:
         path = self._path(inbox_id)

@@ -27,7 +27,7 @@ from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer, 
 from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
 from inboxstream.core.vault import SecretBox, SecretKeyError
 from inboxstream.producers.checkpoints import assign_all
-from inboxstream.producers.registry import from_document, to_document
+from inboxstream.producers.registry import from_document, to_document, with_refresh_token
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def decode_entry(value: bytes, box: SecretBox) -> InboxSettings:
         raise ValueError(f"not a JSON document: {exc}") from None
     if clear:  # never sync from, or keep using, a secret someone put in a topic in clear
         raise ValueError(
-            "the record holds its password in clear; the registry topic takes encrypted "
-            "passwords only (inboxstream inbox add)"
+            "the record holds its password or an OAuth2 secret in clear; the registry topic "
+            "takes encrypted secrets only (inboxstream inbox add)"
         )
     return inbox
 
@@ -144,6 +144,15 @@ class TopicRegistry:
             records.append((inbox.id, encode_entry(inbox, self.box), partition))
         await self._send(records)
         return created
+
+    async def store_refresh_token(self, inbox_id: str, refresh_token: str) -> None:
+        """Store a rotated OAuth2 refresh token back into the inbox's record (encrypted)."""
+        view = await self.read()
+        if inbox_id not in view.inboxes:
+            raise KeyError(inbox_id)
+        partition, inbox = view.inboxes[inbox_id]
+        updated = with_refresh_token(inbox, refresh_token)
+        await self._send([(inbox_id, encode_entry(updated, self.box), partition)])
 
     async def remove(self, inbox_id: str) -> bool:
         view = await self.read()

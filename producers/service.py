@@ -40,6 +40,7 @@ from typing import Literal
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.lifetime import raise_open_files_limit
+from inboxstream.core.oauth import TokenSources
 from inboxstream.core.settings import InboxSettings, ProducerSettings, Settings
 from inboxstream.core.vault import SecretBox
 from inboxstream.errors import InboxstreamError
@@ -55,6 +56,7 @@ from inboxstream.producers.parse_pool import ParsePool
 from inboxstream.producers.publish import EventPublisher
 from inboxstream.producers.registry import InboxRegistry, inbox_fingerprint
 from inboxstream.producers.status import StatusReporter
+from inboxstream.producers.token_store import refresh_token_store
 from inboxstream.schemas.models import FolderRole
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ class InboxWorker:
     producer_name: str = ""
     on_progress: ProgressCallback | None = None
     rng: random.Random = field(default_factory=random.Random)
+    #: OAuth2 access tokens (core/oauth.py), shared by the inbox's connections.
+    tokens: TokenSources = field(default_factory=TokenSources)
     status: StatusReporter = field(init=False)
     #: Why the worker stopped for good (auth, TLS...), or None while it runs.
     stopped: str | None = field(default=None, init=False)
@@ -196,7 +200,7 @@ class InboxWorker:
                         conn = await ImapConnection.open(
                             endpoint_for_inbox(self.inbox),
                             self.inbox.username,
-                            self.inbox.password.get_secret_value(),
+                            self.tokens.credentials(self.inbox),
                         )
                     self.connects += 1
                     try:
@@ -334,10 +338,12 @@ class ProducerService:
     ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     store: CheckpointStore | None = field(default=None, init=False)
     publisher: EventPublisher | None = field(default=None, init=False)
+    tokens: TokenSources = field(init=False)
 
     def __post_init__(self) -> None:
         if self.gate is None:
             self.gate = ConnectGate(self.settings.producer.connect_concurrency)
+        self.tokens = TokenSources(on_rotate=refresh_token_store(self.settings))
 
     def desired(self) -> dict[str, InboxSettings]:
         if self.leases is not None:  # a fleet member syncs its lease, nothing else
@@ -414,11 +420,17 @@ class ProducerService:
         """Start new inboxes, stop removed ones, restart changed ones."""
         for inbox_id in [i for i in self.workers if i not in desired]:
             await self._stop_worker(inbox_id, "the inbox was removed from this producer")
+            self.tokens.forget(inbox_id)
         starting: list[tuple[InboxSettings, str]] = []
         for inbox_id, inbox in desired.items():
             fingerprint = inbox_fingerprint(inbox)
             running = self.workers.get(inbox_id)
             if running is not None and running.fingerprint == fingerprint:
+                # A refresh token new to the inbox (a person signed in again) is adopted by the
+                # running inbox; one stopped by a refused token starts again with it.
+                if self.tokens.offer(inbox) and running.task.done():
+                    await self._stop_worker(inbox_id, "a new OAuth2 sign-in; reconnecting")
+                    starting.append((inbox, fingerprint))
                 continue
             if running is not None:
                 await self._stop_worker(inbox_id, "the inbox settings changed; reconnecting")
@@ -440,6 +452,7 @@ class ProducerService:
             self.gate,
             producer_name=self.producer_name,
             on_progress=self.on_progress,
+            tokens=self.tokens,
         )
         task = asyncio.create_task(worker.run(), name=f"inbox:{inbox.id}")
         self.workers[inbox.id] = _Running(worker, task, fingerprint)

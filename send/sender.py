@@ -47,12 +47,14 @@ from aiokafka import AIOKafkaProducer
 
 from inboxstream.core.contracts import MAX_MESSAGE_BYTES
 from inboxstream.core.kafka import ensure_topics, make_producer
+from inboxstream.core.oauth import TokenSources
 from inboxstream.core.settings import InboxSettings, Settings, TopicSettings
 from inboxstream.errors import InboxstreamError
 from inboxstream.imap.budget import BudgetRegistry
 from inboxstream.imap.connection import ImapConnection, ImapEndpoint, endpoint_for_inbox
 from inboxstream.imap.fetch import search_uids
 from inboxstream.imap.folders import Folder, assign_roles
+from inboxstream.producers.token_store import refresh_token_store
 from inboxstream.schemas.models import OutboundEvent
 from inboxstream.schemas.serde import serde_for
 from inboxstream.send.smtp import (
@@ -350,6 +352,8 @@ class MailSender:
     producer: AIOKafkaProducer
     topics: TopicSettings
     budgets: BudgetRegistry = field(default_factory=BudgetRegistry)
+    #: OAuth2 access tokens per inbox (core/oauth.py); give it a store for rotated tokens.
+    tokens: TokenSources = field(default_factory=TokenSources)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False)
 
     async def send(
@@ -366,7 +370,7 @@ class MailSender:
         key = idempotency_key or uuid.uuid4().hex
         message_id = message_id_for(inbox.id, key, sender.email.rsplit("@", 1)[1])
         composed = compose(draft, sender, message_id)  # validate before any connection
-        password = inbox.password.get_secret_value()
+        password = self.tokens.credentials(inbox)
         budget = self.budgets.for_inbox(inbox.id)
         lock = self._locks.setdefault(inbox.id, asyncio.Lock())
         async with lock, budget.hold("send"):
@@ -430,7 +434,7 @@ class MailSender:
                 if attempt:
                     await conn.logout()
                     conn = await ImapConnection.open(
-                        imap_endpoint(inbox), inbox.username, inbox.password.get_secret_value()
+                        imap_endpoint(inbox), inbox.username, self.tokens.credentials(inbox)
                     )
                 response = await asyncio.wait_for(
                     conn.protocol.append(
@@ -508,7 +512,12 @@ async def send_message(
     producer = make_producer(settings.kafka)
     await producer.start()
     try:
-        sender = MailSender(producer, settings.topics, budgets or BudgetRegistry())
+        sender = MailSender(
+            producer,
+            settings.topics,
+            budgets or BudgetRegistry(),
+            TokenSources(refresh_token_store(settings)),
+        )
         return await sender.send(inbox, draft, idempotency_key=idempotency_key, crm_ref=crm_ref)
     finally:
         await producer.stop()

@@ -21,6 +21,14 @@ from typing import Literal
 
 import aiosmtplib
 
+from inboxstream.core.oauth import (
+    Credentials,
+    OAuthError,
+    OAuthLogin,
+    abort_response,
+    describe_challenge,
+    initial_response,
+)
 from inboxstream.errors import InboxstreamError
 from inboxstream.imap.connection import ImapEndpoint, TlsVersion, make_ssl_context
 
@@ -134,7 +142,7 @@ class SubmitResult:
 async def submit(
     endpoint: SmtpEndpoint,
     username: str,
-    password: str,
+    password: Credentials,
     *,
     sender: str,
     recipients: Sequence[str],
@@ -175,7 +183,10 @@ async def submit(
         stage = "auth"
         if not client.supports_extension("auth"):
             raise SmtpAuthError(f"{where} offers no SMTP AUTH on this connection")
-        await client.login(username, password)
+        if isinstance(password, OAuthLogin):
+            await _oauth_login(client, username, password, endpoint, where)
+        else:
+            await client.login(username, password)
         stage = "size"
         _check_size(client, len(raw), where)
         stage = "mail"
@@ -204,6 +215,45 @@ async def submit(
     await _quit_quietly(client)
     log.info("%s accepted a message for %d recipient(s): %s", where, len(recipients), response)
     return SubmitResult(tuple(recipients), response.code, response.message)
+
+
+async def _oauth_login(
+    client: aiosmtplib.SMTP, username: str, login: OAuthLogin, endpoint: SmtpEndpoint, where: str
+) -> None:
+    """AUTH XOAUTH2 or OAUTHBEARER (aiosmtplib has XOAUTH2 only, so both go the same way):
+    an error challenge (334) is answered so the server ends with its final reply; a refused
+    token is replaced once, refused again it is an SmtpAuthError."""
+    mechanism = login.mechanism.upper()
+    if login.mechanism not in client.server_auth_methods:
+        offered = " ".join(m.upper() for m in client.server_auth_methods) or "none"
+        raise SmtpAuthError(f"{where} does not offer AUTH {mechanism} (it offers {offered})")
+    rejected: str | None = None
+    why = ""
+    for _attempt in range(2):
+        try:
+            token = await login.source.token(rejected=rejected)
+        except OAuthError as exc:
+            if exc.retriable:
+                raise SmtpConnectionError(f"{where}: {exc}") from None
+            raise SmtpAuthError(f"{where}: {exc}") from None
+        ir = initial_response(login.mechanism, username, token, endpoint.host, endpoint.port)
+        response = await client.execute_command(b"AUTH", mechanism.encode(), ir.encode())
+        if response.code == 334:
+            why = describe_challenge(response.message)
+            response = await client.execute_command(abort_response(login.mechanism).encode())
+        if response.code == 235:
+            return
+        if 400 <= response.code < 500:
+            raise SmtpConnectionError(
+                f"{where} cannot authenticate {username!r} right now: {response.code} "
+                f"{response.message}"
+            )
+        rejected = token
+    raise SmtpAuthError(
+        f"{where} rejected the OAuth2 token for {username!r} twice, a fresh one included"
+        f"{f' ({why})' if why else ''}: {response.code} {response.message}. Sign the inbox "
+        "in again"
+    )
 
 
 def _check_size(client: aiosmtplib.SMTP, size: int, where: str) -> None:
