@@ -84,6 +84,8 @@ def send(
     crm_ref: str | None,
 ) -> None:
     """Send a message as the inbox owner, copy it to Sent, announce it on crm.outbound."""
+    from inboxstream.core.oauth import TokenSources
+    from inboxstream.producers.token_store import refresh_token_store
     from inboxstream.send.sender import AttachmentFile, Draft, send_message
 
     if body is not None and body_file is not None:
@@ -105,7 +107,14 @@ def send(
     )
     try:
         result = asyncio.run(
-            send_message(settings, inbox, draft, idempotency_key=idempotency_key, crm_ref=crm_ref)
+            send_message(
+                settings,
+                inbox,
+                draft,
+                idempotency_key=idempotency_key,
+                crm_ref=crm_ref,
+                tokens=TokenSources(refresh_token_store(settings)),
+            )
         )
     except InboxstreamError as exc:
         kind = getattr(exc, "kind", type(exc).__name__)

@@ -652,9 +652,15 @@ def remove_user(name: str, *, wait: bool = False) -> None:
     """
     _check_name(name)
     _write_user_file(name, None, wait=wait)
+    kick(name)
+    shutil.rmtree(_mail_root() / name, ignore_errors=True)
+
+
+def kick(name: str) -> None:
+    """Close every session of the user (clients reconnect and log in again)."""
+    _check_name(name)
     if _running_pid() is not None:
         run(["doveadm", "-c", str(_conf_path()), "kick", name], check=False)
-    shutil.rmtree(_mail_root() / name, ignore_errors=True)
 
 
 def deliver(user: str, raw: bytes, *, sender: str = "sender@example.com") -> None:

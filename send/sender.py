@@ -54,7 +54,6 @@ from inboxstream.imap.budget import BudgetRegistry
 from inboxstream.imap.connection import ImapConnection, ImapEndpoint, endpoint_for_inbox
 from inboxstream.imap.fetch import search_uids
 from inboxstream.imap.folders import Folder, assign_roles
-from inboxstream.producers.token_store import refresh_token_store
 from inboxstream.schemas.models import OutboundEvent
 from inboxstream.schemas.serde import serde_for
 from inboxstream.send.smtp import (
@@ -505,9 +504,11 @@ async def send_message(
     idempotency_key: str | None = None,
     crm_ref: str | None = None,
     budgets: BudgetRegistry | None = None,
+    tokens: TokenSources | None = None,
 ) -> SendResult:
     """One send with its own Kafka producer (the CLI's path); long-lived services keep a
-    ``MailSender`` instead and share their ``BudgetRegistry`` with it."""
+    ``MailSender`` instead and share their ``BudgetRegistry`` with it. ``tokens``: with a
+    store for rotated OAuth2 refresh tokens (the registry's, given by the app)."""
     await ensure_topics(settings.kafka, settings.topics, [settings.topics.crm_outbound])
     producer = make_producer(settings.kafka)
     await producer.start()
@@ -516,7 +517,7 @@ async def send_message(
             producer,
             settings.topics,
             budgets or BudgetRegistry(),
-            TokenSources(refresh_token_store(settings)),
+            tokens or TokenSources(),
         )
         return await sender.send(inbox, draft, idempotency_key=idempotency_key, crm_ref=crm_ref)
     finally:

@@ -51,7 +51,9 @@ class TokenServer:
 
     # --- what an identity provider's admin does --------------------------------------------
 
-    def register(self, username: str, client_id: str = "inboxstream", *, rotate: bool = False) -> str:
+    def register(
+        self, username: str, client_id: str = "inboxstream", *, rotate: bool = False
+    ) -> str:
         """A refresh token for ``username`` (what a person's consent would yield)."""
         token = "rt-" + secrets.token_urlsafe(24)
         with self._lock:

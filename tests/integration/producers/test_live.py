@@ -261,8 +261,10 @@ async def test_a_virtual_all_folder_is_not_synced_so_each_message_is_one_message
         InboxRegistry(s.producer.registry_dir).add(user.inbox())
         async with readers(s) as (messages, status), running_service(s):
             await status.wait_for(
-                lambda ev: {e.folder for e in ev if e.state == "idle"}
-                >= {"INBOX", "Sent", "(other folders)"},
+                lambda ev: (
+                    {e.folder for e in ev if e.state == "idle"}
+                    >= {"INBOX", "Sent", "(other folders)"}
+                ),
                 what="every folder caught up",
             )
             # archive one: it leaves INBOX and is filed in Archive (it stays in Virtual/All)

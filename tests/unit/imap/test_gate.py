@@ -101,9 +101,7 @@ def test_a_limit_below_one_is_refused() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     limit=st.integers(1, 5),
-    jobs=st.lists(
-        st.tuples(st.sampled_from(ROLES), st.integers(0, 3), st.booleans()), max_size=30
-    ),
+    jobs=st.lists(st.tuples(st.sampled_from(ROLES), st.integers(0, 3), st.booleans()), max_size=30),
 )
 def test_any_mix_of_roles_holds_and_cancellations_ends_with_every_place_back(
     limit: int, jobs: list[tuple[ConnectionRole, int, bool]]
