@@ -27,7 +27,7 @@ from inboxstream.infra.common import InfraError
 console = Console(stderr=True)
 out = Console()
 
-SERVICES = ("kafka", "dovecot", "postfix", "clickhouse")
+SERVICES = ("kafka", "schema_registry", "dovecot", "postfix", "clickhouse")
 
 
 def _service(name: str) -> ModuleType:
@@ -306,12 +306,16 @@ def demo(ctx: click.Context, threads: int, user: str, processor_group: str) -> N
     from inboxstream.app import demo as d
     from inboxstream.app.mailgen import generate_mailbox
     from inboxstream.app.pipeline import open_clickhouse, run_sink, sync_inbox_once
-    from inboxstream.infra import dovecot, kafka
+    from inboxstream.infra import dovecot, kafka, schema_registry
     from inboxstream.processors.processor import ProcessorConfig, run_processor
     from inboxstream.sinks import analytics as named
 
     t0 = time.monotonic()
-    for name, mod in (("kafka", kafka), ("dovecot", dovecot)):
+    for name, mod in (
+        ("kafka", kafka),
+        ("schema_registry", schema_registry),
+        ("dovecot", dovecot),
+    ):
         try:
             mod.install()
             started = mod.start()

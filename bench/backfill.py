@@ -41,7 +41,7 @@ from inboxstream.core.kafka import client_options, ensure_topics, make_producer
 from inboxstream.core.settings import KafkaSettings, TopicSettings
 from inboxstream.imap.connection import ImapConnection, ImapEndpoint
 from inboxstream.imap.fetch import BACKFILL_BATCH, parse_fetch_lines
-from inboxstream.infra import dovecot, kafka
+from inboxstream.infra import dovecot, kafka, schema_registry
 from inboxstream.producers.folder_sync import FETCH_ITEMS_CONDSTORE, sync_folder
 from inboxstream.producers.parse_pool import ParsePool
 from inboxstream.producers.publish import EventPublisher
@@ -167,7 +167,7 @@ async def warm(user: str, password: str, batch: int) -> None:
 
 
 async def main(n: int, batch: int, workers: list[int]) -> None:
-    for mod in (kafka, dovecot):
+    for mod in (kafka, schema_registry, dovecot):
         mod.install()
         mod.start()
     settings = KafkaSettings(bootstrap_servers=kafka.bootstrap_servers())

@@ -43,7 +43,7 @@ from inboxstream.app.demo import demo_inbox
 from inboxstream.core.kafka import client_options, ensure_topics
 from inboxstream.core.settings import KafkaSettings, ProducerSettings, Settings, TopicSettings
 from inboxstream.core.vault import SecretBox
-from inboxstream.infra import dovecot, kafka
+from inboxstream.infra import dovecot, kafka, schema_registry
 from inboxstream.producers.registry_topic import TopicRegistry
 from inboxstream.schemas.models import MessageEvent, StatusEvent
 from inboxstream.schemas.serde import serde_for
@@ -129,7 +129,7 @@ def deviation(split: Counter[str], members: list[str], inboxes: int) -> float:
 
 
 async def main(n_inboxes: int) -> None:
-    for mod in (kafka, dovecot):
+    for mod in (kafka, schema_registry, dovecot):
         mod.install()
         mod.start()
     tag = uuid.uuid4().hex[:8]

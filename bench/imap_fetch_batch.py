@@ -22,7 +22,7 @@ from aioimaplib import aioimaplib
 from bench.big_mailbox import filled_user
 from inboxstream.imap.connection import ImapConnection, ImapEndpoint
 from inboxstream.imap.fetch import parse_fetch_lines
-from inboxstream.infra import dovecot, kafka
+from inboxstream.infra import dovecot, kafka, schema_registry
 from inboxstream.producers.folder_sync import FETCH_ITEMS_CONDSTORE
 
 BATCHES = (50, 100, 200, 500, 1_000, 2_000, 4_000)
@@ -85,7 +85,7 @@ async def ours(
 
 
 async def main(n: int) -> None:
-    for mod in (kafka, dovecot):
+    for mod in (kafka, schema_registry, dovecot):
         mod.install()
         mod.start()
     user, password, size = filled_user(n, "benchfetch")

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from inboxstream.app.demo import demo_inbox, imap_client
 from inboxstream.core.kafka import client_options, ensure_topics
 from inboxstream.core.settings import KafkaSettings, ProducerSettings, TopicSettings, load_settings
-from inboxstream.infra import dovecot, kafka
+from inboxstream.infra import dovecot, kafka, schema_registry
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.producers.service import ProducerService
 from inboxstream.schemas.models import MessageEvent, StatusEvent
@@ -101,7 +101,7 @@ def append(user: str, password: str, raw: bytes) -> float:
 
 
 async def main(n: int) -> None:
-    for mod in (kafka, dovecot):
+    for mod in (kafka, schema_registry, dovecot):
         mod.install()
         mod.start()
     user = f"bench-live-{secrets.token_hex(4)}@inboxstream.test"

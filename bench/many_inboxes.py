@@ -42,7 +42,7 @@ from inboxstream.app.demo import demo_inbox
 from inboxstream.core.kafka import client_options, ensure_topics
 from inboxstream.core.settings import KafkaSettings, ProducerSettings, Settings, TopicSettings
 from inboxstream.imap.budget import BudgetRegistry
-from inboxstream.infra import dovecot, kafka
+from inboxstream.infra import dovecot, kafka, schema_registry
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.producers.service import ProducerService
 from inboxstream.schemas.models import MessageEvent, StatusEvent
@@ -231,7 +231,7 @@ async def run_service(
 
 
 async def main(n_inboxes: int, per_inbox: int) -> None:
-    for mod in (kafka, dovecot):
+    for mod in (kafka, schema_registry, dovecot):
         mod.install()
         mod.start()
     proc = psutil.Process()

@@ -50,7 +50,7 @@ from inboxstream.core.settings import (
     SinkSettings,
     TopicSettings,
 )
-from inboxstream.infra import dovecot, kafka
+from inboxstream.infra import dovecot, kafka, schema_registry
 from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.producers.registry import InboxRegistry
 from inboxstream.sinks.clickhouse import EmbeddedClickHouse
@@ -188,7 +188,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def main(n: int) -> None:
-    for mod in (kafka, dovecot):
+    for mod in (kafka, schema_registry, dovecot):
         mod.install()
         mod.start()
     tag = uuid.uuid4().hex[:8]

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, make_producer
 from inboxstream.core.settings import KafkaSettings, Settings, TopicSettings, load_settings
-from inboxstream.infra import kafka
+from inboxstream.infra import kafka, schema_registry
 from inboxstream.processors.processor import (
     ProcessorConfig,
     ProcessorStats,
@@ -262,6 +262,8 @@ def report(name: str, stats: ProcessorStats, wall: float) -> float:
 def _settings(unique: str) -> Settings:
     kafka.install()
     kafka.start()
+    schema_registry.install()
+    schema_registry.start()
     return load_settings(
         kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers()),
         topics=TopicSettings().with_prefix(f"bench{unique}."),

@@ -24,7 +24,7 @@ import uuid
 from inboxstream.app.demo import demo_inbox, message_count
 from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.settings import KafkaSettings, TopicSettings
-from inboxstream.infra import dovecot, kafka, postfix
+from inboxstream.infra import dovecot, kafka, postfix, schema_registry
 from inboxstream.send.sender import Draft, MailSender
 
 
@@ -35,7 +35,7 @@ def _fmt(values: list[float]) -> str:
 
 
 async def main(n: int) -> None:
-    for mod in (kafka, dovecot, postfix):
+    for mod in (kafka, schema_registry, dovecot, postfix):
         mod.install()
         mod.start()
     tag = uuid.uuid4().hex[:8]

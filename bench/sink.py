@@ -34,7 +34,7 @@ from inboxstream.core.settings import (
     TopicSettings,
     load_settings,
 )
-from inboxstream.infra import kafka
+from inboxstream.infra import kafka, schema_registry
 from inboxstream.schemas.models import Address, MessageEvent
 from inboxstream.schemas.serde import serde_for
 from inboxstream.sinks.clickhouse import EmbeddedClickHouse
@@ -77,6 +77,8 @@ def _events(n: int, inbox: str) -> list[MessageEvent]:
 async def main(n: int) -> None:
     kafka.install()
     kafka.start()
+    schema_registry.install()
+    schema_registry.start()
     tag = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="bench-sink-"))
     settings = load_settings(

@@ -15,6 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from inboxstream.core.aiokafka_shim import cluster_partitions
+from inboxstream.core.schema_registry import configure as configure_schema_registry
+from inboxstream.core.schema_registry import register_schemas
 from inboxstream.core.settings import KafkaSettings, TopicSettings, TopicSpec
 from inboxstream.errors import InboxstreamError
 
@@ -43,6 +45,7 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer with acks=all: a retry after a lost ack never duplicates."""
+    configure_schema_registry(settings)
     options = client_options(settings) | {
         "enable_idempotence": True,
         "acks": "all",
@@ -60,6 +63,7 @@ def make_consumer(
     settings: KafkaSettings, *topics: str, group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
     """A consumer that commits only when told to and never reads aborted transactions."""
+    configure_schema_registry(settings)  # its records' schema ids resolve through it
     options = client_options(settings) | {
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -79,7 +83,16 @@ def topic_config(spec: TopicSpec) -> dict[str, str]:
 async def ensure_topics(
     settings: KafkaSettings, topics: TopicSettings, specs: Sequence[TopicSpec] | None = None
 ) -> list[str]:
-    """Create the topics that are missing (idempotent); return the names created."""
+    """Create the topics that are missing (idempotent), and register their Avro schemas in
+    the schema registry (core/schema_registry.py); return the names created."""
+    created = await _create_topics(settings, topics, specs)
+    await register_schemas(settings, topics, specs or topics.all())
+    return created
+
+
+async def _create_topics(
+    settings: KafkaSettings, topics: TopicSettings, specs: Sequence[TopicSpec] | None
+) -> list[str]:
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:

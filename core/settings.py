@@ -53,6 +53,17 @@ class KafkaSettings(_Frozen):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    # A schema registry with Confluent's REST API (core/schema_registry.py): values are framed
+    # with its schema ids, so registry-aware readers decode them. "" = none (bare Avro datums
+    # named only by our headers). The default is the registry `inboxstream infra` runs.
+    schema_registry_url: str | None = Field(
+        default="http://127.0.0.1:18081/apis/ccompat/v7", pattern=r"^(https?://\S+)?$"
+    )
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _no_registry(cls, value: str | None) -> str | None:
+        return value.rstrip("/") or None if value is not None else None
 
     @field_validator("bootstrap_servers")
     @classmethod

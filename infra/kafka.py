@@ -189,7 +189,7 @@ def _write_tool_scripts() -> None:
         path.write_text(
             "#!/bin/sh\n"
             f"# {script} of Apache Kafka {KAFKA_VERSION} (written by inboxstream infra)\n"
-            f"exec {shlex.quote(_java())} -Xmx256m -Dlog4j2.level=WARN "
+            f"exec {shlex.quote(java())} -Xmx256m -Dlog4j2.level=WARN "
             f"-cp {shlex.quote(_classpath())} {main_class} \"$@\"\n"
         )
         path.chmod(0o755)
@@ -204,7 +204,7 @@ def install() -> bool:
     with _locked():
         if installed():
             return False
-        _ensure_tools()
+        ensure_java_and_maven()
         libs = _libs_dir()
         staging = libs.with_name(libs.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
@@ -244,7 +244,7 @@ def install() -> bool:
         return True
 
 
-def _ensure_tools() -> None:
+def ensure_java_and_maven() -> None:
     """java (17+) and mvn; from Debian packages when missing, as on a fresh CI machine."""
     missing = []
     if shutil.which("java") is None:
@@ -265,7 +265,7 @@ def _ensure_tools() -> None:
 
 
 def _java_major() -> int:
-    proc = run([_java(), "-version"], timeout=60)
+    proc = run([java(), "-version"], timeout=60)
     match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
     if not match:
         raise InfraError(f"cannot tell the Java version from: {proc.stderr.strip()[:200]}")
@@ -274,7 +274,7 @@ def _java_major() -> int:
     return int(match.group(2) or 0) if major == 1 else major
 
 
-def _java() -> str:
+def java() -> str:
     java_home = os.environ.get("JAVA_HOME")
     if java_home and (Path(java_home) / "bin" / "java").exists():
         return str(Path(java_home) / "bin" / "java")
@@ -305,7 +305,7 @@ def _java_cmd(
     main_class: str, *args: str, heap: tuple[str, ...] = HEAP_OPTS, root_level: str = "INFO"
 ) -> list[str]:
     return [
-        _java(),
+        java(),
         *heap,
         *JVM_OPTS,
         f"-Dlog4j2.configurationFile={_LOG4J2_CONFIG}",

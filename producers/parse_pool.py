@@ -24,6 +24,7 @@ from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.lifetime import exit_with
 from inboxstream.producers.encode import EncodedMessage, encode_chunk
 from inboxstream.producers.parse import FetchedMessage
+from inboxstream.schemas.serde import WIRE
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,15 @@ log = logging.getLogger(__name__)
 CHUNK = 64
 
 
-def _worker_start(parent_pid: int) -> None:
+def _worker_start(parent_pid: int, schema_ids: list[tuple[str, int]]) -> None:
     """Ctrl-C reaches the whole process group: the workers ignore it and leave the shutdown to
     the service, which closes the pool once its folders have stopped. A parent killed outright
-    (kill -9, the OOM killer) takes its workers with it."""
+    (kill -9, the OOM killer) takes its workers with it. The parent's schema registry ids come
+    along, so the workers frame values exactly as the parent does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with(parent_pid)
     tune_for_streaming()
+    WIRE.restore(schema_ids)
 
 
 class ParsePool:
@@ -58,7 +61,7 @@ class ParsePool:
                 self.workers,
                 mp_context=ctx,
                 initializer=_worker_start,
-                initargs=(os.getpid(),),
+                initargs=(os.getpid(), WIRE.snapshot()),
             )
         return self._executor
 

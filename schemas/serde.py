@@ -2,8 +2,15 @@
 
 * Schemas are parsed once per process from ``schemas/avro/<name>.v<N>.avsc``; the highest N is
   what we write, and every older version stays on disk so old records stay readable.
-* Each record carries the writer schema's CRC-64-AVRO fingerprint in a Kafka header; the reader
-  resolves it against its own (newest) schema, Avro rules applied (new fields take defaults).
+* Values are in the Confluent wire format once the schemas are registered (``WIRE``, filled by
+  core/schema_registry.py): magic byte 0, the schema id (4 bytes, big-endian), the Avro datum.
+  Every registry-aware reader (Kafka Connect, ksqlDB, Flink, ClickHouse's AvroConfluent,
+  confluent-kafka) decodes them. Without a registry, values are bare datums as before.
+* Each record also carries the writer schema's CRC-64-AVRO fingerprint in a Kafka header (and
+  ``inboxstream.wire-format: confluent`` when framed). The reader takes the writer schema by
+  id, checks it against that header (a registry that lost its data could hand out an id
+  again), and resolves it against its own newest schema, Avro rules applied (new fields take
+  defaults). A framed record without our headers (a foreign producer) is read by id alone.
 * fastavro and pydantic errors become our ``DecodeError``/``EncodeError``, raised ``from``
   the cause.
 """
@@ -13,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,6 +37,9 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "avro"
 HEADER_SCHEMA = "inboxstream.schema"
 HEADER_FINGERPRINT = "inboxstream.schema-fingerprint"
 HEADER_EVENT_TYPE = "inboxstream.event-type"
+HEADER_WIRE = "inboxstream.wire-format"
+WIRE_CONFLUENT = b"confluent"
+MAGIC = b"\x00"
 
 Headers = Sequence[tuple[str, bytes]]
 E = TypeVar("E", bound=Event)
@@ -43,6 +53,8 @@ class SchemaVersion:
     version: int
     parsed: Any  # fastavro's parsed schema
     fingerprint: str
+    #: The schema as written (logical types, defaults and docs kept): what gets registered.
+    text: str = ""
 
 
 class SchemaRegistry:
@@ -58,7 +70,8 @@ class SchemaRegistry:
             raw = json.loads(path.read_text())
             parsed = fastavro.parse_schema(raw, named_schemas={})
             fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
-            version = SchemaVersion(match["name"], int(match["version"]), parsed, fp)
+            text = json.dumps(raw, separators=(",", ":"))
+            version = SchemaVersion(match["name"], int(match["version"]), parsed, fp, text)
             self._by_name.setdefault(version.name, []).append(version)
             self._by_fingerprint[fp] = version
         for versions in self._by_name.values():
@@ -90,10 +103,78 @@ class SchemaRegistry:
     def names(self) -> list[str]:
         return sorted(self._by_name)
 
+    def versions(self, name: str) -> list[SchemaVersion]:
+        """Every version of one schema, oldest first (the order they are registered in)."""
+        return list(self._by_name.get(name, []))
+
+    def known(self, fp: str) -> SchemaVersion | None:
+        return self._by_fingerprint.get(fp)
+
 
 @cache
 def default_registry() -> SchemaRegistry:
     return SchemaRegistry()
+
+
+class WireIds:
+    """The schema registry's ids of our schemas, and the writer schemas of ids we read.
+
+    Filled when the schemas are registered (core/schema_registry.py); empty, nothing is framed.
+    ``fetch`` (schema id -> schema JSON, from the registry) resolves ids we did not register
+    ourselves: records of a newer version of us, or of a foreign producer."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._prefixes: dict[str, bytes] = {}
+        self._by_id: dict[int, SchemaVersion] = {}
+        self.fetch: Callable[[int], str] | None = None
+
+    def learn(self, version: SchemaVersion, schema_id: int) -> None:
+        self._ids[version.fingerprint] = schema_id
+        self._prefixes[version.fingerprint] = MAGIC + schema_id.to_bytes(4, "big")
+        self._by_id[schema_id] = version
+
+    def prefix(self, fp: str) -> bytes | None:
+        """The 5 bytes that frame a value of this writer schema, or None (not registered)."""
+        return self._prefixes.get(fp)
+
+    def id_of(self, fp: str) -> int | None:
+        return self._ids.get(fp)
+
+    def writer(self, schema_id: int, reader: SchemaVersion) -> SchemaVersion:
+        """The writer schema of an id, fetched from the registry the first time; a schema we
+        also have on disk is ours (same fingerprint), else it is read as ``reader``'s kind."""
+        found = self._by_id.get(schema_id)
+        if found is not None:
+            return found
+        if self.fetch is None:
+            raise UnknownSchemaError(
+                f"schema id {schema_id} is not known and no schema registry is configured"
+            )
+        text = self.fetch(schema_id)
+        try:
+            parsed = fastavro.parse_schema(json.loads(text), named_schemas={})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UnknownSchemaError(f"schema id {schema_id} is not an Avro schema: {exc}") from exc
+        fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
+        found = default_registry().known(fp) or SchemaVersion(reader.name, 0, parsed, fp, text)
+        self._by_id[schema_id] = found
+        return found
+
+    def snapshot(self) -> list[tuple[str, int]]:
+        """(fingerprint, id) of every registered schema: for worker processes."""
+        return list(self._ids.items())
+
+    def restore(self, items: list[tuple[str, int]]) -> None:
+        registry = default_registry()
+        for fp, schema_id in items:
+            version = registry.known(fp)
+            if version is not None:
+                self.learn(version, schema_id)
+
+
+#: The process's registry ids (one registry per process: ids are the registry's, not a topic's).
+WIRE = WireIds()
 
 
 def header(headers: Headers | None, key: str) -> bytes | None:
@@ -124,7 +205,7 @@ class AvroSerde(Generic[E]):
             (HEADER_SCHEMA, model.schema_name.encode()),
             (HEADER_FINGERPRINT, self.writer.fingerprint.encode()),
         ]
-        self._headers_by_type: dict[str | None, list[tuple[str, bytes]]] = {}
+        self._headers_by_type: dict[tuple[str | None, bool], list[tuple[str, bytes]]] = {}
 
     def encode(self, event: E) -> bytes:
         return self.encode_record(event.model_dump(by_alias=True))
@@ -134,8 +215,16 @@ class AvroSerde(Generic[E]):
         self.write_into(buf, record)
         return buf.getvalue()
 
+    @property
+    def framed(self) -> bool:
+        """Whether values are written in the Confluent wire format (the schema is registered)."""
+        return WIRE.prefix(self.writer.fingerprint) is not None
+
     def write_into(self, buf: io.BytesIO, record: Mapping[str, Any]) -> None:
         """Append one record's value to ``buf`` (batch encoders share one buffer)."""
+        prefix = WIRE.prefix(self.writer.fingerprint)
+        if prefix is not None:
+            buf.write(prefix)
         try:
             fastavro.schemaless_writer(buf, self.writer.parsed, record)
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
@@ -145,50 +234,87 @@ class AvroSerde(Generic[E]):
             ) from exc
 
     def headers(self, event_type: str | None = None) -> list[tuple[str, bytes]]:
-        """Kafka headers for a record we encode: schema name, writer fingerprint, event type.
-        One list per event type, shared by every record sent (aiokafka only reads it): the
-        hot paths ask for it per record."""
-        cached = self._headers_by_type.get(event_type)
+        """Kafka headers for a record we encode: schema name, writer fingerprint, event type,
+        and the wire format when framed. One list per event type, shared by every record sent
+        (aiokafka only reads it): the hot paths ask for it per record."""
+        key = (event_type, self.framed)
+        cached = self._headers_by_type.get(key)
         if cached is None:
             cached = list(self._headers)
             if event_type is not None:
                 cached.append((HEADER_EVENT_TYPE, event_type.encode()))
-            self._headers_by_type[event_type] = cached
+            if key[1]:
+                cached.append((HEADER_WIRE, WIRE_CONFLUENT))
+            self._headers_by_type[key] = cached
         return cached
 
-    def writer_of(self, value: bytes | None, headers: Headers | None) -> SchemaVersion | None:
-        """The record's known writer schema of this topic, or ``None`` when ``decode_record``
-        would refuse it for its value or headers (it then says why)."""
+    def writer_of(
+        self, value: bytes | None, headers: Headers | None
+    ) -> tuple[SchemaVersion, int] | None:
+        """The record's writer schema of this topic and where its Avro datum starts (after the
+        wire-format prefix), or ``None`` when ``decode_record`` would refuse it (it then says
+        why)."""
         try:
             return self._writer_of(value, headers)
         except DecodeError:
             return None
 
-    def _writer_of(self, value: bytes | None, headers: Headers | None) -> SchemaVersion:
+    def _writer_of(self, value: bytes | None, headers: Headers | None) -> tuple[SchemaVersion, int]:
         if value is None:
             raise DecodeError(f"{self.model.schema_name}: record has no value (tombstone)")
         fp_raw = header(headers, HEADER_FINGERPRINT)
-        if fp_raw is None:
+        framed = header(headers, HEADER_WIRE) == WIRE_CONFLUENT or (
+            fp_raw is None and value[:1] == MAGIC
+        )
+        if framed:
+            if len(value) < 5 or value[:1] != MAGIC:
+                raise DecodeError(
+                    f"{self.model.schema_name}: value is not in the Confluent wire format "
+                    "(magic byte 0 and a 4-byte schema id)"
+                )
+            writer = self._by_id(int.from_bytes(value[1:5], "big"), fp_raw)
+            start = 5
+        elif fp_raw is None:
             raise DecodeError(
                 f"{self.model.schema_name}: record has no "
-                f"{HEADER_FINGERPRINT} header; cannot know its writer schema"
+                f"{HEADER_FINGERPRINT} header and no schema id; cannot know its writer schema"
             )
-        try:
-            writer = self.registry.by_fingerprint(fp_raw.decode("ascii"))
-        except (UnknownSchemaError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"{self.model.schema_name}: {exc}") from exc
+        else:
+            writer = self._by_fingerprint(fp_raw)
+            start = 0
         if writer.name != self.model.schema_name:
             raise DecodeError(f"expected a {self.model.schema_name} record, got {writer.name}")
+        return writer, start
+
+    def _by_fingerprint(self, fp_raw: bytes) -> SchemaVersion:
+        try:
+            return self.registry.by_fingerprint(fp_raw.decode("ascii"))
+        except (UnknownSchemaError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"{self.model.schema_name}: {exc}") from exc
+
+    def _by_id(self, schema_id: int, fp_raw: bytes | None) -> SchemaVersion:
+        """The writer by id; our fingerprint header, when there, has the last word (a registry
+        that lost its data may give the id to another schema), and stands in when the
+        registry cannot be asked."""
+        try:
+            writer = WIRE.writer(schema_id, self.reader)
+        except Exception as exc:  # unknown id, registry unreachable, a schema that won't parse
+            if fp_raw is not None:
+                return self._by_fingerprint(fp_raw)
+            raise DecodeError(f"{self.model.schema_name}: schema id {schema_id}: {exc}") from exc
+        if fp_raw is not None and writer.fingerprint.encode() != fp_raw:
+            return self._by_fingerprint(fp_raw)
         return writer
 
     def decode_record(self, value: bytes | None, headers: Headers | None) -> dict[str, Any]:
         """Bytes → dict shaped by the newest schema (old writer versions resolved)."""
-        writer = self._writer_of(value, headers)
+        writer, start = self._writer_of(value, headers)
         assert value is not None  # _writer_of refuses a tombstone
         try:
-            record = fastavro.schemaless_reader(
-                io.BytesIO(value), writer.parsed, self.reader.parsed
-            )
+            stream = io.BytesIO(value)
+            if start:
+                stream.seek(start)
+            record = fastavro.schemaless_reader(stream, writer.parsed, self.reader.parsed)
         except Exception as exc:  # fastavro raises many types for corrupt bytes
             raise DecodeError(
                 f"{self.model.schema_name}: corrupt Avro payload ({type(exc).__name__}: {exc})"

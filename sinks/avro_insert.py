@@ -44,7 +44,7 @@ def _bytes(data: bytes) -> bytes:
     return _long(len(data)) + data
 
 
-def container(writer: SchemaVersion, values: Sequence[bytes]) -> bytes:
+def container(writer: SchemaVersion, values: Sequence[bytes | memoryview]) -> bytes:
     """One Object Container File holding ``values`` (bare datums of ``writer``) as one block."""
     header, sync = _header(writer)
     body = b"".join(values)

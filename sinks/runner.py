@@ -51,7 +51,7 @@ class _Batch:
     offsets: dict[TopicPartition, int]
     records: int
     #: records whose table the engine fills from their Avro values (sinks/avro_insert.py)
-    avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion]]] = field(
+    avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion, int]]] = field(
         default_factory=dict
     )
 
@@ -105,16 +105,16 @@ class BatchingSink:
         if not records:
             return None
         rows: dict[str, list[PendingRow]] = {}
-        avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion]]] = {}
+        avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion, int]]] = {}
         engine_decodes = isinstance(self.clickhouse, AvroInserter)
         for record in records:
             sink = self.tables.get(record.topic)
             if sink is None:
                 continue
             if engine_decodes and sink.table in PROJECTIONS:
-                writer = sink.serde.writer_of(record.value, record.headers)
-                if writer is not None:  # else the Python path says what is wrong with it
-                    avro.setdefault(sink.table, []).append((record, writer))
+                found = sink.serde.writer_of(record.value, record.headers)
+                if found is not None:  # else the Python path says what is wrong with it
+                    avro.setdefault(sink.table, []).append((record, *found))
                     continue
             mapped = await self._map(sink, record)
             if mapped:
@@ -147,19 +147,24 @@ class BatchingSink:
         self.stats.batches += 1
 
     async def _insert_avro(
-        self, table: str, items: list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion]]
+        self, table: str, items: list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion, int]]
     ) -> None:
         """The engine decodes and maps the values itself, one container per writer schema.
         What it does not take (rows its SQL leaves out, or a whole container it refused)
         goes the Python way: decoded, mapped, inserted with retries, bad records dead-lettered.
         """
         assert isinstance(self.clickhouse, AvroInserter)
-        groups: dict[str, tuple[SchemaVersion, list[ConsumerRecord[bytes, bytes]]]] = {}
-        for record, writer in items:
-            groups.setdefault(writer.fingerprint, (writer, []))[1].append(record)
+        groups: dict[
+            str, tuple[SchemaVersion, list[ConsumerRecord[bytes, bytes]], list[memoryview]]
+        ] = {}
+        for record, writer, start in items:
+            group = groups.setdefault(writer.fingerprint, (writer, [], []))
+            group[1].append(record)
+            # the bare datum: after the wire-format prefix (magic byte and schema id), if any
+            group[2].append(memoryview(record.value or b"")[start:])
         sink = next(s for s in self.tables.values() if s.table == table)
-        for writer, records in groups.values():
-            data = container(writer, [r.value or b"" for r in records])
+        for writer, records, datums in groups.values():
+            data = container(writer, datums)
             try:
                 left = await asyncio.to_thread(
                     self.clickhouse.insert_avro, PROJECTIONS[table], data

@@ -26,7 +26,7 @@ from inboxstream.core.settings import (
     TopicSettings,
     load_settings,
 )
-from inboxstream.infra import dovecot, kafka, postfix
+from inboxstream.infra import dovecot, kafka, postfix, schema_registry
 from inboxstream.send.sender import MailSender
 from tests.helpers.send import Person, make_person
 from tests.helpers.services import MailUser
@@ -43,11 +43,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
+    """The broker, and the schema registry our values are framed for (they go together:
+    every client's default ``kafka.schema_registry_url`` is that registry)."""
     kafka.install()
+    schema_registry.install()
     started = kafka.start()
+    registry_started = schema_registry.start()
     try:
         yield kafka.bootstrap_servers()
     finally:
+        if registry_started:
+            schema_registry.stop()
         if started:
             kafka.stop()
 
