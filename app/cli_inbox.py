@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from inboxstream.core.oauth import TokenSources
+from inboxstream.core.ops_server import serving_ops
 from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
 from inboxstream.core.vault import SecretKeyError
 from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
@@ -474,8 +475,15 @@ def producer() -> None:
 
 @producer.command("run")
 @click.option("--no-progress", is_flag=True, help="No progress bars (e.g. under a supervisor).")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="/metrics, /healthz, /readyz on this loopback port (default: metrics.producer_port; "
+    "0 off).",
+)
 @click.pass_context
-def producer_run(ctx: click.Context, no_progress: bool) -> None:
+def producer_run(ctx: click.Context, no_progress: bool, metrics_port: int | None) -> None:
     """Sync every registered inbox into Kafka until stopped (Ctrl-C or SIGTERM).
 
     Backfills from each folder's checkpoint, then follows live changes; inboxes added or
@@ -492,10 +500,11 @@ def producer_run(ctx: click.Context, no_progress: bool) -> None:
             f"producer: registry {settings.producer.registry_dir}, "
             f"{len(_registry(settings).load()) + len(settings.inboxes)} inbox(es)"
         )
-    asyncio.run(_run(settings, progress=not no_progress and console.is_terminal))
+    port = settings.metrics.producer_port if metrics_port is None else metrics_port
+    asyncio.run(_run(settings, progress=not no_progress and console.is_terminal, ops_port=port))
 
 
-async def _run(settings: Settings, *, progress: bool) -> None:
+async def _run(settings: Settings, *, progress: bool, ops_port: int = 0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -516,6 +525,21 @@ async def _run(settings: Settings, *, progress: bool) -> None:
         bars.update(tasks[key], completed=min(p.done, p.total), total=max(p.total, 1))
 
     service = ProducerService(settings, _registry(settings), on_progress=on_progress)
-    with bars:
-        await service.run(stop)
+
+    def ready() -> str | None:
+        if stop.is_set():
+            return "stopping"
+        if not service.ready.is_set():
+            return "starting: topics, schemas and the inbox registry (or the fleet lease)"
+        return None
+
+    ops = await serving_ops(
+        "producer", settings.metrics.host, ops_port, ready, settings.metrics.stall_after_s
+    )
+    try:
+        with bars:
+            await service.run(stop)
+    finally:
+        if ops is not None:
+            ops.stop()
     console.print("producer stopped")

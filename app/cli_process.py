@@ -69,6 +69,13 @@ def thread(algorithm: str, file: Path) -> None:
 )
 @click.option("--pause-in-transaction", type=float, default=0.0, hidden=True)
 @click.option("--session-timeout-ms", type=int, default=10_000, hidden=True)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="/metrics, /healthz, /readyz on this loopback port (default: metrics.processor_port; "
+    "0 off).",
+)
 @click.pass_context
 def process(
     ctx: click.Context,
@@ -80,12 +87,14 @@ def process(
     transaction_ms: int,
     pause_in_transaction: float,
     session_timeout_ms: int,
+    metrics_port: int | None,
 ) -> None:
     """Run the stream processor (threads, CRM engagements, retention), exactly once."""
     import asyncio
     import logging
 
     from inboxstream.core.gc_tuning import tune_for_streaming
+    from inboxstream.core.ops_server import serving_ops
     from inboxstream.processors.processor import ProcessorConfig, StreamProcessor
 
     settings = ctx.obj["settings"]()
@@ -118,11 +127,22 @@ def process(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await processor.start()
+        ops = await serving_ops(
+            "processor",
+            settings.metrics.host,
+            settings.metrics.processor_port if metrics_port is None else metrics_port,
+            processor.readiness,
+            settings.metrics.stall_after_s,
+        )
         try:
-            stats = await processor.run(stop, idle_exit_s=until_idle)
+            await processor.start()
+            try:
+                stats = await processor.run(stop, idle_exit_s=until_idle)
+            finally:
+                await processor.stop()
         finally:
-            await processor.stop()
+            if ops is not None:
+                ops.stop()
         log.warning("processed %d records in %d batches", stats.records, stats.batches)
         sys.stderr.write(json.dumps({"records": stats.records, **stats.counts}) + "\n")
 

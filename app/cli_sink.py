@@ -31,16 +31,26 @@ def sink(ctx: click.Context) -> None:
     show_default=True,
     help="With embedded ClickHouse: answer read-only queries (analytics) for other processes.",
 )
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="/metrics, /healthz, /readyz on this loopback port (default: metrics.sink_port; 0 off).",
+)
 @click.pass_context
-def sink_run(ctx: click.Context, until_caught_up: bool, serve_queries: bool) -> None:
+def sink_run(
+    ctx: click.Context, until_caught_up: bool, serve_queries: bool, metrics_port: int | None
+) -> None:
     """Consume inbox.* and crm.* topics into their tables until Ctrl-C / SIGTERM.
 
     With the embedded engine this process owns the chDB path; `inboxstream analytics` and
     `inboxstream query` read through its loopback query endpoint meanwhile.
     """
     from inboxstream.app.pipeline import open_clickhouse, run_sink
+    from inboxstream.core.ops_server import serving_ops
     from inboxstream.sinks.clickhouse import EmbeddedClickHouse
     from inboxstream.sinks.endpoint import QueryEndpoint
+    from inboxstream.sinks.runner import BatchingSink
 
     s: Settings = ctx.obj["settings"]()
     try:
@@ -57,7 +67,21 @@ def sink_run(ctx: click.Context, until_caught_up: bool, serve_queries: bool) -> 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        result = await run_sink(s, ch, stop=stop, until_caught_up=until_caught_up)
+        running: list[BatchingSink] = []
+        ops = await serving_ops(
+            "sink",
+            s.metrics.host,
+            s.metrics.sink_port if metrics_port is None else metrics_port,
+            lambda: running[0].readiness() if running else "starting: topics, schemas, consumer",
+            s.metrics.stall_after_s,
+        )
+        try:
+            result = await run_sink(
+                s, ch, stop=stop, until_caught_up=until_caught_up, on_start=running.append
+            )
+        finally:
+            if ops is not None:
+                ops.stop()
         st = result.stats
         console.print(
             f"consumed {st.consumed}, inserted {st.inserted} "

@@ -9,7 +9,7 @@ those cases to an exit code and one line; anything else is a bug and keeps its t
 | 1 | the command failed for a reason it states (an inbox refused, a check failed...) |
 | 2 | wrong usage (click's own) |
 | 65 | bad input: a file or a query that cannot be what the command takes |
-| 69 | a service is unavailable: Kafka, ClickHouse or a mail server cannot be reached |
+| 69 | a service is unavailable: Kafka, the schema registry, ClickHouse or a mail server |
 | 78 | bad configuration: the config file or an INBOXSTREAM_* variable |
 """
 
@@ -20,6 +20,7 @@ import tomllib
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError
 from pydantic import ValidationError
 
+from inboxstream.core.schema_registry import SchemaRegistryUnavailableError
 from inboxstream.core.settings import SettingsError, describe_validation_error
 from inboxstream.errors import InboxstreamError
 
@@ -56,6 +57,8 @@ def describe(exc: BaseException) -> tuple[int, str] | None:
             f"Kafka is unavailable ({_first_line(exc)}); is it running? "
             "(inboxstream infra start kafka, or set INBOXSTREAM_KAFKA__BOOTSTRAP_SERVERS)"
         )
+    if isinstance(exc, SchemaRegistryUnavailableError):
+        return EX_UNAVAILABLE, _first_line(exc)
     if isinstance(exc, ConnectionRefusedError):
         return EX_UNAVAILABLE, f"a service refused the connection ({_first_line(exc)})"
     if isinstance(exc, InboxstreamError):

@@ -133,6 +133,7 @@ async def run_sink(
     timeout: float = 120.0,
     purge_every_s: float | None = PURGE_EVERY_S,
     stats: SinkStats | None = None,
+    on_start: Callable[[BatchingSink], None] | None = None,
 ) -> BatchingSink:
     """Project every sink topic into its table until stopped (or caught up).
 
@@ -164,7 +165,10 @@ async def run_sink(
         batch_size=settings.sink.batch_size,
         batch_timeout_s=settings.sink.batch_timeout_s,
         stats=stats or SinkStats(),
+        group=settings.sink.group_id,
     )
+    if on_start is not None:
+        on_start(sink)
     purger = (
         asyncio.create_task(_purge_periodically(clickhouse, purge_every_s))
         if purge_every_s is not None and not until_caught_up

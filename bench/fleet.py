@@ -41,7 +41,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.pipeline import stage_env, start, stop
 from inboxstream.app.demo import demo_inbox
 from inboxstream.core.kafka import client_options, ensure_topics
-from inboxstream.core.settings import KafkaSettings, ProducerSettings, Settings, TopicSettings
+from inboxstream.core.settings import (
+    KafkaSettings,
+    MetricsSettings,
+    ProducerSettings,
+    Settings,
+    TopicSettings,
+)
 from inboxstream.core.vault import SecretBox
 from inboxstream.infra import dovecot, kafka, schema_registry
 from inboxstream.producers.registry_topic import TopicRegistry
@@ -145,6 +151,7 @@ async def main(n_inboxes: int) -> None:
             parse_workers=0,  # a few messages per inbox: no pool per process needed
             other_folders_interval_s=30.0,
         ),
+        metrics=MetricsSettings(producer_port=0),  # several members on one host
     )
     password = "fleet-" + tag
     users = [f"fleet{tag}-{i:04d}@inboxstream.test" for i in range(n_inboxes)]

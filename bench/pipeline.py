@@ -102,7 +102,7 @@ def settings_for(tag: str, workdir: Path) -> Settings:
 def stage_env(settings: Settings) -> dict[str, str]:
     """What each stage process reads: these settings as ``INBOXSTREAM_*`` JSON sections."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXSTREAM_")}
-    for section in ("kafka", "topics", "producer", "clickhouse", "sink"):
+    for section in ("kafka", "topics", "producer", "clickhouse", "sink", "metrics"):
         env[f"INBOXSTREAM_{section.upper()}"] = getattr(settings, section).model_dump_json()
     env["INBOXSTREAM_LOG_LEVEL"] = "WARNING"
     return env

@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from inboxstream.core.aiokafka_shim import cluster_partitions
+from inboxstream.core.metrics import DEAD_LETTERS
 from inboxstream.core.schema_registry import configure as configure_schema_registry
 from inboxstream.core.schema_registry import register_schemas
 from inboxstream.core.settings import KafkaSettings, TopicSettings, TopicSpec
@@ -143,6 +144,7 @@ async def send_to_dead_letter(
     exc: BaseException,
 ) -> None:
     """Keep the original key, value and headers; add the reason. Logged and counted."""
+    DEAD_LETTERS.labels(record.topic, stage).inc()
     log.warning(
         "dead-lettering %s[%d]@%d at %s: %s: %s",
         record.topic,

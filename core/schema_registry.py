@@ -14,6 +14,7 @@ only by our headers, as before there was a registry.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -162,6 +163,26 @@ async def _register(client: httpx.AsyncClient, subject: str, text: str) -> int:
 async def _call(
     client: httpx.AsyncClient, method: str, path: str, payload: dict[str, Any]
 ) -> dict[str, Any]:
+    """One request; a conflict with another process creating the same subject at the same
+    moment ("already exists": every component registers at start) is asked again."""
+    for attempt in range(_CONFLICT_RETRIES):
+        try:
+            return await _call_once(client, method, path, payload)
+        except _CreateConflictError:
+            await asyncio.sleep(0.05 * (attempt + 1))
+    return await _call_once(client, method, path, payload)
+
+
+_CONFLICT_RETRIES = 10
+
+
+class _CreateConflictError(SchemaRegistryError):
+    """Two processes created the same subject at once; the loser asks again."""
+
+
+async def _call_once(
+    client: httpx.AsyncClient, method: str, path: str, payload: dict[str, Any]
+) -> dict[str, Any]:
     try:
         response = await client.request(
             method, path, json=payload, headers={"Content-Type": CONTENT_TYPE}
@@ -173,6 +194,8 @@ async def _call(
             "INBOXSTREAM_KAFKA__SCHEMA_REGISTRY_URL)"
         ) from None
     body = _json(response)
+    if response.status_code == 409 and "already exists" in str(body.get("message", "")):
+        raise _CreateConflictError(_message(response, body))
     if response.status_code == 409:
         raise IncompatibleSchemaError(
             f"schema registry refused {path}: not BACKWARD compatible with the registered "

@@ -270,6 +270,18 @@ class ProducerSettings(_Frozen):
     fleet_session_timeout_ms: int = Field(default=10_000, ge=6_000)
 
 
+class MetricsSettings(_Frozen):
+    """Prometheus metrics, /healthz and /readyz of the long-running commands
+    (core/ops_server.py), one port each so they can share a host; 0 turns a server off."""
+
+    host: str = "127.0.0.1"
+    producer_port: int = Field(default=9464, ge=0, lt=65536)
+    processor_port: int = Field(default=9465, ge=0, lt=65536)
+    sink_port: int = Field(default=9466, ge=0, lt=65536)
+    # /healthz fails when the event loop has not run its heartbeat for this long (wedged).
+    stall_after_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything inboxstream reads at start."""
 
@@ -286,6 +298,7 @@ class Settings(BaseSettings):
     sink: SinkSettings = SinkSettings()
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
     inboxes: list[InboxSettings] = Field(default_factory=list)
+    metrics: MetricsSettings = MetricsSettings()
     # The commands' log level and format (``--log-level``, ``--log-format`` override them);
     # json: one object a line with inbox and folder fields (core/logs.py).
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

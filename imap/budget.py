@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from inboxstream.core.metrics import INBOX_CONNECTIONS
+
 ConnectionRole = Literal["inbox", "sent", "other", "send"]
 
 SLOTS: dict[ConnectionRole, int] = {"inbox": 1, "sent": 1, "other": 1, "send": 2}
@@ -48,10 +50,12 @@ class InboxBudget:
         await slot.acquire()
         self.in_use[role] += 1
         self.peak = max(self.peak, self.total)
+        INBOX_CONNECTIONS.labels(self.inbox_id).inc()
         try:
             yield
         finally:
             self.in_use[role] -= 1
+            INBOX_CONNECTIONS.labels(self.inbox_id).dec()
             slot.release()
 
 

@@ -190,7 +190,7 @@ def _write_tool_scripts() -> None:
             "#!/bin/sh\n"
             f"# {script} of Apache Kafka {KAFKA_VERSION} (written by inboxstream infra)\n"
             f"exec {shlex.quote(java())} -Xmx256m -Dlog4j2.level=WARN "
-            f"-cp {shlex.quote(_classpath())} {main_class} \"$@\"\n"
+            f'-cp {shlex.quote(_classpath())} {main_class} "$@"\n'
         )
         path.chmod(0o755)
 

@@ -62,6 +62,14 @@ from inboxstream.core.kafka import (
     partitions_of,
     send_to_dead_letter,
 )
+from inboxstream.core.metrics import (
+    BATCH_RECORDS,
+    BATCH_SECONDS,
+    ERRORS,
+    TRANSACTIONS,
+    error_kind,
+    observe_lag,
+)
 from inboxstream.core.settings import Settings
 from inboxstream.processors.engine import BodyRead, Emit, Engine, Step
 from inboxstream.processors.exceptions import TopologyError
@@ -139,7 +147,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.processor.lock:
-            await self.processor.restore_partitions({tp.partition for tp in assigned})
+            self.processor.restoring = True
+            try:
+                await self.processor.restore_partitions({tp.partition for tp in assigned})
+            finally:
+                self.processor.restoring = False
+                self.processor.assigned_once = True
 
 
 class StreamProcessor:
@@ -172,8 +185,21 @@ class StreamProcessor:
         self._active = 0
         self._busy_since = 0.0
         self._partition_of: dict[tuple[str, bytes | None], int] = {}
+        # for /readyz (core/ops_server.py)
+        self.restoring = False
+        self.assigned_once = False
 
     # --- lifecycle ------------------------------------------------------------------------
+
+    def readiness(self) -> str | None:
+        """None when processing; else why not (for ``/readyz``)."""
+        if self._consumer is None:
+            return "not started"
+        if self.restoring:
+            return "restoring partition state after a rebalance"
+        if not self.assigned_once:
+            return f"waiting for a partition assignment in group {self.config.group_id}"
+        return None
 
     async def start(self) -> None:
         await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
@@ -254,6 +280,7 @@ class StreamProcessor:
         while stop is None or not stop.is_set():
             batch = await self._fetch()
             if batch:
+                observe_lag(self.config.group_id, self._consumer, batch)
                 await self._process_batch(batch)
                 # idle counts from the end of the last batch: a batch that took longer than
                 # idle_exit_s must not look like silence
@@ -373,6 +400,7 @@ class StreamProcessor:
     ) -> None:
         """One input partition's share of the batch, in that partition's transaction."""
         txn = _Txn(self._producers[partition], self.states[partition], self._partition_of)
+        started = time.perf_counter()
         try:
             async with txn.producer.transaction():
                 offsets = await self._handle_batch(txn, batch)
@@ -389,6 +417,8 @@ class StreamProcessor:
         except Exception as exc:
             if not (isinstance(exc, ProducerFenced) or producer_is_fatal(txn.producer)):
                 self.stats.aborted += 1
+                TRANSACTIONS.labels("aborted").inc()
+                ERRORS.labels("processor", error_kind(exc)).inc()
                 log.exception(
                     "%s: batch of partition %d aborted; restoring and rewinding",
                     self.name,
@@ -404,6 +434,7 @@ class StreamProcessor:
             # the partition; our next assignment restores what is committed. Never retry with
             # this producer, and never replace it: a new one would fence the rightful owner.
             self.stats.counts["fenced"] += 1
+            TRANSACTIONS.labels("fenced").inc()
             log.warning("%s: fenced on partition %d (%r); dropping it", self.name, partition, exc)
             self._epoch[partition] = self._epoch.get(partition, 0) + 1
             self.states.pop(partition, None)
@@ -412,6 +443,9 @@ class StreamProcessor:
                 await producer.stop()
             return
         self.stats.batches += 1
+        TRANSACTIONS.labels("committed").inc()
+        BATCH_RECORDS.labels("processor").observe(sum(len(r) for r in batch.values()))
+        BATCH_SECONDS.labels("processor").observe(time.perf_counter() - started)
 
     async def _process_at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
         """Baseline for the benchmark only: no transaction, commit after the outputs flushed."""

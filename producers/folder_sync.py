@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from inboxstream.core.metrics import BATCH_RECORDS, BATCH_SECONDS, INBOX_MESSAGES
 from inboxstream.imap.connection import ImapConnection, SelectedFolder
 from inboxstream.imap.fetch import BACKFILL_BATCH, FetchedItem, parse_fetch_lines
 from inboxstream.producers.encode import EncodedMessage
@@ -84,10 +86,10 @@ async def sync_folder(
     # acks are still awaited batch by batch, in order, before each checkpoint.
     # After an error a pending read-ahead or parse just completes (or fails) unobserved.
     ahead: asyncio.Future[Any] | None = None
-    pending: deque[tuple[list[FetchedItem], asyncio.Future[list[EncodedMessage]]]] = deque()
+    pending: deque[tuple[list[FetchedItem], asyncio.Future[list[EncodedMessage]], float]] = deque()
 
     async def publish(
-        fetched: list[FetchedItem], encoding: asyncio.Future[list[EncodedMessage]]
+        fetched: list[FetchedItem], encoding: asyncio.Future[list[EncodedMessage]], since: float
     ) -> None:
         nonlocal last_uid, published
         encoded = await encoding
@@ -98,6 +100,10 @@ async def sync_folder(
         if fetched:
             last_uid = max(last_uid, max(f.uid for f in fetched))
             published += len(fetched)
+            INBOX_MESSAGES.labels(inbox_id).inc(len(fetched))
+            BATCH_RECORDS.labels("producer").observe(len(fetched))
+            # from the FETCH answer to Kafka's acks: parse, encode, send, replicate
+            BATCH_SECONDS.labels("producer").observe(time.perf_counter() - since)
             if on_acked is not None:
                 await on_acked(selected, last_uid)
         if on_progress is not None:
@@ -115,6 +121,7 @@ async def sync_folder(
             if selected.uidnext and hi + 1 < selected.uidnext:
                 ahead = asyncio.ensure_future(conn.uid_fetch(f"{hi + 1}:{hi + batch_size}", items))
                 ahead.add_done_callback(_consume_error)
+            since = time.perf_counter()
             fetched = [f for f in parse_fetch_lines(response.lines) if f.uid >= lo]
             encoding = asyncio.ensure_future(
                 pool.encode(
@@ -132,7 +139,7 @@ async def sync_folder(
                     producer=producer_name,
                 )
             )
-            pending.append((fetched, encoding))
+            pending.append((fetched, encoding, since))
             if len(pending) > PARSE_AHEAD:
                 await publish(*pending.popleft())
             if not selected.uidnext and not fetched:
@@ -141,7 +148,7 @@ async def sync_folder(
         while pending:
             await publish(*pending.popleft())
     finally:
-        for _, left in pending:
+        for _, left, _ in pending:
             if not left.done():
                 left.add_done_callback(_consume_error)
                 left.cancel()

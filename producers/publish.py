@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 
 from inboxstream.core.batches import BatchSender
 from inboxstream.core.contracts import topic_for
+from inboxstream.core.metrics import PUBLISHED_BYTES, PUBLISHED_RECORDS
 from inboxstream.core.settings import TopicSettings
 from inboxstream.producers.encode import EncodedRecord
 from inboxstream.producers.parse_pool import INLINE, ParsePool
@@ -43,12 +44,13 @@ class EventPublisher:
         """Queue one event; await the returned future for the broker's ack."""
         serde = serde_for(type(event))
         event_type = getattr(event, "event_type", None) or event.schema_name
+        topic = self._topic_for(event)
+        value = serde.encode(event)
         future: asyncio.Future[object] = await self.producer.send(
-            self._topic_for(event),
-            value=serde.encode(event),
-            key=key.encode(),
-            headers=serde.headers(event_type),
+            topic, value=value, key=key.encode(), headers=serde.headers(event_type)
         )
+        PUBLISHED_RECORDS.labels(topic).inc()
+        PUBLISHED_BYTES.labels(topic).inc(len(value))
         return future
 
     async def send_encoded(
@@ -62,8 +64,16 @@ class EventPublisher:
         (``core.batches``): the same partition, order and headers as one ``send`` per record.
         """
         outgoing = []
+        counts: dict[str, list[int]] = {}
         for record in records:
             model: type[Event] = MessageEvent if record.topic == "messages" else BodyEvent
             headers = serde_for(model).headers(record.event_type)
-            outgoing.append((self._topic_for_model(model), None, key, record.value, headers))
+            topic = self._topic_for_model(model)
+            outgoing.append((topic, None, key, record.value, headers))
+            count = counts.setdefault(topic, [0, 0])
+            count[0] += 1
+            count[1] += len(record.value)
+        for topic, (n, size) in counts.items():
+            PUBLISHED_RECORDS.labels(topic).inc(n)
+            PUBLISHED_BYTES.labels(topic).inc(size)
         return await self._batches.send_all(outgoing)

@@ -40,6 +40,7 @@ from typing import Literal
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.lifetime import raise_open_files_limit
+from inboxstream.core.metrics import ERRORS, error_kind, forget_inbox
 from inboxstream.core.oauth import TokenSources
 from inboxstream.core.settings import InboxSettings, ProducerSettings, Settings
 from inboxstream.core.vault import SecretBox
@@ -223,6 +224,7 @@ class InboxWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                ERRORS.labels("producer", error_kind(exc)).inc()
                 if _stops_inbox(exc):
                     raise
                 longest = self.config.backoff_max_s
@@ -469,4 +471,5 @@ class ProducerService:
         await cancel_and_wait({running.task})
         if was_running:
             await running.worker.status.emit("disconnected", reason=reason)
+        forget_inbox(inbox_id)  # its series go with it (removed, or leased elsewhere)
         log.info("%s: stopped (%s)", inbox_id, reason)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer
 
 from inboxstream.core.kafka import client_options, read_to_end
+from inboxstream.core.metrics import INBOX_STATE
 from inboxstream.core.settings import KafkaSettings
 from inboxstream.errors import InboxstreamError
 from inboxstream.producers.checkpoints import assign_all
@@ -51,6 +52,7 @@ class StatusReporter:
         done: int | None = None,
         total: int | None = None,
     ) -> None:
+        INBOX_STATE.labels(self.inbox_id).state(state)
         kind = getattr(error, "kind", None) if error is not None else None
         retriable = getattr(error, "retriable", None) if error is not None else None
         if error is not None and not isinstance(error, InboxstreamError):

@@ -24,6 +24,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from inboxstream.core.kafka import send_to_dead_letter
+from inboxstream.core.metrics import (
+    BATCH_RECORDS,
+    BATCH_SECONDS,
+    ERRORS,
+    ROWS_INSERTED,
+    error_kind,
+    observe_lag,
+)
 from inboxstream.schemas.models import Event
 from inboxstream.schemas.serde import AvroSerde, SchemaVersion
 from inboxstream.sinks.avro_insert import PROJECTIONS, container
@@ -87,6 +95,16 @@ class BatchingSink:
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     stats: SinkStats = field(default_factory=SinkStats)
+    #: The consumer group, for the lag metric.
+    group: str = "inboxstream-sink"
+    #: Why the last insert into ClickHouse failed, until one succeeds (for ``/readyz``).
+    insert_error: str | None = None
+
+    def readiness(self) -> str | None:
+        """None while the sink takes records into ClickHouse; else why not."""
+        if self.insert_error is not None:
+            return f"ClickHouse refused the last insert (retrying): {self.insert_error}"
+        return None
 
     async def run_once(self) -> int:
         """Consume, insert and commit one batch; return the number of records consumed."""
@@ -104,6 +122,7 @@ class BatchingSink:
         records = [r for part in batches.values() for r in part]
         if not records:
             return None
+        observe_lag(self.group, self.consumer, batches)
         rows: dict[str, list[PendingRow]] = {}
         avro: dict[str, list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion, int]]] = {}
         engine_decodes = isinstance(self.clickhouse, AvroInserter)
@@ -138,6 +157,7 @@ class BatchingSink:
 
     async def _flush(self, batch: _Batch) -> None:
         """Insert every row of the batch, then (and only then) commit its offsets."""
+        started = time.perf_counter()
         for table, items in batch.avro.items():
             await self._insert_avro(table, items)
         for table, table_rows in batch.rows.items():
@@ -145,6 +165,8 @@ class BatchingSink:
         await self.consumer.commit(batch.offsets)
         self.stats.consumed += batch.records
         self.stats.batches += 1
+        BATCH_RECORDS.labels("sink").observe(batch.records)
+        BATCH_SECONDS.labels("sink").observe(time.perf_counter() - started)
 
     async def _insert_avro(
         self, table: str, items: list[tuple[ConsumerRecord[bytes, bytes], SchemaVersion, int]]
@@ -181,6 +203,7 @@ class BatchingSink:
             self.stats.inserted += taken
             by_table = self.stats.inserted_by_table
             by_table[table] = by_table.get(table, 0) + taken
+            ROWS_INSERTED.labels(table).inc(taken)
             pending = [row for i in left for row in await self._map(sink, records[i])]
             if pending:
                 await self._insert(table, pending)
@@ -204,6 +227,8 @@ class BatchingSink:
                 self.stats.inserted += len(pending)
                 by_table = self.stats.inserted_by_table
                 by_table[table] = by_table.get(table, 0) + len(pending)
+                ROWS_INSERTED.labels(table).inc(len(pending))
+                self.insert_error = None
                 return
             except BadRowError as exc:
                 if len(pending) == 1:
@@ -215,6 +240,8 @@ class BatchingSink:
                 return
             except ClickHouseError as exc:
                 self.stats.insert_retries += 1
+                self.insert_error = str(exc)[:300]
+                ERRORS.labels("sink", error_kind(exc)).inc()
                 log.warning("insert into %s failed, retrying in %.1fs: %s", table, delay, exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff_s)

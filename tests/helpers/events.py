@@ -169,3 +169,16 @@ async def produce(settings: Settings, topic: str, events: Iterable[Event]) -> in
     finally:
         await producer.stop()
     return n
+
+
+async def produce_raw(
+    settings: Settings, topic: str, value: bytes, headers: list[tuple[str, bytes]]
+) -> None:
+    """One record exactly as given (poison records for dead-letter tests)."""
+    await ensure_topics(settings.kafka, settings.topics)
+    producer: AIOKafkaProducer = make_producer(settings.kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=b"poison", headers=headers)
+    finally:
+        await producer.stop()

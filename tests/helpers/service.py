@@ -174,6 +174,7 @@ def service_env(settings: Settings) -> dict[str, str]:
     env["INBOXSTREAM_KAFKA"] = settings.kafka.model_dump_json()
     env["INBOXSTREAM_TOPICS"] = settings.topics.model_dump_json()
     env["INBOXSTREAM_PRODUCER"] = settings.producer.model_dump_json()
+    env["INBOXSTREAM_METRICS"] = settings.metrics.model_dump_json()
     return env
 
 

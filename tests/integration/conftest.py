@@ -21,6 +21,7 @@ from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.settings import (
     ClickHouseSettings,
     KafkaSettings,
+    MetricsSettings,
     Settings,
     SinkSettings,
     TopicSettings,
@@ -115,6 +116,8 @@ def settings(
         topics=TopicSettings().with_prefix(f"t{unique}."),
         clickhouse=clickhouse_settings,
         sink=SinkSettings(group_id=f"sink-{unique}", batch_timeout_s=0.3),
+        # tests run many services side by side: the one that tests the endpoints picks ports
+        metrics=MetricsSettings(producer_port=0, processor_port=0, sink_port=0),
     )
 
 
