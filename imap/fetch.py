@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from inboxstream.core.dates import MONTHS, fixed_zone
+from inboxstream.imap.folders import decode_mutf7
 
 #: Messages per UID FETCH during backfill. Measured on the 2-core dev box against Dovecot
 #: (bench/imap_fetch_batch.py, 6,000 messages of 5 KB on average, full-body FETCH):
@@ -33,6 +34,20 @@ _SIZE_RE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _MODSEQ_RE = re.compile(rb"\bMODSEQ \((\d+)\)")
 _FLAGS_RE = re.compile(rb"\bFLAGS \(([^)]*)\)")
 _INTERNALDATE_RE = re.compile(rb'\bINTERNALDATE "([^"]+)"')
+_GM_MSGID_RE = re.compile(rb"\bX-GM-MSGID (\d{1,20})")
+_GM_LABELS_RE = re.compile(rb"\bX-GM-LABELS \(((?:[^()\"]|\"(?:[^\"\\]|\\.)*\")*)\)")
+_LABEL_TOKEN_RE = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s"()]+)')
+
+
+def parse_gm_labels(inner: bytes) -> tuple[str, ...]:
+    """The labels of an ``X-GM-LABELS (...)`` list: atoms (``\\Inbox``, ``Work``) and quoted
+    strings (``"Two words"``), in modified UTF-7 like mailbox names (RFC 3501 5.1.3)."""
+    labels = []
+    for quoted, atom in _LABEL_TOKEN_RE.findall(inner):
+        raw = re.sub(rb"\\(.)", rb"\1", quoted) if quoted or not atom else atom
+        text = raw.decode("utf-8", "replace")
+        labels.append(text if text.startswith("\\") else decode_mutf7(text))
+    return tuple(labels)
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,9 @@ class FetchedItem:
     flags: tuple[str, ...]
     internal_date: datetime | None
     modseq: int | None
+    #: Gmail's X-GM-EXT-1: the message's id across all its labels, and the labels (decoded).
+    gm_msgid: str | None = None
+    gm_labels: tuple[str, ...] = ()
 
 
 def parse_internaldate(value: bytes) -> datetime | None:
@@ -92,6 +110,8 @@ def _meta(text: bytes, seq: int, raw: bytes | None) -> FetchedItem | None:
     modseq = _MODSEQ_RE.search(text)
     flags = _FLAGS_RE.search(text)
     idate = _INTERNALDATE_RE.search(text)
+    gm_msgid = _GM_MSGID_RE.search(text)
+    gm_labels = _GM_LABELS_RE.search(text)
     return FetchedItem(
         seq=seq,
         uid=int(uid.group(1)),
@@ -100,6 +120,8 @@ def _meta(text: bytes, seq: int, raw: bytes | None) -> FetchedItem | None:
         flags=tuple(f.decode("utf-8", "replace") for f in flags.group(1).split()) if flags else (),
         internal_date=parse_internaldate(idate.group(1)) if idate else None,
         modseq=int(modseq.group(1)) if modseq else None,
+        gm_msgid=gm_msgid.group(1).decode() if gm_msgid else None,
+        gm_labels=parse_gm_labels(gm_labels.group(1)) if gm_labels else (),
     )
 
 

@@ -76,6 +76,8 @@ async def sync_folder(
     if selected is None:
         selected = await conn.select(folder)
     items = FETCH_ITEMS_CONDSTORE if conn.has("CONDSTORE") else FETCH_ITEMS
+    if conn.has("X-GM-EXT-1"):  # Gmail: one id per message across its labels, and the labels
+        items = items.replace("UID ", "UID X-GM-MSGID X-GM-LABELS ", 1)
     last_uid = after_uid
     published = 0
     lo = after_uid + 1

@@ -69,6 +69,8 @@ class FetchedMessage:
     internal_date: datetime | None = None
     size: int | None = None
     modseq: int | None = None
+    gm_msgid: str | None = None
+    gm_labels: tuple[str, ...] = ()
 
     @classmethod
     def from_item(
@@ -92,6 +94,8 @@ class FetchedMessage:
             internal_date=item.internal_date,
             size=item.size,
             modseq=item.modseq,
+            gm_msgid=item.gm_msgid,
+            gm_labels=item.gm_labels,
         )
 
 
@@ -114,6 +118,27 @@ def event_id(
     # surrogatepass: a hostile server's folder name can decode to a lone surrogate; the key
     # must stay stable and never raise (UTF-8 text hashes exactly as before).
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def message_identity(fetched: FetchedMessage) -> str:
+    """The ``message.new`` event id: per folder copy, except on Gmail (X-GM-EXT-1), where
+    labels are folders and one message shows up in several of them: there X-GM-MSGID names the
+    message, so every copy is the same event (the sink keeps one row, the processor threads
+    it once)."""
+    if fetched.gm_msgid is not None:
+        parts = [fetched.inbox_id, "x-gm-msgid", fetched.gm_msgid, "message.new"]
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+    return event_id(fetched.inbox_id, fetched.folder, fetched.uidvalidity, fetched.uid)
+
+
+def role_of(fetched: FetchedMessage) -> FolderRole:
+    """The folder's role; on Gmail the message's labels decide, so every copy agrees (a sent
+    message labelled "Work" is sent mail in the Work folder too)."""
+    if "\\Sent" in fetched.gm_labels:
+        return "sent"
+    if "\\Inbox" in fetched.gm_labels:
+        return "inbox"
+    return fetched.folder_role
 
 
 def split_header_block(raw: bytes) -> bytes:
@@ -379,7 +404,7 @@ def parse_records(
         errors.append(f"raw headers cut to {MAX_RAW_HEADER_BYTES} of {len(header_block)} bytes")
     to, cc, bcc = addresses("To"), addresses("Cc"), addresses("Bcc")
     reply_to = addresses("Reply-To")
-    eid = event_id(fetched.inbox_id, fetched.folder, fetched.uidvalidity, fetched.uid)
+    eid = message_identity(fetched)
     date = safe("Date", _date, None)
     date = None if date is None else utc_millis(date)
     internal_date = None if fetched.internal_date is None else utc_millis(fetched.internal_date)
@@ -391,7 +416,7 @@ def parse_records(
         "event_type": "message.new",
         "inbox_id": fetched.inbox_id,
         "folder": folder,
-        "folder_role": fetched.folder_role,
+        "folder_role": role_of(fetched),
         "uidvalidity": fetched.uidvalidity,
         "uid": fetched.uid,
         "modseq": fetched.modseq,
@@ -416,6 +441,8 @@ def parse_records(
         "observed_at": observed,
         "producer": producer,
         "automated": safe("automatic", lambda _: automatic_kind(header), None),
+        "gm_msgid": fetched.gm_msgid,
+        "gm_labels": [utf8_safe(label) for label in fetched.gm_labels],
     }
 
     skipped: str | None = None

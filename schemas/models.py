@@ -120,6 +120,9 @@ class MessageEvent(Event):
     # v3: why no person wrote it (mail/automatic.py): bounce | auto_reply | auto_generated |
     # bulk; None for mail a person wrote. Automated mail is never a CRM reply.
     automated: str | None = None
+    # v4: Gmail (X-GM-EXT-1): the message's id across its labels, and the labels (folders).
+    gm_msgid: str | None = None
+    gm_labels: list[str] = Field(default_factory=list)
 
 
 class BodyEvent(Event):

@@ -152,3 +152,22 @@ def test_internaldate_fast_read_is_strptime(d: DateFields, pad: str) -> None:
     assert got == want
     if want is not None:
         assert got is not None and got.utcoffset() == want.utcoffset()
+
+
+def test_gmail_message_id_and_labels_are_read_from_fetch() -> None:
+    from inboxstream.imap.fetch import parse_gm_labels
+
+    lines: list[bytes | bytearray] = [
+        b'1 FETCH (UID 7 X-GM-MSGID 18446744073709551615 X-GM-LABELS (\\Inbox "Two words" '
+        b'"say \\"hi\\"" &AMk-t&AOk- "\\\\Important") BODY[] {4}',
+        b"abcd",
+        b")",
+        b"2 FETCH (UID 8 X-GM-LABELS () BODY[] {1}",
+        b"x",
+        b")",
+    ]
+    first, second = parse_fetch_lines(lines)
+    assert first.gm_msgid == "18446744073709551615"  # unsigned 64 bits: kept as text
+    assert first.gm_labels == ("\\Inbox", "Two words", 'say "hi"', "Été", "\\Important")
+    assert (second.gm_msgid, second.gm_labels) == (None, ())
+    assert parse_gm_labels(b"") == ()
