@@ -18,6 +18,7 @@ from inboxstream.core.kafka import ensure_topics, make_consumer, make_producer
 from inboxstream.core.oauth import TokenSources
 from inboxstream.core.settings import InboxSettings, Settings
 from inboxstream.imap.connection import ImapConnection, ImapEndpoint, endpoint_for_inbox
+from inboxstream.imap.exceptions import ProtocolError
 from inboxstream.imap.folders import assign_roles
 from inboxstream.producers.folder_sync import FolderProgress, SyncResult, sync_folder
 from inboxstream.producers.parse_pool import ParsePool
@@ -91,6 +92,15 @@ async def sync_inbox_once(
             roles = assign_roles(await conn.list_folders())
             results = {}
             for wire_name, role in roles.items():
+                try:
+                    selected = await conn.select(wire_name)
+                except ProtocolError as exc:
+                    if conn.protocol.closed.is_set():
+                        raise
+                    # The server listed it but will not open it (a \Noselect parent it did
+                    # not flag, no rights, deleted meanwhile): skip it, sync the others.
+                    log.warning("%s: skipping folder %r: %s", inbox.id, wire_name, exc)
+                    continue
                 results[wire_name] = await sync_folder(
                     conn,
                     publisher,
@@ -100,6 +110,7 @@ async def sync_inbox_once(
                     log_attachments=inbox.log_attachments,
                     producer_name=socket.gethostname(),
                     on_progress=progress,
+                    selected=selected,
                 )
                 done = results[wire_name]
                 await status.progress(wire_name, done.published, done.folder.exists, final=True)

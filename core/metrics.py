@@ -8,12 +8,15 @@ what each counts are listed in the README ("Operations"). Labels stay bounded: p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Enum, Gauge, Histogram
 
 from inboxstream.core.settings import MetricsSettings
+
+log = logging.getLogger(__name__)
 
 #: Records per batch: a FETCH batch of the producer, a transaction of the processor, a flush
 #: of the sink.
@@ -90,14 +93,18 @@ def observe_lag(
 ) -> None:
     """Lag of each partition a fetch brought records of: high watermark minus the offset after
     the last record (what is left to read). Partitions without records keep their last value."""
-    for tp, records in batch.items():
-        if not records:
-            continue
-        highwater = consumer.highwater(tp)
-        last = getattr(records[-1], "offset", None)
-        if highwater is None or last is None:
-            continue
-        CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
+    try:
+        for tp, records in batch.items():
+            if not records:
+                continue
+            highwater = consumer.highwater(tp)
+            last = getattr(records[-1], "offset", None)
+            if highwater is None or last is None:
+                continue
+            lag = max(0, highwater - last - 1)
+            CONSUMER_LAG.labels(group, tp.topic, str(tp.partition)).set(lag)
+    except Exception:  # noqa: BLE001 - a metric must never stop the work it measures
+        log.debug("consumer lag not measured", exc_info=True)
 
 
 def forget_inbox(inbox_id: str) -> None:

@@ -29,6 +29,9 @@ class EncodedRecord:
     topic: TopicKind
     value: bytes
     event_type: str
+    #: Written in the registry's wire format (schema id in front): decided where the value was
+    #: encoded, maybe a worker process, so the headers always say what the value holds.
+    framed: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,28 @@ def encode_chunk(
         )
         records: list[EncodedRecord] = []
         try:
-            records.append(EncodedRecord("messages", messages_writer.write(message), "message.new"))
             records.append(
-                EncodedRecord("bodies", bodies_writer.write(body), BodyEvent.schema_name)
+                EncodedRecord(
+                    "messages",
+                    messages_writer.write(message),
+                    "message.new",
+                    messages_writer.framed,
+                )
+            )
+            records.append(
+                EncodedRecord(
+                    "bodies", bodies_writer.write(body), BodyEvent.schema_name, bodies_writer.framed
+                )
             )
         except EncodeError as exc:
             log.warning("%s %s UID %d: %s", fetched.inbox_id, fetched.folder, fetched.uid, exc)
             fallback = identity_only(MessageEvent.model_validate(message), exc)
             records.append(
                 EncodedRecord(
-                    "messages", serde_for(MessageEvent).encode(fallback), fallback.event_type
+                    "messages",
+                    serde_for(MessageEvent).encode(fallback),
+                    fallback.event_type,
+                    serde_for(MessageEvent).framed,
                 )
             )
         out.append(EncodedMessage(fetched.uid, tuple(records)))
@@ -85,6 +100,7 @@ class _Writer:
     def __init__(self, serde: AvroSerde[Any]) -> None:
         self._serde = serde
         self._buffer = io.BytesIO()
+        self.framed = serde.framed
 
     def write(self, record: dict[str, Any]) -> bytes:
         start = self._buffer.tell()

@@ -24,7 +24,7 @@ from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.lifetime import exit_with
 from inboxstream.producers.encode import EncodedMessage, encode_chunk
 from inboxstream.producers.parse import FetchedMessage
-from inboxstream.schemas.serde import WIRE
+from inboxstream.schemas import serde
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _worker_start(parent_pid: int, schema_ids: list[tuple[str, int]]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with(parent_pid)
     tune_for_streaming()
-    WIRE.restore(schema_ids)
+    serde.WIRE.restore(schema_ids)
 
 
 class ParsePool:
@@ -61,7 +61,7 @@ class ParsePool:
                 self.workers,
                 mp_context=ctx,
                 initializer=_worker_start,
-                initargs=(os.getpid(), WIRE.snapshot()),
+                initargs=(os.getpid(), serde.WIRE.snapshot()),
             )
         return self._executor
 

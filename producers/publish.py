@@ -67,7 +67,7 @@ class EventPublisher:
         counts: dict[str, list[int]] = {}
         for record in records:
             model: type[Event] = MessageEvent if record.topic == "messages" else BodyEvent
-            headers = serde_for(model).headers(record.event_type)
+            headers = serde_for(model).headers(record.event_type, framed=record.framed)
             topic = self._topic_for_model(model)
             outgoing.append((topic, None, key, record.value, headers))
             count = counts.setdefault(topic, [0, 0])

@@ -233,11 +233,14 @@ class AvroSerde(Generic[E]):
                 f"v{self.writer.version}: {exc}"
             ) from exc
 
-    def headers(self, event_type: str | None = None) -> list[tuple[str, bytes]]:
+    def headers(
+        self, event_type: str | None = None, *, framed: bool | None = None
+    ) -> list[tuple[str, bytes]]:
         """Kafka headers for a record we encode: schema name, writer fingerprint, event type,
-        and the wire format when framed. One list per event type, shared by every record sent
-        (aiokafka only reads it): the hot paths ask for it per record."""
-        key = (event_type, self.framed)
+        and the wire format when framed (``framed``: as the value was written, when that was
+        elsewhere; by default as this process writes now). One list per event type, shared by
+        every record sent (aiokafka only reads it): the hot paths ask for it per record."""
+        key = (event_type, self.framed if framed is None else framed)
         cached = self._headers_by_type.get(key)
         if cached is None:
             cached = list(self._headers)

@@ -18,7 +18,7 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 
 from inboxstream.app.failures import EX_CONFIG, EX_DATAERR, EX_UNAVAILABLE
 from inboxstream.core.kafka import client_options
-from inboxstream.core.settings import Settings
+from inboxstream.core.settings import Settings, TopicSettings
 from tests.helpers.service import deliver_many, service_env
 from tests.helpers.services import MailUser
 
@@ -73,6 +73,22 @@ def test_kafka_unreachable_is_one_line_and_exit_69(tmp_path: Path) -> None:
     done = run(["topics", "create"], env, tmp_path)
     assert done.returncode == EX_UNAVAILABLE
     assert "Kafka is unavailable" in one_error_line(done)
+
+
+def test_schema_registry_unreachable_is_one_line_and_exit_69(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    env = clean_env(tmp_path) | {
+        "INBOXSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "INBOXSTREAM_KAFKA__SCHEMA_REGISTRY_URL": "http://127.0.0.1:1/apis/ccompat/v7",
+        "INBOXSTREAM_TOPICS": TopicSettings()
+        .with_prefix(f"noreg{tmp_path.name[-8:]}.")
+        .model_dump_json(),
+    }
+    done = run(["topics", "create"], env, tmp_path)
+    assert done.returncode == EX_UNAVAILABLE
+    line = one_error_line(done)
+    assert "schema registry" in line and "infra start schema_registry" in line
 
 
 def test_bad_input_is_one_line_and_exit_65(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ row in ClickHouse, no copies from the virtual folders."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -18,13 +20,15 @@ from tests.helpers.gmail_server import GmailServer, gmail_message
 from tests.helpers.service import TopicReader
 
 USER = "pat@gmail.example"
-DATE = "14-Sep-2026 21:22:28 -0300"
+# recent, or the tables' 60-day TTL would drop the rows
+WHEN = datetime.now(UTC) - timedelta(days=1)
+DATE = WHEN.strftime("%d-%b-%Y %H:%M:%S +0000")
 
 
 def mail(n: int, subject: str) -> str:
     return (
         f"From: Ann <ann@acme.example>\r\nTo: {USER}\r\nSubject: {subject}\r\n"
-        f"Message-ID: <m{n}@acme.example>\r\nDate: Mon, 14 Sep 2026 21:22:28 -0300\r\n\r\n"
+        f"Message-ID: <m{n}@acme.example>\r\nDate: {format_datetime(WHEN)}\r\n\r\n"
         f"body {n}\r\n"
     )
 

@@ -72,6 +72,9 @@ class FakeConsumer:
     async def position(self, tp: TopicPartition) -> int:
         return 1 + max(r.offset for r in self.all) if self.all else 0
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return 1 + max(r.offset for r in self.all) if self.all else None
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.log.append("commit")
         self.committed.update(offsets)
