@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import warnings
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -422,28 +423,10 @@ class ImapConnection:
                 f"{self.where} has LOGIN disabled on this connection (LOGINDISABLED); the "
                 "server wants a different authentication mechanism or connection security"
             )
-        try:
-            response = await asyncio.wait_for(
-                self.protocol.login(username, password), self.endpoint.timeout
-            )
-        except BaseException as exc:
-            # aioimaplib's own messages may quote the LOGIN command (with the password): name
-            # the failure by type only.
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                raise
-            if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-                raise ConnectTimeoutError(
-                    f"{self.where} did not answer LOGIN within {self.endpoint.timeout:g}s"
-                ) from None
-            raise ProtocolError(f"{self.where}: LOGIN failed with {type(exc).__name__}") from None
+        response = await self._sign_in("LOGIN", self.protocol.login(username, password))
         if response.result != "OK":
             text = _text(response)
-            code = _RESP_CODE_RE.match(text.encode())
-            if code and code.group(1) == b"UNAVAILABLE":
-                raise ImapError(
-                    f"{self.where} cannot log {username!r} in right now: {text}. Will retry",
-                    retriable=True,
-                )
+            code = self._refused(username, text)
             detail = f"[{code.group(1).decode()}] " if code and code.group(1) in _AUTH_CODES else ""
             raise AuthError(
                 f"{self.where} rejected the login for {username!r}: {detail}{text}. The "
@@ -452,6 +435,31 @@ class ImapConnection:
             )
         # Servers often send new capabilities after login; ask again to be sure.
         await self._capability()
+
+    async def _sign_in(self, what: str, step: Awaitable[Any]) -> Any:
+        """LOGIN or AUTHENTICATE under the timeout. A failure is named by its type only:
+        aioimaplib's own messages may quote the command, credentials included."""
+        try:
+            return await asyncio.wait_for(step, self.endpoint.timeout)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+                raise ConnectTimeoutError(
+                    f"{self.where} did not answer {what} within {self.endpoint.timeout:g}s"
+                ) from None
+            raise ProtocolError(f"{self.where}: {what} failed with {type(exc).__name__}") from None
+
+    def _refused(self, username: str, text: str) -> re.Match[bytes] | None:
+        """A refused sign-in's response code; ``[UNAVAILABLE]`` (RFC 5530: the server cannot
+        log anyone in right now) is raised as retriable."""
+        code = _RESP_CODE_RE.match(text.encode())
+        if code and code.group(1) == b"UNAVAILABLE":
+            raise ImapError(
+                f"{self.where} cannot log {username!r} in right now: {text}. Will retry",
+                retriable=True,
+            )
+        return code
 
     async def _authenticate(self, username: str, login: OAuthLogin) -> None:
         """SASL XOAUTH2 or OAUTHBEARER with the inbox's access token. A refused token is
@@ -477,12 +485,7 @@ class ImapConnection:
                 await self._capability()
                 return
             text = _text(response)
-            code = _RESP_CODE_RE.match(text.encode())
-            if code and code.group(1) == b"UNAVAILABLE":
-                raise ImapError(
-                    f"{self.where} cannot log {username!r} in right now: {text}. Will retry",
-                    retriable=True,
-                )
+            self._refused(username, text)
             rejected = token
         why = f" ({challenge})" if challenge else ""
         raise AuthError(
@@ -508,20 +511,7 @@ class ImapConnection:
             "AUTHENTICATE", self.protocol.new_tag(), *args, loop=self.protocol.loop
         )
         command.sasl = sasl
-        try:
-            response = await asyncio.wait_for(
-                self.protocol.execute(command, scrub=ir), self.endpoint.timeout
-            )
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                raise
-            if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-                raise ConnectTimeoutError(
-                    f"{self.where} did not answer AUTHENTICATE within {self.endpoint.timeout:g}s"
-                ) from None
-            raise ProtocolError(
-                f"{self.where}: AUTHENTICATE failed with {type(exc).__name__}"
-            ) from None
+        response = await self._sign_in("AUTHENTICATE", self.protocol.execute(command, scrub=ir))
         return response, describe_challenge(sasl.challenge) if sasl.challenge else ""
 
     async def _enable(self) -> None:

@@ -63,6 +63,20 @@ def oauth_inbox(
     return InboxSettings.model_validate(data)
 
 
+async def mail_to_self(inbox: InboxSettings, tokens: TokenSources, subject: str) -> int:
+    """Submit one message from the inbox to itself over SMTP, signed in with OAuth2."""
+    raw = f"From: {inbox.username}\r\nTo: {inbox.username}\r\nSubject: {subject}\r\n\r\nhi\r\n"
+    accepted = await submit(
+        smtp_endpoint(inbox),
+        inbox.username,
+        tokens.credentials(inbox),
+        sender=inbox.username,
+        recipients=[inbox.username],
+        raw=raw.encode(),
+    )
+    return accepted.code
+
+
 def logins(user: str, method: str) -> int:
     """Successful logins of ``user`` with ``method`` in Dovecot's log."""
     text = Path(dovecot._log()).read_text(errors="replace")
@@ -86,16 +100,7 @@ async def test_imap_and_smtp_sign_in_with_an_access_token(
         await conn.logout()
     assert logins(ann.name, mechanism.upper()) == 1
 
-    raw = f"From: {ann.name}\r\nTo: {ann.name}\r\nSubject: via {mechanism}\r\n\r\nhi\r\n".encode()
-    accepted = await submit(
-        smtp_endpoint(inbox),
-        inbox.username,
-        tokens.credentials(inbox),
-        sender=ann.name,
-        recipients=[ann.name],
-        raw=raw,
-    )
-    assert accepted.code == 250
+    assert await mail_to_self(inbox, tokens, f"via {mechanism}") == 250
     arrived = await asyncio.to_thread(ann.wait_for, "INBOX", 1)
     assert f"Subject: via {mechanism}".encode() in arrived[0]
     # One access token served both logins: it is kept until shortly before it expires.
@@ -123,15 +128,7 @@ async def test_a_refused_token_is_replaced_once_and_a_revoked_sign_in_is_an_auth
     await conn.logout()
     assert token_server.token_requests[bo.name] == 2
     token_server.revoke_access(bo.name)
-    raw = f"From: {bo.name}\r\nTo: {bo.name}\r\nSubject: s\r\n\r\nx\r\n".encode()
-    await submit(
-        smtp_endpoint(inbox),
-        inbox.username,
-        tokens.credentials(inbox),
-        sender=bo.name,
-        recipients=[bo.name],
-        raw=raw,
-    )
+    assert await mail_to_self(inbox, tokens, "after a revoked token") == 250
     assert token_server.token_requests[bo.name] == 3
 
     # The person was signed out everywhere: not retriable, says why, no secret in it.
@@ -144,14 +141,7 @@ async def test_a_refused_token_is_replaced_once_and_a_revoked_sign_in_is_an_auth
     assert "invalid_grant" in str(info.value)
     assert refresh_token not in str(info.value)
     with pytest.raises(SmtpAuthError) as smtp_info:
-        await submit(
-            smtp_endpoint(inbox),
-            inbox.username,
-            tokens.credentials(inbox),
-            sender=bo.name,
-            recipients=[bo.name],
-            raw=raw,
-        )
+        await mail_to_self(inbox, tokens, "signed out")
     assert "invalid_grant" in str(smtp_info.value)
 
 
