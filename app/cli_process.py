@@ -54,6 +54,11 @@ def thread(algorithm: str, file: Path) -> None:
 @click.option("--algorithm", type=click.Choice(["rfc5256", "references"]), default="rfc5256")
 @click.option("--until-idle", type=float, default=None, help="Exit after this many idle seconds.")
 @click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="Exit once every assigned input partition is processed to its end (a batch job).",
+)
+@click.option(
     "--max-records",
     type=int,
     default=5000,
@@ -83,6 +88,7 @@ def process(
     instance_id: str,
     algorithm: str,
     until_idle: float | None,
+    until_caught_up: bool,
     max_records: int,
     transaction_ms: int,
     pause_in_transaction: float,
@@ -137,7 +143,7 @@ def process(
         try:
             await processor.start()
             try:
-                stats = await processor.run(stop, idle_exit_s=until_idle)
+                stats = await processor.run(stop, idle_exit_s=until_idle, until_end=until_caught_up)
             finally:
                 await processor.stop()
         finally:
