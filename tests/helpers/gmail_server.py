@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from inboxstream.core.paths import state_dir
 from inboxstream.infra import dovecot
+from tests.helpers.net import free_port
 
 VERSION = "2.1.0"
 SCRIPT = Path(__file__).with_name("gmail_server.js")
@@ -47,18 +47,12 @@ def _install() -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class GmailServer:
     """One server with one mailbox (``storage`` in Hoodiecrow's format), until ``stop``."""
 
     def __init__(self, workdir: Path, user: str, password: str, storage: dict[str, Any]) -> None:
         root = _install()
-        self.port = _free_port()
+        self.port = free_port()
         config = workdir / "gmail-storage.json"
         config.write_text(json.dumps({"users": {user: {"password": password}}, "storage": storage}))
         tls = dovecot.endpoints().ca_cert.parent

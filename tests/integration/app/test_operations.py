@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from inboxstream.producers.registry import InboxRegistry
 from inboxstream.schemas.models import MessageEvent
 from inboxstream.schemas.serde import serde_for
 from tests.helpers.events import produce_raw
+from tests.helpers.net import free_port, http_get
 from tests.helpers.service import deliver_many, fast_settings, service_env
 from tests.helpers.services import MailUser
 
@@ -32,22 +30,8 @@ CLI = str(Path(sys.executable).with_name("inboxstream"))
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def scrape(port: int) -> Samples:
-    status, text = get(port, "/metrics")
+    status, text = http_get(port, "/metrics")
     assert status == 200
     out: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -107,7 +91,7 @@ async def test_each_stage_serves_metrics_health_and_readiness(
 
         def answers(name: str) -> bool:
             try:
-                return get(ports[name], "/healthz")[0] == 200
+                return http_get(ports[name], "/healthz")[0] == 200
             except OSError:
                 return False
 
@@ -188,8 +172,8 @@ async def test_each_stage_serves_metrics_health_and_readiness(
         assert value(sink, "inboxstream_batch_seconds_count", component="sink") >= 1
 
         for name in commands:
-            assert get(ports[name], "/readyz") == (200, "ok\n"), name
-            assert get(ports[name], "/healthz") == (200, "ok\n"), name
+            assert http_get(ports[name], "/readyz") == (200, "ok\n"), name
+            assert http_get(ports[name], "/healthz") == (200, "ok\n"), name
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)

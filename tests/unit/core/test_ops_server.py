@@ -6,27 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from inboxstream.core.metrics import ROWS_INSERTED
 from inboxstream.core.ops_server import serving_ops
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.helpers.net import free_port, http_get
 
 
 async def test_health_readiness_and_metrics() -> None:
@@ -36,24 +21,24 @@ async def test_health_readiness_and_metrics() -> None:
     assert ops is not None
     try:
         await asyncio.sleep(0.05)
-        assert await asyncio.to_thread(get, port, "/healthz") == (200, "ok\n")
-        assert await asyncio.to_thread(get, port, "/readyz") == (
+        assert await asyncio.to_thread(http_get, port, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, port, "/readyz") == (
             503,
             "restoring partition state\n",
         )
         why[0] = None
-        assert await asyncio.to_thread(get, port, "/readyz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, port, "/readyz") == (200, "ok\n")
         ROWS_INSERTED.labels("unit_table").inc(3)
-        status, text = await asyncio.to_thread(get, port, "/metrics")
+        status, text = await asyncio.to_thread(http_get, port, "/metrics")
         assert status == 200
         assert 'inboxstream_rows_inserted_total{table="unit_table"} 3.0' in text
 
         # The loop blocks (a synchronous call gone wrong): liveness fails while it does.
         time.sleep(1.6)
-        status, text = get(port, "/healthz")
+        status, text = http_get(port, "/healthz")
         assert status == 503 and "event loop has not run" in text
         await asyncio.sleep(1.1)  # the loop runs again: alive again
-        assert await asyncio.to_thread(get, port, "/healthz") == (200, "ok\n")
+        assert await asyncio.to_thread(http_get, port, "/healthz") == (200, "ok\n")
     finally:
         ops.stop()
 
@@ -66,7 +51,7 @@ async def test_a_broken_check_is_not_ready_with_the_reason() -> None:
     ops = await serving_ops("sink", "127.0.0.1", port, broken)
     assert ops is not None
     try:
-        status, text = await asyncio.to_thread(get, port, "/readyz")
+        status, text = await asyncio.to_thread(http_get, port, "/readyz")
         assert status == 503 and "RuntimeError: no consumer" in text
     finally:
         ops.stop()
