@@ -145,6 +145,11 @@ def _mail_root() -> Path:
     return _dir() / "mail"
 
 
+def _maildir(user: str) -> Path:
+    """A user's Maildir (``mail_location``: LAYOUT=fs, so a folder is a directory by name)."""
+    return _mail_root() / user / "Maildir"
+
+
 def _users_dir() -> Path:
     return _dir() / "users"
 
@@ -636,10 +641,19 @@ def add_user(
     _write_user_file(name, line)
     if not special_use and sent_folder not in doveadm("mailbox", "list", "-u", name).splitlines():
         doveadm("mailbox", "create", "-s", "-u", name, sent_folder)
-    # Open every folder once, here and alone: Dovecot creates the ``auto`` folders on first
-    # access, and two fresh sessions of one user (inbox and sent connections) doing that at
+    # Create every folder here and alone: Dovecot creates the ``auto`` folders on first
+    # SELECT, and two fresh sessions of one user (inbox and sent connections) doing that at
     # the same moment take the list index and a mailbox index lock in opposite orders; the
-    # kernel answers EDEADLK and the imap process panics (seen in test_live).
+    # kernel answers EDEADLK and the imap process panics (seen in test_live). A STATUS does
+    # not create them (measured: no folder directory after it), a CREATE does.
+    listed = [f for f in doveadm("mailbox", "list", "-u", name).splitlines() if f.strip()]
+    missing = [f for f in listed if f.upper() != "INBOX" and not (_maildir(name) / f).exists()]
+    if missing:
+        run(
+            ["doveadm", "-c", str(_conf_path()), "mailbox", "create", "-u", name, *missing],
+            timeout=120,
+            check=False,
+        )
     doveadm("mailbox", "status", "-u", name, "messages", "*")
 
 
