@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from inboxstream.core.oauth import TokenSources
-from inboxstream.core.ops_server import serving_ops
+from inboxstream.core.ops_server import ops_endpoints
 from inboxstream.core.settings import InboxSettings, Settings, describe_validation_error
 from inboxstream.core.vault import SecretKeyError
 from inboxstream.imap.connection import ImapConnection, endpoint_for_inbox
@@ -500,11 +500,12 @@ def producer_run(ctx: click.Context, no_progress: bool, metrics_port: int | None
             f"producer: registry {settings.producer.registry_dir}, "
             f"{len(_registry(settings).load()) + len(settings.inboxes)} inbox(es)"
         )
-    port = settings.metrics.producer_port if metrics_port is None else metrics_port
-    asyncio.run(_run(settings, progress=not no_progress and console.is_terminal, ops_port=port))
+    asyncio.run(
+        _run(settings, progress=not no_progress and console.is_terminal, ops_port=metrics_port)
+    )
 
 
-async def _run(settings: Settings, *, progress: bool, ops_port: int = 0) -> None:
+async def _run(settings: Settings, *, progress: bool, ops_port: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -533,13 +534,7 @@ async def _run(settings: Settings, *, progress: bool, ops_port: int = 0) -> None
             return "starting: topics, schemas and the inbox registry (or the fleet lease)"
         return None
 
-    ops = await serving_ops(
-        "producer", settings.metrics.host, ops_port, ready, settings.metrics.stall_after_s
-    )
-    try:
+    async with ops_endpoints(settings.metrics, "producer", ready, ops_port):
         with bars:
             await service.run(stop)
-    finally:
-        if ops is not None:
-            ops.stop()
     console.print("producer stopped")

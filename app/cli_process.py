@@ -100,7 +100,7 @@ def process(
     import logging
 
     from inboxstream.core.gc_tuning import tune_for_streaming
-    from inboxstream.core.ops_server import serving_ops
+    from inboxstream.core.ops_server import ops_endpoints
     from inboxstream.processors.processor import ProcessorConfig, StreamProcessor
 
     settings = ctx.obj["settings"]()
@@ -133,22 +133,12 @@ def process(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        ops = await serving_ops(
-            "processor",
-            settings.metrics.host,
-            settings.metrics.processor_port if metrics_port is None else metrics_port,
-            processor.readiness,
-            settings.metrics.stall_after_s,
-        )
-        try:
+        async with ops_endpoints(settings.metrics, "processor", processor.readiness, metrics_port):
             await processor.start()
             try:
                 stats = await processor.run(stop, idle_exit_s=until_idle, until_end=until_caught_up)
             finally:
                 await processor.stop()
-        finally:
-            if ops is not None:
-                ops.stop()
         log.warning("processed %d records in %d batches", stats.records, stats.batches)
         sys.stderr.write(json.dumps({"records": stats.records, **stats.counts}) + "\n")
 

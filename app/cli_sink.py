@@ -47,7 +47,7 @@ def sink_run(
     `inboxstream query` read through its loopback query endpoint meanwhile.
     """
     from inboxstream.app.pipeline import open_clickhouse, run_sink
-    from inboxstream.core.ops_server import serving_ops
+    from inboxstream.core.ops_server import ops_endpoints
     from inboxstream.sinks.clickhouse import EmbeddedClickHouse
     from inboxstream.sinks.endpoint import QueryEndpoint
     from inboxstream.sinks.runner import BatchingSink
@@ -68,20 +68,14 @@ def sink_run(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         running: list[BatchingSink] = []
-        ops = await serving_ops(
-            "sink",
-            s.metrics.host,
-            s.metrics.sink_port if metrics_port is None else metrics_port,
-            lambda: running[0].readiness() if running else "starting: topics, schemas, consumer",
-            s.metrics.stall_after_s,
-        )
-        try:
+
+        def ready() -> str | None:
+            return running[0].readiness() if running else "starting: topics, schemas, consumer"
+
+        async with ops_endpoints(s.metrics, "sink", ready, metrics_port):
             result = await run_sink(
                 s, ch, stop=stop, until_caught_up=until_caught_up, on_start=running.append
             )
-        finally:
-            if ops is not None:
-                ops.stop()
         st = result.stats
         console.print(
             f"consumed {st.consumed}, inserted {st.inserted} "

@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Counter, Enum, Gauge, Histogram
 
-from inboxstream.core.settings import MetricsSettings
-
 log = logging.getLogger(__name__)
 
 #: Records per batch: a FETCH batch of the producer, a transaction of the processor, a flush
@@ -114,11 +112,3 @@ def forget_inbox(inbox_id: str) -> None:
             metric.remove(inbox_id)
         except KeyError:
             pass
-
-
-def port_for(settings: MetricsSettings, component: str) -> int:
-    return {
-        "producer": settings.producer_port,
-        "processor": settings.processor_port,
-        "sink": settings.sink_port,
-    }[component]

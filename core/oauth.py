@@ -70,9 +70,7 @@ class TokenSource:
     settings: OAuthSettings
     #: Called with a rotated refresh token, to store it back (encrypted) where it came from.
     on_rotate: Callable[[str], Awaitable[None]] | None = None
-    client: httpx.AsyncClient | None = None
     clock: Callable[[], float] = time.monotonic
-    refreshes: int = 0
     _refresh_token: str = field(init=False)
     _access: str | None = field(default=None, init=False)
     _expires_at: float = field(default=0.0, init=False)
@@ -119,18 +117,16 @@ class TokenSource:
         if self.settings.scope:
             data["scope"] = self.settings.scope
         where = _where(self.settings.token_url)
-        client = self.client or httpx.AsyncClient(timeout=TOKEN_TIMEOUT_S)
         try:
-            response = await client.post(
-                self.settings.token_url, data=data, headers={"Accept": "application/json"}
-            )
+            # A client per refresh: refreshes come once an hour per inbox, not per request.
+            async with httpx.AsyncClient(timeout=TOKEN_TIMEOUT_S) as client:
+                response = await client.post(
+                    self.settings.token_url, data=data, headers={"Accept": "application/json"}
+                )
         except httpx.HTTPError as exc:
             raise OAuthError(
                 f"token endpoint {where} could not be reached: {type(exc).__name__}"
             ) from None
-        finally:
-            if self.client is None:
-                await client.aclose()
         body = _json(response)
         if response.status_code >= 500:
             raise OAuthError(f"token endpoint {where} answered {response.status_code}")
@@ -158,7 +154,6 @@ class TokenSource:
             seconds = DEFAULT_LIFETIME_S
         self._access = access
         self._expires_at = self.clock() + max(seconds, 0.0)
-        self.refreshes += 1
         rotated = body.get("refresh_token")
         if isinstance(rotated, str) and rotated and rotated != self._refresh_token:
             self._retired.add(self._refresh_token)

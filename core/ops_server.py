@@ -18,13 +18,16 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
+
+from inboxstream.core.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,29 @@ class OpsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+@asynccontextmanager
+async def ops_endpoints(
+    metrics: MetricsSettings,
+    component: Literal["producer", "processor", "sink"],
+    ready: ReadyCheck,
+    port: int | None = None,
+) -> AsyncIterator[OpsServer | None]:
+    """The command's endpoints while the block runs: on ``port``, or the settings' port of
+    the component (``metrics.<component>_port``; 0 is off)."""
+    server = await serving_ops(
+        component,
+        metrics.host,
+        metrics.port_of(component) if port is None else port,
+        ready,
+        metrics.stall_after_s,
+    )
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
 
 
 async def serving_ops(

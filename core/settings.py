@@ -281,6 +281,10 @@ class MetricsSettings(_Frozen):
     # /healthz fails when the event loop has not run its heartbeat for this long (wedged).
     stall_after_s: float = Field(default=10.0, gt=0)
 
+    def port_of(self, component: Literal["producer", "processor", "sink"]) -> int:
+        port: int = getattr(self, f"{component}_port")
+        return port
+
 
 class Settings(BaseSettings):
     """Everything inboxstream reads at start."""

@@ -145,6 +145,10 @@ def _mail_root() -> Path:
     return _dir() / "mail"
 
 
+def _oauth2_conf() -> Path:
+    return _dir() / "oauth2.conf.ext"
+
+
 def _maildir(user: str) -> Path:
     """A user's Maildir (``mail_location``: LAYOUT=fs, so a folder is a directory by name)."""
     return _mail_root() / user / "Maildir"
@@ -374,7 +378,7 @@ def _render_config() -> str:
         "lmtp_port": str(ep.lmtp_port),
         "auth_socket_name": ep.auth_socket.name,
         "virtual_dir": str(_virtual_dir()),
-        "oauth2_conf": str(_dir() / "oauth2.conf.ext"),
+        "oauth2_conf": str(_oauth2_conf()),
     }
     text = _TEMPLATE.read_text()
     for key, value in values.items():
@@ -404,7 +408,7 @@ def _write_config() -> bool:
         path.chmod(0o755 if path.is_dir() else 0o644)
     # RFC 7662 introspection: Dovecot POSTs token=<access token> and wants {"active": true,
     # "username": <the login name>} back; no cache, so a revoked token fails at once.
-    (_dir() / "oauth2.conf.ext").write_text(
+    _oauth2_conf().write_text(
         "introspection_mode = post\n"
         f"introspection_url = {endpoints().oauth_introspection_url}\n"
         "force_introspection = yes\n"
@@ -412,7 +416,7 @@ def _write_config() -> bool:
         "active_attribute = active\n"
         "active_value = true\n"
     )
-    (_dir() / "oauth2.conf.ext").chmod(0o644)
+    _oauth2_conf().chmod(0o644)
     text = _render_config()
     conf = _conf_path()
     old = conf.read_text() if conf.exists() else None
@@ -649,11 +653,7 @@ def add_user(
     listed = [f for f in doveadm("mailbox", "list", "-u", name).splitlines() if f.strip()]
     missing = [f for f in listed if f.upper() != "INBOX" and not (_maildir(name) / f).exists()]
     if missing:
-        run(
-            ["doveadm", "-c", str(_conf_path()), "mailbox", "create", "-u", name, *missing],
-            timeout=120,
-            check=False,
-        )
+        doveadm("mailbox", "create", "-u", name, *missing, check=False)
     doveadm("mailbox", "status", "-u", name, "messages", "*")
 
 
@@ -674,7 +674,7 @@ def kick(name: str) -> None:
     """Close every session of the user (clients reconnect and log in again)."""
     _check_name(name)
     if _running_pid() is not None:
-        run(["doveadm", "-c", str(_conf_path()), "kick", name], check=False)
+        doveadm("kick", name, check=False)
 
 
 def deliver(user: str, raw: bytes, *, sender: str = "sender@example.com") -> None:
@@ -689,9 +689,9 @@ def deliver(user: str, raw: bytes, *, sender: str = "sender@example.com") -> Non
         ) from exc
 
 
-def doveadm(*args: str) -> str:
+def doveadm(*args: str, check: bool = True) -> str:
     """Run doveadm against our instance (our config, hence our base_dir and sockets)."""
-    return run(["doveadm", "-c", str(_conf_path()), *args], timeout=120).stdout
+    return run(["doveadm", "-c", str(_conf_path()), *args], timeout=120, check=check).stdout
 
 
 def who(user: str) -> int:
@@ -715,7 +715,7 @@ def fill_maildir(user: str, mails: Iterable[bytes], folder: str = "INBOX") -> in
     """
     _check_name(user)
     doveadm("mailbox", "status", "-u", user, "messages", folder)  # creates the Maildir
-    root = _mail_root() / user / "Maildir"
+    root = _maildir(user)
     cur = (root if folder.upper() == "INBOX" else root / folder) / "cur"
     if not cur.is_dir():
         raise InfraError(f"{user}: folder {folder!r} has no Maildir at {cur.parent}")

@@ -124,22 +124,17 @@ class WireIds:
     ourselves: records of a newer version of us, or of a foreign producer."""
 
     def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
         self._prefixes: dict[str, bytes] = {}
         self._by_id: dict[int, SchemaVersion] = {}
         self.fetch: Callable[[int], str] | None = None
 
     def learn(self, version: SchemaVersion, schema_id: int) -> None:
-        self._ids[version.fingerprint] = schema_id
         self._prefixes[version.fingerprint] = MAGIC + schema_id.to_bytes(4, "big")
         self._by_id[schema_id] = version
 
     def prefix(self, fp: str) -> bytes | None:
         """The 5 bytes that frame a value of this writer schema, or None (not registered)."""
         return self._prefixes.get(fp)
-
-    def id_of(self, fp: str) -> int | None:
-        return self._ids.get(fp)
 
     def writer(self, schema_id: int, reader: SchemaVersion) -> SchemaVersion:
         """The writer schema of an id, fetched from the registry the first time; a schema we
@@ -163,7 +158,7 @@ class WireIds:
 
     def snapshot(self) -> list[tuple[str, int]]:
         """(fingerprint, id) of every registered schema: for worker processes."""
-        return list(self._ids.items())
+        return [(fp, int.from_bytes(p[1:], "big")) for fp, p in self._prefixes.items()]
 
     def restore(self, items: list[tuple[str, int]]) -> None:
         registry = default_registry()
