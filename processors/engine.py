@@ -24,6 +24,7 @@ from typing import Literal, TypeAlias
 from inboxstream.core.contracts import HOUR_MS
 from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.assign import MessageEntry
+from inboxstream.processors.inputs import BodyHead, MessageIn
 from inboxstream.processors.matcher import Match, engagement_id, find_match
 from inboxstream.processors.records import (
     Body,
@@ -41,13 +42,7 @@ from inboxstream.processors.retention import (
     expired,
 )
 from inboxstream.processors.state import PartitionState, message_key
-from inboxstream.schemas.models import (
-    BodyEvent,
-    EngagementEvent,
-    MessageEvent,
-    OutboundEvent,
-    ThreadEvent,
-)
+from inboxstream.schemas.models import EngagementEvent, OutboundEvent, ThreadEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +87,13 @@ class Engine:
 
     # --- inputs -------------------------------------------------------------------------
 
-    def on_message(self, state: PartitionState, offset: int, ev: MessageEvent) -> list[Step]:
+    def on_message(self, state: PartitionState, offset: int, ev: MessageIn) -> list[Step]:
         """Thread a new message; hold it as a reply candidate, or match it to CRM mail."""
         if ev.event_type != "message.new":
             self.counts["messages_ignored_type"] += 1
             return []
         inbox = ev.inbox_id
-        observed = _ms(ev.observed_at) or 0
+        observed = ev.observed_ms
         state.advance(observed)
         if state.knows(inbox, ev.event_id):
             self.counts["messages_duplicate"] += 1
@@ -112,7 +107,7 @@ class Engine:
             references=cap_references(ev.references)[0],
             in_reply_to=list(ev.in_reply_to[:MAX_REFERENCES]),
             subject=clip_text(ev.subject)[0] if ev.subject else ev.subject,
-            date_ms=_ms(ev.date or ev.internal_date),
+            date_ms=ev.date_ms if ev.date_ms is not None else ev.internal_date_ms,
             observed_ms=observed,
         )
         events, changed = state.inbox(inbox).add(entry)
@@ -142,24 +137,26 @@ class Engine:
             ev.message_id, entry.in_reply_to, entry.references, state.crm.__contains__
         )
         state.put_pending(
-            key, Held(since_ms=observed, reply=Reply.of(ev, observed), match=match, body_at=body_at)
+            key, Held(since_ms=observed, reply=Reply.of(ev), match=match, body_at=body_at)
         )
         if match is not None and body_at is not None:
             self._engagement(state, key, None, out)
         return out
 
-    def on_body(self, state: PartitionState, offset: int, ev: BodyEvent) -> list[Step]:
-        """A body goes into an engagement, is held as an offset, or is dropped."""
+    def on_body(self, state: PartitionState, offset: int, ev: BodyHead) -> list[Step]:
+        """A body goes into an engagement, is held as an offset, or is dropped. The engine
+        never sees the body's text: an engagement reads it by offset (``BodyRead``), which
+        the driver finds among the records it has in hand before it goes to Kafka."""
         key = message_key(ev.inbox_id, ev.event_id)
         held = state.pending.get(key)
-        if expired(_ms(ev.observed_at) or 0, state.watermark_ms, BODY_TTL_MS):
+        if expired(ev.observed_ms, state.watermark_ms, BODY_TTL_MS):
             self.counts["bodies_too_old"] += 1
             return []
         if held is None:
             if not state.knows(ev.inbox_id, ev.event_id):
                 # Its message is not processed yet (two topics, no order between them): hold
                 # the body's offset, never the body, until the message comes.
-                since = _ms(ev.observed_at) or state.watermark_ms
+                since = ev.observed_ms or state.watermark_ms
                 state.put_pending(key, Held(since_ms=since, body_at=offset))
                 self.counts["bodies_before_message"] += 1
                 return []
@@ -169,13 +166,12 @@ class Engine:
             return []
         if held.reply is None:
             return []  # a second copy of an early body
+        # Keep only where the body is (the inbox.bodies offset), never the body itself; a
+        # matched reply reads it back now, a later match from the topic.
+        state.put_pending(key, held.with_(body_at=offset))
         out: list[Step] = []
         if held.match is not None:
-            self._engagement(state, key, Body.of(ev), out)
-        else:
-            # Not known to be a CRM thread yet: keep only where the body is (the inbox.bodies
-            # offset), never the body itself; a later match reads it back from the topic.
-            state.put_pending(key, held.with_(body_at=offset))
+            self._engagement(state, key, None, out)
         return out
 
     def on_crm(self, state: PartitionState, ev: OutboundEvent) -> list[Step]:

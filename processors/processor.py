@@ -73,6 +73,14 @@ from inboxstream.core.metrics import (
 from inboxstream.core.settings import Settings
 from inboxstream.processors.engine import BodyRead, Emit, Engine, Step
 from inboxstream.processors.exceptions import TopologyError
+from inboxstream.processors.inputs import (
+    BODY_FIELDS,
+    BODY_HEAD_FIELDS,
+    MESSAGE_FIELDS,
+    BodyHead,
+    MessageIn,
+    body_of_record,
+)
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.records import Body
 from inboxstream.processors.state import PartitionState, restore
@@ -538,13 +546,18 @@ class StreamProcessor:
         try:
             steps: list[Step] = []
             if topic == self.topics.messages:
-                message = serde_for(MessageEvent).decode(rec.value, rec.headers)
+                fields = serde_for(MessageEvent).decode_fields(
+                    rec.value, rec.headers, MESSAGE_FIELDS
+                )
                 stage = "process"
-                steps = self.engine.on_message(state, rec.offset, message)
+                steps = self.engine.on_message(state, rec.offset, MessageIn.of_record(fields))
             elif topic == self.topics.bodies:
-                body = serde_for(BodyEvent).decode(rec.value, rec.headers)
+                head = BODY_HEAD_FIELDS
+                fields = serde_for(BodyEvent).decode_fields(rec.value, rec.headers, head)
                 stage = "process"
-                steps = self.engine.on_body(state, rec.offset, body)
+                steps = self.engine.on_body(state, rec.offset, BodyHead.of_record(fields))
+                if steps:  # its engagement reads it: from here, not from the topic
+                    txn.bodies[rec.offset] = rec
             elif topic == self.topics.crm_outbound:
                 outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
                 stage = "repartition"
@@ -589,7 +602,13 @@ class StreamProcessor:
         reads = [step for step in txn.outputs if isinstance(step, BodyRead)]
         if not reads:
             return
-        bodies = await self._fetch_bodies(txn.state.partition, [r.offset for r in reads])
+        at_hand = txn.bodies
+        bodies = {
+            r.offset: self._decode_body(at_hand[r.offset]) for r in reads if r.offset in at_hand
+        }
+        missing = [r.offset for r in reads if r.offset not in bodies]
+        if missing:
+            bodies.update(await self._fetch_bodies(txn.state.partition, missing))
         txn.outputs = [
             self.engine.finish(txn.state, step, bodies.get(step.offset))
             if isinstance(step, BodyRead)
@@ -648,7 +667,9 @@ class StreamProcessor:
     @staticmethod
     def _decode_body(rec: Record) -> Body | None:
         try:
-            return Body.of(serde_for(BodyEvent).decode(rec.value, rec.headers))
+            return body_of_record(
+                serde_for(BodyEvent).decode_fields(rec.value, rec.headers, BODY_FIELDS)
+            )
         except Exception as exc:  # unreadable: log the engagement without a body
             log.warning("body at %s@%d unreadable: %s", rec.topic, rec.offset, exc)
             return None
@@ -663,6 +684,8 @@ class _Txn:
     state: PartitionState
     partitions: dict[tuple[str, bytes | None], int]  # the key -> partition cache, shared
     outputs: list[Step] = field(default_factory=list)
+    # inbox.bodies records of this share that an engagement reads (by offset)
+    bodies: dict[int, Record] = field(default_factory=dict)
     sender: BatchSender = field(init=False)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.matcher import Match, MatchedBy, engagement_id, lifecycle_event_id
@@ -18,9 +18,11 @@ from inboxstream.schemas.models import (
     AttachmentRef,
     BodyEvent,
     EngagementEvent,
-    MessageEvent,
     OutboundEvent,
 )
+
+if TYPE_CHECKING:
+    from inboxstream.processors.inputs import MessageIn
 
 Json = dict[str, Any]
 
@@ -79,7 +81,7 @@ class Reply:
     observed_ms: int
 
     @classmethod
-    def of(cls, ev: MessageEvent, observed_ms: int) -> Reply:
+    def of(cls, ev: MessageIn) -> Reply:
         return cls(
             inbox_id=ev.inbox_id,
             event_id=ev.event_id,
@@ -87,9 +89,9 @@ class Reply:
             in_reply_to=tuple(ev.in_reply_to[:MAX_REFERENCES]),
             references=tuple(cap_references(ev.references)[0]),
             subject=clip_text(ev.subject)[0] if ev.subject else ev.subject,
-            from_email=ev.from_.email if ev.from_ else None,
-            from_name=ev.from_.name if ev.from_ else None,
-            observed_ms=observed_ms,
+            from_email=ev.from_email,
+            from_name=ev.from_name,
+            observed_ms=ev.observed_ms,
         )
 
     def to_json(self) -> Json:

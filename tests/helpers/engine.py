@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inboxstream.processors.engine import BodyRead, Emit, Engine, Step
+from inboxstream.processors.inputs import BodyHead, MessageIn
 from inboxstream.processors.records import Body
 from inboxstream.processors.state import PartitionState
 from inboxstream.schemas.models import BodyEvent, EngagementEvent, MessageEvent, OutboundEvent
@@ -31,25 +32,27 @@ class Harness:
 
     def feed(self, event: object) -> list[Emit]:
         steps: list[Step]
+        at_hand = None  # the body fed now: the driver finishes its engagement from the batch
         if isinstance(event, MessageEvent):
-            steps = self.engine.on_message(self.state, self._offset("messages"), event)
+            offset = self._offset("messages")
+            steps = self.engine.on_message(self.state, offset, MessageIn.of(event))
         elif isinstance(event, BodyEvent):
-            offset = self._offset("bodies")
+            at_hand = offset = self._offset("bodies")
             self.bodies[offset] = Body.of(event)
-            steps = self.engine.on_body(self.state, offset, event)
+            steps = self.engine.on_body(self.state, offset, BodyHead.of(event))
         elif isinstance(event, OutboundEvent):
             steps = self.engine.on_crm(self.state, event)
         elif isinstance(event, EngagementEvent):
             steps = self.engine.on_delete(self.state, event)
         else:
             raise TypeError(event)
-        return self._take(steps + self.engine.sweep(self.state))
+        return self._take(steps + self.engine.sweep(self.state), at_hand)
 
-    def _take(self, steps: list[Step]) -> list[Emit]:
+    def _take(self, steps: list[Step], at_hand: int | None = None) -> list[Emit]:
         emitted = []
         for step in steps:
             if isinstance(step, BodyRead):
-                self.reads += 1
+                self.reads += step.offset != at_hand  # read back from the topic
                 step = self.engine.finish(self.state, step, self.bodies.get(step.offset))
             emitted.append(step)
         self.out += emitted
