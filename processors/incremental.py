@@ -242,16 +242,17 @@ class InboxThreads:
                 self._refresh(node)
                 if node.holder is not None:
                     groups.setdefault(self._key(node), []).append(node)
-        holders: dict[str, list[_Group]] = {}
+        holders: dict[str | None, list[_Group]] = {}
         for roots in groups.values():
             members = [e for r in roots for e in _members(r)]
             group = self._group_of(roots, members)
             tids = {e.thread_id for e in members}
-            group.tid = tids.pop() if len(tids) == 1 else None
-            if group.tid is not None:
-                holders.setdefault(group.tid, []).append(group)
-        for shared in holders.values():
-            if len(shared) > 1:  # one id on two threads: settled by the next message
+            group.tid = next(iter(tids)) if len(tids) == 1 else None
+            for tid in tids:  # mixed groups count too: their members still carry the id
+                holders.setdefault(tid, []).append(group)
+        for tid, shared in holders.items():
+            if tid is not None and len(shared) > 1:
+                # one id on two threads (one may be mixed): settled by the next message
                 for group in shared:
                     group.tid = None
         self._stale = False

@@ -197,3 +197,29 @@ def test_one_long_thread_never_takes_the_member_by_member_path() -> None:
         assert len(events) == 1 and len(changed) == 1
     assert index.reassigned == 0
     assert len(index.threads()) == 1
+
+
+def test_an_id_a_mixed_thread_still_carries_is_not_handed_to_another() -> None:
+    """Expiry moves a message carrying id A into a thread with another id (mixed, unsettled);
+    the thread left with id A must not count as settled: a reply joining it would give A to a
+    second conversation (found by hypothesis)."""
+
+    def entry(n: int, refs: list[str] = [], reply: list[str] = []) -> MessageEntry:  # noqa: B006
+        return MessageEntry(3 * n, f"ev{n}", f"m{n}@t", refs, reply, None, None, 10_000 + n)
+
+    first = [
+        entry(0),
+        entry(1, reply=["m2@t"]),
+        entry(2, refs=["m1@t", "m13@t"]),
+        entry(3, reply=["m0@t"]),
+        entry(12, reply=["m0@t"]),
+        entry(13, reply=["m3@t"]),  # takes m13 out of m2's thread into m0's (RFC 5256 (1)(C))
+    ]
+    index = InboxThreads("inbox")
+    for e in first:
+        index.add(e)
+    for gone in ("ev0", "ev1", "ev3"):
+        index.remove(gone)
+    index.add(late := entry(15, reply=["m0@t"]))
+    holders = [e.event_id for e in index.entries.values() if e.thread_id == late.thread_id]
+    assert sorted(holders) == ["ev12", "ev15"]
