@@ -210,8 +210,11 @@ class Engine:
         """Event-time retention for one partition (see ``processors.retention``)."""
         wm = state.watermark_ms
         out: list[Step] = []
-        for key, held in sorted(state.pending.items()):
-            if not expired(held.since_ms, wm, REPLY_HOLD_MS):
+        # Only what the due heaps name (the rest cannot have expired), in key order as a scan
+        # of the whole store would meet it: the same outputs, in the same order.
+        for key in state.pending_due_now():
+            held = state.pending.get(key)
+            if held is None or not expired(held.since_ms, wm, REPLY_HOLD_MS):
                 continue
             if held.match is not None:
                 # matched but its body never came: log the engagement without a body
@@ -219,7 +222,10 @@ class Engine:
             else:
                 state.put_pending(key, None)
                 self.counts["pending_expired"] += 1
-        for eng_id, record in sorted(state.engagements.items()):
+        for eng_id in state.engagements_due_now():
+            record = state.engagements.get(eng_id)
+            if record is None:
+                continue
             if record.deleted_ms is not None and expired(record.deleted_ms, wm, DELETED_PURGE_MS):
                 state.put_engagement(eng_id, None)
             elif not record.body_expired and expired(record.created_ms, wm, BODY_TTL_MS):

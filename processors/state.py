@@ -19,6 +19,7 @@ Stores:
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 from collections.abc import Iterable
@@ -35,6 +36,7 @@ from inboxstream.processors.exceptions import StateRestoreError
 from inboxstream.processors.incremental import InboxThreads
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.records import CrmRecord, EngagementRecord, Held
+from inboxstream.processors.retention import BODY_TTL_MS, DELETED_PURGE_MS, REPLY_HOLD_MS
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,11 @@ class PartitionState:
     # reference which Message-ID (so a CRM record finds its replies without a scan).
     swept_bucket: int = -1
     pending_refs: dict[str, set[str]] = field(default_factory=dict)
+    # In memory only: when each held reply and each engagement is next due for the sweep, as
+    # heaps of (due ms, key), so a sweep touches what is due, not the whole store. An entry
+    # whose record changed since is stale; the sweep checks the record itself and skips it.
+    pending_due: list[tuple[int, str]] = field(default_factory=list)
+    engagements_due: list[tuple[int, str]] = field(default_factory=list)
     changes: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
 
     # --- threads ------------------------------------------------------------------------
@@ -123,11 +130,33 @@ class PartitionState:
         self.changes[("pending", key)] = _encode(held.to_json() if held else None)
 
     def put_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
+        self._set_engagement(eng_id, record)
+        self.changes[("engagements", eng_id)] = _encode(record.to_json() if record else None)
+
+    def _set_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
         if record is None:
             self.engagements.pop(eng_id, None)
-        else:
-            self.engagements[eng_id] = record
-        self.changes[("engagements", eng_id)] = _encode(record.to_json() if record else None)
+            return
+        self.engagements[eng_id] = record
+        if record.deleted_ms is not None:
+            heapq.heappush(self.engagements_due, (record.deleted_ms + DELETED_PURGE_MS, eng_id))
+        if not record.body_expired:  # a deleted engagement's body still expires before purge
+            heapq.heappush(self.engagements_due, (record.created_ms + BODY_TTL_MS, eng_id))
+
+    @staticmethod
+    def _take_due(heap: list[tuple[int, str]], watermark_ms: int) -> list[str]:
+        keys: set[str] = set()
+        while heap and heap[0][0] <= watermark_ms:
+            keys.add(heapq.heappop(heap)[1])
+        return sorted(keys)
+
+    def pending_due_now(self) -> list[str]:
+        """Keys of held replies that may have expired by the watermark, in key order."""
+        return self._take_due(self.pending_due, self.watermark_ms)
+
+    def engagements_due_now(self) -> list[str]:
+        """Ids of engagements whose body may have expired or whose purge may be due."""
+        return self._take_due(self.engagements_due, self.watermark_ms)
 
     def _set_pending(self, key: str, held: Held | None) -> None:
         """Write one pending entry in memory, keeping the Message-ID index in step."""
@@ -147,6 +176,8 @@ class PartitionState:
             self.pending.pop(key, None)
         else:
             self.pending[key] = held
+            if old is None or old.since_ms != held.since_ms:
+                heapq.heappush(self.pending_due, (held.since_ms + REPLY_HOLD_MS, key))
 
     def pending_mentioning(self, message_id: str) -> list[str]:
         """Keys of held replies that reference ``message_id``, in key order."""
@@ -182,10 +213,7 @@ class PartitionState:
         elif store == "pending":
             self._set_pending(key, Held.from_json(data) if data is not None else None)
         elif store == "engagements":
-            if data is None:
-                self.engagements.pop(key, None)
-            else:
-                self.engagements[key] = EngagementRecord.from_json(data)
+            self._set_engagement(key, EngagementRecord.from_json(data) if data else None)
 
 
 async def restore(
