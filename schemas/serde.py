@@ -367,8 +367,12 @@ def serde_for(model: type[E]) -> AvroSerde[E]:
 
 
 #: cavro's options for every codec: records decode to dicts (fastavro's shape, what the models
-#: and sinks take); everything else is cavro's strict default.
-_CAVRO_OPTIONS = cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True)
+#: and sinks take); timestamps encoded by integer arithmetic on the timedelta from the epoch
+#: (cavro's default goes through ``timestamp() * 1000`` in floating point and writes 205 for
+#: 2038-02-01 00:00:00.206: hypothesis found it); everything else is cavro's strict default.
+_CAVRO_OPTIONS = cavro.DEFAULT_OPTIONS.replace(
+    record_decodes_to_dict=True, alternate_timestamp_millis_encoding=True
+)
 _CODECS: dict[tuple[str, bool], cavro.Schema] = {}
 _DECODERS: dict[tuple[str, str, tuple[str, ...] | None], Any] = {}
 

@@ -25,7 +25,7 @@ from inboxstream.processors.records import Body
 from inboxstream.schemas.exceptions import DecodeError
 from inboxstream.schemas.models import Address, BodyEvent, Event, MessageEvent
 from inboxstream.schemas.serde import AvroSerde, serde_for
-from tests.unit.schemas.test_serde import SAMPLES, sample_message
+from tests.helpers.samples import SAMPLES, sample_message
 
 
 def _fastavro_bytes(serde: AvroSerde[Any], event: Event) -> bytes:
@@ -41,6 +41,23 @@ def test_cavro_writes_fastavros_bytes_and_reads_them_back(event: Event) -> None:
     assert ours == _fastavro_bytes(serde, event)
     expected = fastavro.schemaless_reader(io.BytesIO(ours), serde.writer.parsed, None)
     assert serde.decode_record(ours, serde.headers()) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stamp=st.datetimes(
+        min_value=datetime(1970, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)
+    )
+)
+def test_timestamps_are_written_to_the_millisecond(stamp: datetime) -> None:
+    # 2038-02-01 00:00:00.206 went through a float and came back as .205 with cavro's default
+    for at in (stamp, datetime(2038, 2, 1, 0, 0, 0, 206000, tzinfo=UTC)):
+        event = sample_message(date=at, internal_date=at, observed_at=at)
+        serde = serde_for(MessageEvent)
+        value = serde.encode(event)
+        assert value == _fastavro_bytes(serde, event)
+        back = serde.decode(value, serde.headers())
+        assert back.date == back.observed_at == event.observed_at
 
 
 texts = st.text(max_size=60)
