@@ -33,9 +33,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -175,6 +177,32 @@ async def watch(
         await admin.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process and its living children (the producer's parse
+    workers and their forkserver)."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in tree:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def box_busy_seconds(before: Sequence[float], after: Sequence[float]) -> float:
+    """CPU seconds the whole box spent busy (not idle or waiting on I/O) between two samples
+    of ``psutil.cpu_times()``."""
+    fields = psutil.cpu_times()._fields
+    delta = {f: a - b for f, a, b in zip(fields, after, before, strict=True)}
+    return sum(v for f, v in delta.items() if f not in ("idle", "iowait", "guest", "guest_nice"))
+
+
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -207,6 +235,7 @@ async def main(n: int) -> None:
     env = stage_env(settings)
     logs = {name: workdir / f"{name}.log" for name in ("producer", "processor", "sink")}
     try:
+        box_before = tuple(psutil.cpu_times())
         t0 = time.perf_counter()
         procs = [
             start(["sink", "run"], env, logs["sink"]),
@@ -215,6 +244,13 @@ async def main(n: int) -> None:
         ]
         try:
             progress = await watch(settings, n, t0, procs, timeout=max(300.0, n / 200))
+            # CPU per message: each stage's own (with its children) and the box's, of which
+            # the rest is Kafka, the registry, Dovecot and this watcher.
+            box_cpu = box_busy_seconds(box_before, tuple(psutil.cpu_times()))
+            stage_cpu = {
+                name: cpu_seconds(proc.pid)
+                for name, proc in zip(("sink", "processor", "producer"), procs, strict=True)
+            }
         finally:
             stop(procs)
         elapsed = progress.threads_done_at or 0.0
@@ -242,6 +278,14 @@ async def main(n: int) -> None:
             f"({stage.first_at or 0:5.1f} s → {stage.done_at or 0:5.1f} s)"
         )
     rate = n / elapsed
+    cpu_us = {name: round(sec / n * 1e6) for name, sec in stage_cpu.items()}
+    others = box_cpu - sum(stage_cpu.values())
+    print(
+        "CPU per message: "
+        + ", ".join(f"{name} {us} µs" for name, us in cpu_us.items())
+        + f", the rest of the box {others / n * 1e6:.0f} µs; the box was busy "
+        f"{box_cpu / (psutil.cpu_count() * elapsed):.0%} of {psutil.cpu_count()} cores"
+    )
     print(
         f"end to end: {rate:,.0f} msg/s ({elapsed:.1f} s from start to the last row); "
         f"slowest stage: {slowest.name}; target >= 3,000 msg/s"
@@ -253,6 +297,7 @@ async def main(n: int) -> None:
                 "end_to_end_msg_s": round(rate),
                 "slowest_stage": slowest.name,
                 **{f"{s.name}_msg_s": round(s.rate()) for s in stages},
+                **{f"{name}_cpu_us_per_msg": us for name, us in cpu_us.items()},
             }
         )
     )

@@ -17,6 +17,8 @@ def utc_millis(value: datetime) -> datetime:
 
     A naive datetime is taken as UTC (mail servers and parsers hand us both kinds).
     """
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # already normal: what the processor builds from epoch ms, every event
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)

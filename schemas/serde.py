@@ -30,12 +30,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 
 import cavro
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from inboxstream.schemas.exceptions import DecodeError, EncodeError, UnknownSchemaError
 from inboxstream.schemas.models import Event
@@ -208,9 +208,13 @@ class AvroSerde(Generic[E]):
             (HEADER_FINGERPRINT, self.writer.fingerprint.encode()),
         ]
         self._headers_by_type: dict[tuple[str | None, bool], list[tuple[str, bytes]]] = {}
+        self._flat = _is_flat(model)
 
     def encode(self, event: E) -> bytes:
-        return self.encode_record(event.model_dump(by_alias=True))
+        # A flat model's attributes are already its Avro record (the processor's thread
+        # events): model_dump would copy them field by field for nothing.
+        record = event.__dict__ if self._flat else event.model_dump(by_alias=True)
+        return self.encode_record(record)
 
     def encode_record(self, record: Mapping[str, Any]) -> bytes:
         buf = io.BytesIO()
@@ -364,6 +368,18 @@ class AvroSerde(Generic[E]):
 def serde_for(model: type[E]) -> AvroSerde[E]:
     """The process-wide serde of one event type (schemas parsed once)."""
     return AvroSerde(model)
+
+
+def _is_flat(model: type[BaseModel]) -> bool:
+    """Whether a model's ``__dict__`` is its ``model_dump(by_alias=True)``: no field renamed
+    by an alias, no nested model anywhere in a field's type."""
+
+    def nested(annotation: Any) -> bool:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return True
+        return any(nested(arg) for arg in get_args(annotation))
+
+    return all(f.alias is None and not nested(f.annotation) for f in model.model_fields.values())
 
 
 #: cavro's options for every codec: records decode to dicts (fastavro's shape, what the models

@@ -23,8 +23,8 @@ from inboxstream.processors.inputs import (
 )
 from inboxstream.processors.records import Body
 from inboxstream.schemas.exceptions import DecodeError
-from inboxstream.schemas.models import Address, BodyEvent, Event, MessageEvent
-from inboxstream.schemas.serde import AvroSerde, serde_for
+from inboxstream.schemas.models import Address, BodyEvent, EngagementEvent, Event, MessageEvent
+from inboxstream.schemas.serde import AvroSerde, _is_flat, serde_for
 from tests.helpers.samples import SAMPLES, sample_message
 
 
@@ -142,3 +142,11 @@ def test_projection_of_corrupt_bytes_is_a_decode_error() -> None:
     value = serde.encode(sample_message())
     with pytest.raises(DecodeError):
         serde.decode_fields(value[:40], serde.headers(), MESSAGE_FIELDS)
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_a_flat_models_attributes_are_its_record(event: Event) -> None:
+    # serde.encode writes a flat model's __dict__ instead of dumping it: the same record
+    if _is_flat(type(event)):
+        assert event.__dict__ == event.model_dump(by_alias=True)
+    assert _is_flat(type(event)) != isinstance(event, MessageEvent | BodyEvent | EngagementEvent)
