@@ -99,6 +99,8 @@ class BatchingSink:
     group: str = "inboxstream-sink"
     #: Why the last insert into ClickHouse failed, until one succeeds (for ``/readyz``).
     insert_error: str | None = None
+    #: The offsets this sink last committed, per partition.
+    _committed: dict[TopicPartition, int] = field(default_factory=dict)
 
     def readiness(self) -> str | None:
         """None while the sink takes records into ClickHouse; else why not."""
@@ -138,10 +140,23 @@ class BatchingSink:
             mapped = await self._map(sink, record)
             if mapped:
                 rows.setdefault(sink.table, []).extend(mapped)
-        # position() is past the last record handed out and past any transaction markers
-        # behind it, so a transactional input topic can be committed to its very end.
-        offsets = {tp: await self.consumer.position(tp) for tp in batches}
-        return _Batch(rows, offsets, len(records), avro)
+        return _Batch(rows, await self._moved_positions(), len(records), avro)
+
+    async def _moved_positions(self) -> dict[TopicPartition, int]:
+        """Every assigned partition whose position moved past this sink's last commit.
+
+        position() is past the last record handed out and past any transaction markers behind
+        it. A partition with no record in this batch can still have moved: a fetch that held
+        only the commit marker that ends it (the fetch before stopped at a size limit). Its
+        position is committed too, so a transactional topic is committed to its very end and
+        the group's lag reads 0, not 1 per partition forever (lag alerts, "caught up?" checks).
+        """
+        moved = {}
+        for tp in self.consumer.assignment():
+            position = await self.consumer.position(tp)
+            if position > self._committed.get(tp, -1):
+                moved[tp] = position
+        return moved
 
     async def _map(
         self, sink: TableSink[Any], record: ConsumerRecord[bytes, bytes]
@@ -163,6 +178,7 @@ class BatchingSink:
         for table, table_rows in batch.rows.items():
             await self._insert(table, table_rows)
         await self.consumer.commit(batch.offsets)
+        self._committed.update(batch.offsets)
         self.stats.consumed += batch.records
         self.stats.batches += 1
         BATCH_RECORDS.labels("sink").observe(batch.records)
@@ -266,7 +282,9 @@ class BatchingSink:
                 if batch is not None:
                     last = time.monotonic()
                     inflight = asyncio.create_task(self._flush(batch))
-                elif idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
+                    continue
+                await self._commit_markers()
+                if idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
                     return
         except BaseException:
             if inflight is not None:
@@ -276,6 +294,14 @@ class BatchingSink:
         finally:
             if inflight is not None:  # stopped: finish what was already consumed
                 await inflight
+
+    async def _commit_markers(self) -> None:
+        """Nothing handed out and nothing in flight: positions that moved can only have moved
+        over transaction markers; commit them (see ``_moved_positions``)."""
+        moved = await self._moved_positions()
+        if moved:
+            await self.consumer.commit(moved)
+            self._committed.update(moved)
 
     async def wait_caught_up(self, timeout: float = 60.0) -> None:
         """Consume until committed offsets reach the end of every assigned partition."""

@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
 
 from inboxstream.app.pipeline import open_clickhouse, run_sink
-from inboxstream.core.kafka import DLQ_PREFIX, make_consumer, make_producer
+from inboxstream.core.kafka import (
+    DLQ_PREFIX,
+    client_options,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from inboxstream.core.settings import Settings
 from inboxstream.schemas.models import ThreadEvent
 from inboxstream.schemas.serde import serde_for
 from inboxstream.sinks.clickhouse import ClickHouse
-from inboxstream.sinks.runner import SinkStats
+from inboxstream.sinks.runner import BatchingSink, SinkStats
+from inboxstream.sinks.tables import table_sinks
 from tests.helpers import events as ev
 
 
@@ -142,3 +151,67 @@ async def test_clickhouse_outage_is_waited_out_without_loss_or_duplicates(
     assert ch.query(
         f"SELECT count() AS n, uniqExact(event_id) AS distinct_ids FROM {table} FINAL"
     ) == [{"n": n, "distinct_ids": n}]
+
+
+async def test_a_running_sink_commits_past_the_commit_marker_that_ends_a_partition(
+    settings: Settings, unique: str
+) -> None:
+    """When the fetch that ends a partition stops at a size limit, the transaction's commit
+    marker comes alone in the next fetch, which hands out no record. A running sink still
+    commits the partition to its end (lag 0), or a lag alert fires forever and a "caught up?"
+    check never says yes."""
+    inbox = f"box-{unique}@example.test"
+    topic = settings.topics.threads.name
+    await ensure_topics(settings.kafka, settings.topics)
+    serde = serde_for(ThreadEvent)
+    txn = AIOKafkaProducer(
+        **client_options(settings.kafka), transactional_id=f"marker-{unique}", acks="all"
+    )
+    await txn.start()
+    try:
+        async with txn.transaction():
+            for u in range(1, 26):  # one partition, one record per batch, then the marker
+                event = ev.assigned(inbox, u, "T1", ev.ago(days=1))
+                await txn.send_and_wait(topic, serde.encode(event), key=b"k", partition=0)
+    finally:
+        await txn.stop()
+    # fetches of one record batch each (the broker always returns at least one whole batch)
+    consumer = make_consumer(
+        settings.kafka, topic, group_id=f"sink-{unique}", max_partition_fetch_bytes=64
+    )
+    dlq = make_producer(settings.kafka)
+    probe = make_consumer(settings.kafka, group_id=None)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    for client in (consumer, dlq, probe, admin):
+        await client.start()
+    sink = BatchingSink(
+        consumer=consumer,
+        dlq_producer=dlq,
+        dlq_topic=settings.topics.dead_letter.name,
+        clickhouse=open_clickhouse(settings),
+        tables={topic: table_sinks(settings.topics)[topic]},
+        batch_size=10,
+        batch_timeout_s=0.2,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    tp = TopicPartition(topic, 0)
+    committed = -1
+    try:
+        end = (await probe.end_offsets([tp]))[tp]
+        assert end == 26  # 25 records and the commit marker
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline and not task.done():
+            offsets = await admin.list_consumer_group_offsets(f"sink-{unique}")
+            committed = offsets[tp].offset if tp in offsets else -1
+            if committed == end:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        for client in (consumer, dlq, probe):
+            await client.stop()
+        await admin.close()
+    assert sink.stats.inserted_by_table == {"threads": 25}
+    assert committed == end
