@@ -106,7 +106,7 @@ def stage_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INBOXSTREAM_")}
     for section in ("kafka", "topics", "producer", "clickhouse", "sink", "metrics"):
         env[f"INBOXSTREAM_{section.upper()}"] = getattr(settings, section).model_dump_json()
-    env["INBOXSTREAM_LOG_LEVEL"] = "WARNING"
+    env["INBOXSTREAM_LOG_LEVEL"] = os.environ.get("BENCH_LOG_LEVEL", "WARNING")
     return env
 
 

@@ -194,11 +194,34 @@ async def read_to_end(
     The one "read everything there is" loop of the project: state restore, checkpoints,
     status, tools and tests. Stopping at offsets, not after a quiet spell, is what makes it
     both complete and prompt. No progress for ``stall_s`` raises ``ReadStalledError``.
+
+    A caller that reads again and again (the checkpoint store) keeps ``tps`` paused between
+    reads and gets them back paused; other callers get them back fetching. Paused, no
+    long-poll fetch is waiting on the broker connection, and Kafka answers one request per
+    connection at a time: the ListOffsets that starts a read would otherwise wait out a
+    fetch's max wait (500 ms) first.
     """
     if not tps:
         return
-    end = await consumer.end_offsets(list(tps))
-    remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+    was_paused = consumer.paused()
+    consumer.pause(*tps)
+    try:
+        end = await consumer.end_offsets(list(tps))
+        remaining = {tp for tp in tps if await consumer.position(tp) < end[tp]}
+        consumer.resume(*remaining)
+        async for batch in _read_until(consumer, remaining, end, max_records, stall_s):
+            yield batch
+    finally:
+        consumer.resume(*(tp for tp in tps if tp not in was_paused))
+
+
+async def _read_until(
+    consumer: AIOKafkaConsumer,
+    remaining: set[TopicPartition],
+    end: dict[TopicPartition, int],
+    max_records: int,
+    stall_s: float,
+) -> AsyncIterator[list[Record]]:
     progress_at = time.monotonic()
     while remaining:
         batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=max_records)

@@ -232,6 +232,7 @@ async def restore(
     await consumer.start()
     try:
         consumer.assign(tps)
+        consumer.pause(*tps)  # no fetch ahead of read_to_end's ListOffsets (see there)
         await consumer.seek_to_beginning(*tps)
         try:
             async for records in read_to_end(consumer, tps):

@@ -39,11 +39,14 @@ def default_owner() -> str:
 
 
 async def assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Assign every partition of ``topic`` (no group), fetching metadata if not known yet."""
+    """Assign every partition of ``topic`` (no group), fetching metadata if not known yet.
+    They come paused, for ``read_to_end``: no fetch waits on the connection ahead of the
+    ListOffsets that starts each read (Kafka answers one request per connection at a time)."""
     tps = await partitions_of(consumer, topic)
     if not tps:
         raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
     consumer.assign(tps)
+    consumer.pause(*tps)
     return tps
 
 
@@ -88,7 +91,7 @@ class CheckpointStore:
         )
         await consumer.start()
         try:
-            tps = await assign_all(consumer, self.topic)
+            tps = await assign_all(consumer, self.topic)  # paused between refreshes
             await consumer.seek_to_beginning(*tps)
         except BaseException:
             await consumer.stop()
