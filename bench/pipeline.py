@@ -195,12 +195,14 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def box_busy_seconds(before: Sequence[float], after: Sequence[float]) -> float:
+def box_busy_seconds(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
     """CPU seconds the whole box spent busy (not idle or waiting on I/O) between two samples
-    of ``psutil.cpu_times()``."""
+    of ``psutil.cpu_times()``, and of those, how many the hypervisor took (steal: a noisy
+    neighbour, the run-to-run spread of these figures on a shared VM)."""
     fields = psutil.cpu_times()._fields
     delta = {f: a - b for f, a, b in zip(fields, after, before, strict=True)}
-    return sum(v for f, v in delta.items() if f not in ("idle", "iowait", "guest", "guest_nice"))
+    busy = sum(v for f, v in delta.items() if f not in ("idle", "iowait", "guest", "guest_nice"))
+    return busy, delta.get("steal", 0.0)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -246,7 +248,7 @@ async def main(n: int) -> None:
             progress = await watch(settings, n, t0, procs, timeout=max(300.0, n / 200))
             # CPU per message: each stage's own (with its children) and the box's, of which
             # the rest is Kafka, the registry, Dovecot and this watcher.
-            box_cpu = box_busy_seconds(box_before, tuple(psutil.cpu_times()))
+            box_cpu, stolen = box_busy_seconds(box_before, tuple(psutil.cpu_times()))
             stage_cpu = {
                 name: cpu_seconds(proc.pid)
                 for name, proc in zip(("sink", "processor", "producer"), procs, strict=True)
@@ -284,7 +286,8 @@ async def main(n: int) -> None:
         "CPU per message: "
         + ", ".join(f"{name} {us} µs" for name, us in cpu_us.items())
         + f", the rest of the box {others / n * 1e6:.0f} µs; the box was busy "
-        f"{box_cpu / (psutil.cpu_count() * elapsed):.0%} of {psutil.cpu_count()} cores"
+        f"{box_cpu / (psutil.cpu_count() * elapsed):.0%} of {psutil.cpu_count()} cores "
+        f"(stolen by the hypervisor: {stolen / (psutil.cpu_count() * elapsed):.0%})"
     )
     print(
         f"end to end: {rate:,.0f} msg/s ({elapsed:.1f} s from start to the last row); "
