@@ -16,7 +16,8 @@ Run: ``.venv/bin/python -m bench.backfill [N] [BATCH] [WORKERS,...]`` (default 2
 batch BACKFILL_BATCH, parse workers 0 (inline) and 2; one backfill run per worker count). The
 last line is one JSON object with the figures of the last worker count (the default setting,
 2, comes last): messages, imaplib_msg_s, ours_msg_s, ratio, peak_rss_mb_total (this process's
-peak plus the parse pool's, forkserver included).
+peak plus the parse pool's, forkserver included) and peak_pss_mb_total (the same processes in
+PSS: the pages the forked workers share with the forkserver counted once, not in each).
 """
 
 from __future__ import annotations
@@ -58,25 +59,50 @@ class PeakRss:
         self.proc = psutil.Process()
         self.peak = self.proc.memory_info().rss
         self.children_peak = 0
+        self.pss_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
 
-    def _children_rss(self) -> int:
+    def _pool_processes(self) -> list[psutil.Process]:
         """The parse pool's processes only (the forkserver and the workers it forked): the
         services this benchmark may have started (Kafka, Dovecot) are children too."""
-        total = 0
+        found = []
         for child in self.proc.children(recursive=True):
             try:
                 if "multiprocessing" in " ".join(child.cmdline()):
-                    total += child.memory_info().rss
+                    found.append(child)
+            except psutil.Error:
+                pass
+        return found
+
+    def _children_rss(self) -> int:
+        total = 0
+        for child in self._pool_processes():
+            try:
+                total += child.memory_info().rss
             except psutil.Error:
                 pass
         return total
 
+    def _pss_total(self) -> int:
+        """This process and the pool in PSS: a page shared by forked processes (the modules
+        the forkserver preloaded) counted once in all, where a sum of RSS counts it in each."""
+        total = 0
+        for proc in [self.proc, *self._pool_processes()]:
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.Error, AttributeError):
+                pass
+        return total
+
     def _run(self, interval: float) -> None:
+        rounds = 0
         while not self._stop.wait(interval):
             self.peak = max(self.peak, self.proc.memory_info().rss)
             self.children_peak = max(self.children_peak, self._children_rss())
+            rounds += 1
+            if rounds % 4 == 0:  # smaps is slower to read: every 200 ms
+                self.pss_peak = max(self.pss_peak, self._pss_total())
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -148,7 +174,7 @@ async def ours(
         await producer.stop()
         pool.close()
     assert result.published == n, (result.published, n)
-    return n / elapsed, before, rss.peak, rss.children_peak
+    return n / elapsed, before, rss.peak, rss.children_peak, rss.pss_peak
 
 
 async def warm(user: str, password: str, batch: int) -> None:
@@ -192,7 +218,7 @@ async def main(n: int, batch: int, workers: list[int]) -> None:
             run_specs = [run_topics.messages, run_topics.bodies, run_topics.status]
             await ensure_topics(settings, run_topics, run_specs)
             specs += run_specs
-            rate, before, peak, workers_peak = await ours(
+            rate, before, peak, workers_peak, pss_peak = await ours(
                 user, password, n, batch, settings, run_topics, w
             )
             how = "inline" if w == 0 else f"{w} parse workers"
@@ -201,7 +227,8 @@ async def main(n: int, batch: int, workers: list[int]) -> None:
             print(
                 f"  RSS of this process: {before / 1e6:.0f} MB before, peak {peak / 1e6:.0f} MB "
                 f"(growth {(peak - before) / 1e6:.0f} MB for a {size / 1e6:.0f} MB folder); "
-                f"parse workers + forkserver: peak {workers_peak / 1e6:.0f} MB together",
+                f"parse workers + forkserver: peak {workers_peak / 1e6:.0f} MB together; "
+                f"all of them in PSS (shared pages counted once): peak {pss_peak / 1e6:.0f} MB",
                 flush=True,
             )
             figures = {
@@ -210,6 +237,7 @@ async def main(n: int, batch: int, workers: list[int]) -> None:
                 "ours_msg_s": round(rate),
                 "ratio": round(rate / base, 3),
                 "peak_rss_mb_total": round((peak + workers_peak) / 1e6),
+                "peak_pss_mb_total": round(pss_peak / 1e6),
             }
         print(
             f"backfill target: >= 8,000 msg/s, ratio >= 0.35, under 15 s for 100,000 "
