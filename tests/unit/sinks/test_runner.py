@@ -62,15 +62,21 @@ class FakeConsumer:
         self.all = list(records)
         self.log = log
         self.committed: dict[TopicPartition, int] = {}
+        self.handed_out = 0  # the position: past the last record handed out
 
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         batch, self.records = self.records[:max_records], self.records[max_records:]
+        if batch:
+            self.handed_out = batch[-1].offset + 1
         return {TP: batch} if batch else {}
 
+    def assignment(self) -> set[TopicPartition]:
+        return {TP}
+
     async def position(self, tp: TopicPartition) -> int:
-        return 1 + max(r.offset for r in self.all) if self.all else 0
+        return self.handed_out
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return 1 + max(r.offset for r in self.all) if self.all else None
