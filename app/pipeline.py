@@ -175,6 +175,7 @@ async def run_sink(
         tables=routes,
         batch_size=settings.sink.batch_size,
         batch_timeout_s=settings.sink.batch_timeout_s,
+        linger_s=settings.sink.linger_s,
         stats=stats or SinkStats(),
         group=settings.sink.group_id,
     )

@@ -91,6 +91,10 @@ class Progress:
     threads_done_at: float | None = None
 
 
+#: Extra ``process`` options for an experiment (e.g. ``--transaction-ms 500``).
+PROCESS_ARGS = os.environ.get("BENCH_PROCESS_ARGS", "").split()
+
+
 def settings_for(tag: str, workdir: Path) -> Settings:
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers()),
@@ -241,7 +245,9 @@ async def main(n: int) -> None:
         t0 = time.perf_counter()
         procs = [
             start(["sink", "run"], env, logs["sink"]),
-            start(["process", "--group-id", PROCESSOR_GROUP], env, logs["processor"]),
+            start(
+                ["process", "--group-id", PROCESSOR_GROUP, *PROCESS_ARGS], env, logs["processor"]
+            ),
             start(["producer", "run", "--no-progress"], env, logs["producer"]),
         ]
         try:

@@ -157,8 +157,11 @@ class ClickHouseSettings(_Frozen):
 
 
 class SinkSettings(_Frozen):
-    batch_size: int = Field(default=5_000, ge=1)
+    batch_size: int = Field(default=20_000, ge=1)
     batch_timeout_s: float = Field(default=1.0, gt=0)
+    #: How long a batch with records waits to fill up to batch_size (sinks/runner.py:
+    #: ClickHouse inserts have a fixed cost; few large ones beat many small ones).
+    linger_s: float = Field(default=1.0, ge=0)
     group_id: str = "inboxstream-sink"
 
 

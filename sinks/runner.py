@@ -92,6 +92,8 @@ class BatchingSink:
     tables: dict[str, TableSink[Any]]
     batch_size: int = 5_000
     batch_timeout_s: float = 1.0
+    #: How long a batch that got its first records waits to fill up (see ``_fetch``).
+    linger_s: float = 1.0
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     stats: SinkStats = field(default_factory=SinkStats)
@@ -108,19 +110,51 @@ class BatchingSink:
             return f"ClickHouse refused the last insert (retrying): {self.insert_error}"
         return None
 
-    async def run_once(self) -> int:
+    async def run_once(self, linger: bool = True) -> int:
         """Consume, insert and commit one batch; return the number of records consumed."""
-        batch = await self._collect()
+        batch = await self._collect(linger)
         if batch is None:
             return 0
         await self._flush(batch)
         return batch.records
 
-    async def _collect(self) -> _Batch | None:
-        """Fetch one batch, decode and map it; undecodable records are dead-lettered here."""
+    async def _fetch(
+        self, linger: bool = True
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Up to ``batch_size`` records: the first wait is ``batch_timeout_s``; once records
+        came, fetching goes on for up to ``linger_s`` while the batch is short of
+        ``batch_size`` (unless ``linger`` is off: a catch-up that knows where the end is).
+        A sink fed a steady stream would otherwise insert whatever one fetch held, a few
+        hundred rows, and an insert has a fixed cost (~20 ms of chDB CPU here, measured: 60
+        CPU-µs a row in inserts of 500 rows, 9 in inserts of 6,666) and leaves a part to
+        merge; ClickHouse's own advice is thousands of rows an insert, about one a second.
+        The pipelined loop collects while the previous batch inserts, so lingering costs
+        latency (at most ``linger_s``), not throughput. It waits out the whole linger, not
+        a pause: upstream writes in bursts (a backfill's FETCH batches, the processor's
+        transactions), and a pause-based end cut the batches back to a burst each."""
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
         batches = await self.consumer.getmany(
             timeout_ms=int(self.batch_timeout_s * 1000), max_records=self.batch_size
         )
+        count = sum(len(part) for part in batches.values())
+        if not count or not linger or self.linger_s <= 0:
+            return batches
+        deadline = time.monotonic() + self.linger_s
+        while count < self.batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = await self.consumer.getmany(
+                timeout_ms=max(1, int(left * 1000)), max_records=self.batch_size - count
+            )
+            for tp, part in more.items():
+                batches.setdefault(tp, []).extend(part)  # a partition's records stay in order
+                count += len(part)
+        return batches
+
+    async def _collect(self, linger: bool = True) -> _Batch | None:
+        """Fetch one batch, decode and map it; undecodable records are dead-lettered here."""
+        batches = await self._fetch(linger)
         records = [r for part in batches.values() for r in part]
         if not records:
             return None
@@ -307,7 +341,7 @@ class BatchingSink:
         """Consume until committed offsets reach the end of every assigned partition."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            await self.run_once()
+            await self.run_once(linger=False)  # the end is known: no batch waits to fill
             assigned = self.consumer.assignment()
             if not assigned:
                 continue

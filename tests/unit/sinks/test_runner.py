@@ -3,6 +3,7 @@ wrapper that fails on purpose (an outage for N calls, or rows it refuses as data
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,8 +58,12 @@ class FlakyClickHouse:
 
 
 class FakeConsumer:
-    def __init__(self, records: list[ConsumerRecord[bytes, bytes]], log: list[str]) -> None:
+    def __init__(
+        self, records: list[ConsumerRecord[bytes, bytes]], log: list[str], per_fetch: int = 0
+    ) -> None:
         self.records = records
+        self.per_fetch = per_fetch  # at most this many a fetch (0: no cap), as a trickle
+        self.fetches = 0
         self.all = list(records)
         self.log = log
         self.committed: dict[TopicPartition, int] = {}
@@ -67,7 +72,11 @@ class FakeConsumer:
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-        batch, self.records = self.records[:max_records], self.records[max_records:]
+        self.fetches += 1
+        take = min(max_records or len(self.records), self.per_fetch or len(self.records))
+        batch, self.records = self.records[:take], self.records[take:]
+        if not batch:  # a real fetch waits out its timeout for records
+            await asyncio.sleep(min(timeout_ms, 5) / 1000)
         if batch:
             self.handed_out = batch[-1].offset + 1
         return {TP: batch} if batch else {}
@@ -131,6 +140,7 @@ def _sink(ch: FlakyClickHouse, records: list[ConsumerRecord[bytes, bytes]]) -> B
             )
         },
         batch_size=1000,
+        linger_s=0.0,  # one fetch a batch, unless a test lingers
         initial_backoff_s=0.001,
         max_backoff_s=0.002,
     )
@@ -205,8 +215,6 @@ async def test_the_pipelined_loop_flushes_in_order_and_commits_after_each_insert
 
 
 async def test_a_cancelled_loop_does_not_commit_what_it_did_not_insert() -> None:
-    import asyncio
-
     ch = FlakyClickHouse(outages=10**6)  # ClickHouse never comes back
     sink = _sink(ch, [_record(i, "a") for i in range(5)])
     task = asyncio.create_task(sink.run())
@@ -216,3 +224,20 @@ async def test_a_cancelled_loop_does_not_commit_what_it_did_not_insert() -> None
     with pytest.raises(asyncio.CancelledError):
         await task
     assert "commit" not in ch.log and sink.consumer.committed == {}
+
+
+@pytest.mark.parametrize(("linger_s", "inserted"), [(0.0, 7), (5.0, 20)])
+async def test_a_batch_lingers_to_fill_up_rather_than_insert_a_trickle(
+    linger_s: float, inserted: int
+) -> None:
+    """Records trickling in 7 a fetch: with lingering, one insert of a full batch (20) and no
+    wait past it; without, an insert per fetch (ClickHouse's fixed cost paid each time)."""
+    ch = FlakyClickHouse()
+    sink = _sink(ch, [_record(i, f"i{i}") for i in range(30)])
+    sink.consumer = FakeConsumer(sink.consumer.records, ch.log, per_fetch=7)
+    sink.batch_size, sink.linger_s = 20, linger_s
+    started = asyncio.get_running_loop().time()
+    assert await sink.run_once() == inserted
+    assert asyncio.get_running_loop().time() - started < 2  # full: it did not wait for more
+    assert ch.log == ["insert", "commit"] and len(ch.rows) == inserted
+    assert sink.consumer.committed == {TP: inserted}
