@@ -148,8 +148,7 @@ async def ours(
     ep = dovecot.endpoints()
     tune_for_streaming()  # as the producer service does when it starts
     pool = ParsePool(workers)
-    if workers:  # start the workers before the clock, as the service does once per process
-        await pool.encode([])
+    await pool.start()  # the workers start before the clock, as the service starts them
     producer = make_producer(settings)
     await producer.start()
     conn = await ImapConnection.open(

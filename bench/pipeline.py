@@ -91,7 +91,8 @@ class Progress:
     threads_done_at: float | None = None
 
 
-#: Extra ``process`` options for an experiment (e.g. ``--transaction-ms 500``).
+#: Extra ``process`` options for an experiment (e.g. ``--transaction-ms 500``); the
+#: producer's parse workers come from BENCH_PARSE_WORKERS (default 2, the setting's default).
 PROCESS_ARGS = os.environ.get("BENCH_PROCESS_ARGS", "").split()
 
 
@@ -101,7 +102,10 @@ def settings_for(tag: str, workdir: Path) -> Settings:
         topics=TopicSettings().with_prefix(f"benchpipe{tag}."),
         clickhouse=ClickHouseSettings(path=workdir / "chdb", database=f"benchpipe_{tag}"),
         sink=SinkSettings(group_id=f"bench-sink-{tag}"),
-        producer=ProducerSettings(registry_dir=workdir / "inboxes"),
+        producer=ProducerSettings(
+            registry_dir=workdir / "inboxes",
+            parse_workers=int(os.environ.get("BENCH_PARSE_WORKERS", "2")),
+        ),
     )
 
 

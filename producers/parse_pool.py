@@ -44,6 +44,11 @@ def _worker_start(parent_pid: int, schema_ids: list[tuple[str, int]]) -> None:
     serde.WIRE.restore(schema_ids)
 
 
+def _ready() -> int:
+    """A no-op task: a worker that runs it has started (``ParsePool.start``)."""
+    return os.getpid()
+
+
 class ParsePool:
     """Encodes FETCH batches; shared by every folder of the process (one pool, many inboxes)."""
 
@@ -64,6 +69,23 @@ class ParsePool:
                 initargs=(os.getpid(), serde.WIRE.snapshot()),
             )
         return self._executor
+
+    async def start(self) -> None:
+        """Start the forkserver and every worker now, so the first batch does not wait for
+        them (the forkserver imports the parser and the schemas first: half a second or
+        more on a busy box). Submitting blocks while the forkserver starts, so it happens in
+        a thread, not on the event loop. Optional: without it, the first batch starts them."""
+        if self.workers == 0:
+            return
+        pool = self._pool()
+        futures = await asyncio.to_thread(
+            lambda: [pool.submit(_ready) for _ in range(self.workers)]
+        )
+        try:
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except BrokenProcessPool as exc:
+            log.error("parse workers did not start (%s): the first batch tries again", exc)
+            self._discard(pool)
 
     async def encode(
         self, batch: list[FetchedMessage], *, log_attachments: bool = True, producer: str = ""

@@ -359,11 +359,13 @@ class ProducerService:
         tune_for_streaming()
         raise_open_files_limit()  # two sockets per idle inbox: thousands for a big share
         await ensure_topics(self.settings.kafka, self.settings.topics)
-        producer = make_producer(self.settings.kafka)
+        producer = make_producer(self.settings.kafka)  # the schema ids the workers take along
         await producer.start()
-        self.publisher = EventPublisher(
-            producer, self.settings.topics, ParsePool(self.settings.producer.parse_workers)
-        )
+        parse_pool = ParsePool(self.settings.producer.parse_workers)
+        # the workers start while the checkpoints and IMAP are set up: the first FETCH batch
+        # does not wait for them
+        pool_started = asyncio.create_task(parse_pool.start())
+        self.publisher = EventPublisher(producer, self.settings.topics, parse_pool)
         self.store = CheckpointStore(
             self.settings.kafka,
             self.settings.topics.checkpoints.name,
@@ -397,6 +399,7 @@ class ProducerService:
                 await self.leases.stop()  # after the inboxes stopped: then the others start
             await self.store.stop()
             await producer.stop()
+            await asyncio.gather(pool_started, return_exceptions=True)
             self.publisher.parse_pool.close()
 
     async def _wait_for_change(self, stop: asyncio.Event) -> None:

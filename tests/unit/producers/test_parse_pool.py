@@ -123,3 +123,34 @@ async def test_folders_share_one_pool_concurrently() -> None:
         pool.close()
     for i, part in enumerate(parts):
         assert [m.uid for m in part] == [f.uid for f in batch[i::4]]
+
+
+async def test_start_brings_every_worker_up_before_the_first_batch() -> None:
+    """``start`` spawns the forkserver and all workers (the service calls it while it sets up
+    Kafka and IMAP); the event loop stays free meanwhile; a batch after it gives what inline
+    gives."""
+    pool = ParsePool(2)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    beat = asyncio.create_task(ticker())
+    try:
+        await pool.start()
+        during_start = ticks
+        assert pool._executor is not None
+        processes = list(pool._executor._processes.values())
+        assert len(processes) == 2 and all(p.is_alive() for p in processes)
+        batch = _batch()[:20]
+        pooled = await pool.encode(batch, log_attachments=True, producer="p")
+        inline = await ParsePool(0).encode(batch, log_attachments=True, producer="p")
+        assert _decoded(pooled) == _decoded(inline)
+    finally:
+        beat.cancel()
+        pool.close()
+    assert during_start > 0  # the loop ran while the workers started
+    await ParsePool(0).start()  # inline: nothing to start
