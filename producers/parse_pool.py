@@ -57,6 +57,8 @@ class ParsePool:
             raise ValueError("parse workers must be 0 (inline) or more")
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
+        #: ``start`` is bringing the workers up: batches are encoded inline meanwhile
+        self._starting = False
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -74,24 +76,29 @@ class ParsePool:
         """Start the forkserver and every worker now, so the first batch does not wait for
         them (the forkserver imports the parser and the schemas first: half a second or
         more on a busy box). Submitting blocks while the forkserver starts, so it happens in
-        a thread, not on the event loop. Optional: without it, the first batch starts them."""
+        a thread, not on the event loop. Until they are up, batches are encoded inline (the
+        same function), not queued behind the start. Optional: without it, the first batch
+        starts them."""
         if self.workers == 0:
             return
         pool = self._pool()
-        futures = await asyncio.to_thread(
-            lambda: [pool.submit(_ready) for _ in range(self.workers)]
-        )
+        self._starting = True
         try:
+            futures = await asyncio.to_thread(
+                lambda: [pool.submit(_ready) for _ in range(self.workers)]
+            )
             await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except BrokenProcessPool as exc:
             log.error("parse workers did not start (%s): the first batch tries again", exc)
             self._discard(pool)
+        finally:
+            self._starting = False
 
     async def encode(
         self, batch: list[FetchedMessage], *, log_attachments: bool = True, producer: str = ""
     ) -> list[EncodedMessage]:
         """Both events of every message in the batch, in batch order."""
-        if self.workers == 0 or not batch:
+        if self.workers == 0 or not batch or self._starting:
             return encode_chunk(batch, log_attachments, producer)
         loop = asyncio.get_running_loop()
         size = max(1, min(CHUNK, -(-len(batch) // self.workers)))

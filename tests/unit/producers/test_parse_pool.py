@@ -139,15 +139,21 @@ async def test_start_brings_every_worker_up_before_the_first_batch() -> None:
             ticks += 1
 
     beat = asyncio.create_task(ticker())
+    batch = _batch()[:20]
+    inline = await ParsePool(0).encode(batch, log_attachments=True, producer="p")
     try:
-        await pool.start()
+        starting = asyncio.create_task(pool.start())
+        await asyncio.sleep(0)  # start() is under way: a batch now is encoded inline
+        assert pool._starting
+        early = await pool.encode(batch, log_attachments=True, producer="p")
+        assert _decoded(early) == _decoded(inline)
+        await starting
+        assert not pool._starting
         during_start = ticks
         assert pool._executor is not None
         processes = list(pool._executor._processes.values())
         assert len(processes) == 2 and all(p.is_alive() for p in processes)
-        batch = _batch()[:20]
         pooled = await pool.encode(batch, log_attachments=True, producer="p")
-        inline = await ParsePool(0).encode(batch, log_attachments=True, producer="p")
         assert _decoded(pooled) == _decoded(inline)
     finally:
         beat.cancel()
