@@ -53,6 +53,10 @@ class SinkStats:
     inserted_by_table: dict[str, int] = field(default_factory=dict)
 
 
+#: A lingering batch is inserted once no record came for this share of ``linger_s``.
+LINGER_QUIET = 1 / 3
+
+
 @dataclass(frozen=True)
 class _Batch:
     rows: dict[str, list[PendingRow]]
@@ -129,9 +133,11 @@ class BatchingSink:
         CPU-µs a row in inserts of 500 rows, 9 in inserts of 6,666) and leaves a part to
         merge; ClickHouse's own advice is thousands of rows an insert, about one a second.
         The pipelined loop collects while the previous batch inserts, so lingering costs
-        latency (at most ``linger_s``), not throughput. It waits out the whole linger, not
-        a pause: upstream writes in bursts (a backfill's FETCH batches, the processor's
-        transactions), and a pause-based end cut the batches back to a burst each."""
+        latency (at most ``linger_s``), not throughput. A pause of a third of the linger
+        ends it early (the end of a burst of work: its last rows need not wait the rest);
+        shorter pauses do not, as upstream writes in bursts (a backfill's FETCH batches, the
+        processor's transactions ~100 ms apart) and a 100 ms pause cut the batches back to
+        about one burst each (measured: the sink's CPU a message went back up by half)."""
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
         batches = await self.consumer.getmany(
             timeout_ms=int(self.batch_timeout_s * 1000), max_records=self.batch_size
@@ -144,9 +150,12 @@ class BatchingSink:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            quiet = min(left, self.linger_s * LINGER_QUIET)
             more = await self.consumer.getmany(
-                timeout_ms=max(1, int(left * 1000)), max_records=self.batch_size - count
+                timeout_ms=max(1, int(quiet * 1000)), max_records=self.batch_size - count
             )
+            if not more:
+                break  # the stream stopped (its last batch): insert now, not after the linger
             for tp, part in more.items():
                 batches.setdefault(tp, []).extend(part)  # a partition's records stay in order
                 count += len(part)

@@ -241,3 +241,16 @@ async def test_a_batch_lingers_to_fill_up_rather_than_insert_a_trickle(
     assert asyncio.get_running_loop().time() - started < 2  # full: it did not wait for more
     assert ch.log == ["insert", "commit"] and len(ch.rows) == inserted
     assert sink.consumer.committed == {TP: inserted}
+
+
+async def test_a_lingering_batch_is_inserted_when_the_stream_stops() -> None:
+    """The last burst of a stream (fewer records than a batch) is inserted once a fetch comes
+    back empty, not after the whole linger."""
+    ch = FlakyClickHouse()
+    sink = _sink(ch, [_record(i, f"i{i}") for i in range(12)])
+    sink.consumer = FakeConsumer(sink.consumer.records, ch.log, per_fetch=5)
+    sink.linger_s = 30.0
+    started = asyncio.get_running_loop().time()
+    assert await sink.run_once() == 12
+    assert asyncio.get_running_loop().time() - started < 5
+    assert ch.log == ["insert", "commit"]
