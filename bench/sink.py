@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -85,7 +86,12 @@ async def main(n: int) -> None:
         kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers()),
         topics=TopicSettings().with_prefix(f"bench{tag}."),
         clickhouse=ClickHouseSettings(path=workdir / "chdb", database=f"bench_{tag}"),
-        sink=SinkSettings(group_id=f"bench-sink-{tag}", batch_size=BATCH, batch_timeout_s=0.2),
+        sink=SinkSettings(
+            group_id=f"bench-sink-{tag}",
+            batch_size=BATCH,
+            batch_timeout_s=0.2,
+            linger_s=float(os.environ.get("BENCH_LINGER_S", "1.0")),
+        ),
     )
     events = _events(n, f"bench-{tag}@inboxstream.test")
     await ensure_topics(settings.kafka, settings.topics)
