@@ -36,6 +36,7 @@ import uuid
 import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench import usage
 from bench.big_mailbox import filled_user
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import client_options, ensure_topics, make_producer
@@ -66,43 +67,18 @@ class PeakRss:
     def _pool_processes(self) -> list[psutil.Process]:
         """The parse pool's processes only (the forkserver and the workers it forked): the
         services this benchmark may have started (Kafka, Dovecot) are children too."""
-        found = []
-        for child in self.proc.children(recursive=True):
-            try:
-                if "multiprocessing" in " ".join(child.cmdline()):
-                    found.append(child)
-            except psutil.Error:
-                pass
-        return found
-
-    def _children_rss(self) -> int:
-        total = 0
-        for child in self._pool_processes():
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _pss_total(self) -> int:
-        """This process and the pool in PSS: a page shared by forked processes (the modules
-        the forkserver preloaded) counted once in all, where a sum of RSS counts it in each."""
-        total = 0
-        for proc in [self.proc, *self._pool_processes()]:
-            try:
-                total += proc.memory_full_info().pss
-            except (psutil.Error, AttributeError):
-                pass
-        return total
+        return usage.tree(self.proc, usage.is_pool_process)[1:]
 
     def _run(self, interval: float) -> None:
         rounds = 0
         while not self._stop.wait(interval):
             self.peak = max(self.peak, self.proc.memory_info().rss)
-            self.children_peak = max(self.children_peak, self._children_rss())
+            pool = self._pool_processes()
+            self.children_peak = max(self.children_peak, usage.rss(pool))
             rounds += 1
             if rounds % 4 == 0:  # smaps is slower to read: every 200 ms
-                self.pss_peak = max(self.pss_peak, self._pss_total())
+                # PSS: the workers share the pages the forkserver preloaded
+                self.pss_peak = max(self.pss_peak, usage.pss([self.proc, *pool]))
 
     def __enter__(self) -> PeakRss:
         self._thread.start()

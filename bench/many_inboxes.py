@@ -38,6 +38,7 @@ from pathlib import Path
 import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from bench import usage
 from inboxstream.app.demo import demo_inbox
 from inboxstream.core.kafka import client_options, ensure_topics
 from inboxstream.core.settings import KafkaSettings, ProducerSettings, Settings, TopicSettings
@@ -143,14 +144,7 @@ def rss_with_children(proc: psutil.Process) -> int:
     """The producer's memory with its parse workers' (Python children only: Kafka and Dovecot
     are children too when this run started them). PSS, so pages the forked workers share
     with each other are counted once, not once per process."""
-    total = proc.memory_full_info().pss
-    for child in proc.children(recursive=True):
-        try:
-            if "python" in child.name():
-                total += child.memory_full_info().pss
-        except psutil.Error:
-            pass
-    return total
+    return usage.pss(usage.tree(proc, lambda child: "python" in child.name()))
 
 
 def dovecot_usage() -> tuple[int, float, int]:

@@ -41,6 +41,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench import usage
 from bench.big_mailbox import filled_user
 from inboxstream.app.demo import demo_inbox
 from inboxstream.core.kafka import client_options, ensure_topics
@@ -185,24 +186,6 @@ async def watch(
         await admin.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a process and its living children (the producer's parse
-    workers and their forkserver)."""
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for proc in tree:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def box_busy_seconds(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
     """CPU seconds the whole box spent busy (not idle or waiting on I/O) between two samples
     of ``psutil.cpu_times()``, and of those, how many the hypervisor took (steal: a noisy
@@ -260,7 +243,7 @@ async def main(n: int) -> None:
             # the rest is Kafka, the registry, Dovecot and this watcher.
             box_cpu, stolen = box_busy_seconds(box_before, tuple(psutil.cpu_times()))
             stage_cpu = {
-                name: cpu_seconds(proc.pid)
+                name: usage.cpu_seconds(usage.tree(psutil.Process(proc.pid)))
                 for name, proc in zip(("sink", "processor", "producer"), procs, strict=True)
             }
         finally:

@@ -181,6 +181,13 @@ async def partitions_of(
         await asyncio.sleep(0.1)
 
 
+def assign_paused(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) -> None:
+    """Assign ``tps`` (no group) paused, before any fetch for them goes out: what
+    ``read_to_end`` wants of a consumer it will read with (see there)."""
+    consumer.assign(list(tps))
+    consumer.pause(*tps)
+
+
 async def read_to_end(
     consumer: AIOKafkaConsumer,
     tps: Sequence[TopicPartition],

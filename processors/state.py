@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from inboxstream.core.kafka import ReadStalledError, make_consumer, read_to_end
+from inboxstream.core.kafka import ReadStalledError, assign_paused, make_consumer, read_to_end
 from inboxstream.core.settings import KafkaSettings
 from inboxstream.processors.assign import MessageEntry
 from inboxstream.processors.exceptions import StateRestoreError
@@ -231,8 +231,7 @@ async def restore(
     consumer = make_consumer(kafka, group_id=None)
     await consumer.start()
     try:
-        consumer.assign(tps)
-        consumer.pause(*tps)  # no fetch ahead of read_to_end's ListOffsets (see there)
+        assign_paused(consumer, tps)
         await consumer.seek_to_beginning(*tps)
         try:
             async for records in read_to_end(consumer, tps):

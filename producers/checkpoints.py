@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from inboxstream.core.kafka import client_options, partitions_of, read_to_end
+from inboxstream.core.kafka import assign_paused, client_options, partitions_of, read_to_end
 from inboxstream.core.settings import KafkaSettings
 from inboxstream.schemas.exceptions import DecodeError
 from inboxstream.schemas.models import CheckpointEvent
@@ -39,14 +39,12 @@ def default_owner() -> str:
 
 
 async def assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Assign every partition of ``topic`` (no group), fetching metadata if not known yet.
-    They come paused, for ``read_to_end``: no fetch waits on the connection ahead of the
-    ListOffsets that starts each read (Kafka answers one request per connection at a time)."""
+    """Assign every partition of ``topic`` (no group), fetching metadata if not known yet;
+    paused, for ``read_to_end``."""
     tps = await partitions_of(consumer, topic)
     if not tps:
         raise KafkaError(f"topic {topic} has no partitions (does it exist?)")
-    consumer.assign(tps)
-    consumer.pause(*tps)
+    assign_paused(consumer, tps)
     return tps
 
 

@@ -94,7 +94,7 @@ class BatchingSink:
     dlq_topic: str
     clickhouse: ClickHouse
     tables: dict[str, TableSink[Any]]
-    batch_size: int = 5_000
+    batch_size: int = 20_000
     batch_timeout_s: float = 1.0
     #: How long a batch that got its first records waits to fill up (see ``_fetch``).
     linger_s: float = 1.0
@@ -220,8 +220,7 @@ class BatchingSink:
             await self._insert_avro(table, items)
         for table, table_rows in batch.rows.items():
             await self._insert(table, table_rows)
-        await self.consumer.commit(batch.offsets)
-        self._committed.update(batch.offsets)
+        await self._commit(batch.offsets)
         self.stats.consumed += batch.records
         self.stats.batches += 1
         BATCH_RECORDS.labels("sink").observe(batch.records)
@@ -326,7 +325,9 @@ class BatchingSink:
                     last = time.monotonic()
                     inflight = asyncio.create_task(self._flush(batch))
                     continue
-                await self._commit_markers()
+                # nothing handed out, nothing in flight: a position can only have moved
+                # over transaction markers (see _moved_positions)
+                await self._commit(await self._moved_positions())
                 if idle_exit_s is not None and time.monotonic() - last > idle_exit_s:
                     return
         except BaseException:
@@ -338,13 +339,10 @@ class BatchingSink:
             if inflight is not None:  # stopped: finish what was already consumed
                 await inflight
 
-    async def _commit_markers(self) -> None:
-        """Nothing handed out and nothing in flight: positions that moved can only have moved
-        over transaction markers; commit them (see ``_moved_positions``)."""
-        moved = await self._moved_positions()
-        if moved:
-            await self.consumer.commit(moved)
-            self._committed.update(moved)
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if offsets:
+            await self.consumer.commit(offsets)
+            self._committed.update(offsets)
 
     async def wait_caught_up(self, timeout: float = 60.0) -> None:
         """Consume until committed offsets reach the end of every assigned partition."""
@@ -357,6 +355,6 @@ class BatchingSink:
             ends = await self.consumer.end_offsets(list(assigned))
             positions = {tp: await self.consumer.position(tp) for tp in assigned}
             if all(positions[tp] >= ends[tp] for tp in assigned):
-                await self.consumer.commit(positions)
+                await self._commit(await self._moved_positions())
                 return
         raise TimeoutError("sink did not catch up with the topic in time")
