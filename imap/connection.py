@@ -600,13 +600,20 @@ class ImapConnection:
     async def logout(self) -> None:
         try:
             await asyncio.wait_for(self.protocol.logout(), 5)
+        except asyncio.CancelledError:
+            self.abort()
+            raise  # a stop waits for nobody's LOGOUT, and must not be swallowed here
         except BaseException:  # noqa: BLE001 - logging out of a dead connection is fine
             pass
         self.abort()
 
     def abort(self) -> None:
+        """Close the socket now. Not ``close()``: on a TLS transport that sends close_notify
+        and keeps the socket open until the server answers (up to 30 s), so a stopped service
+        could still hold a server connection - and a slot of the five - long after it said
+        it had stopped."""
         if self.protocol.transport is not None:
-            self.protocol.transport.close()
+            self.protocol.transport.abort()
 
 
 def _quote(folder: str) -> str:
