@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
+import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -160,3 +163,29 @@ async def test_start_brings_every_worker_up_before_the_first_batch() -> None:
         pool.close()
     assert during_start > 0  # the loop ran while the workers started
     await ParsePool(0).start()  # inline: nothing to start
+
+
+async def test_workers_do_not_run_the_parents_main_module_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """multiprocessing re-runs the parent's ``__main__`` in every worker; under the console
+    script that imports the whole CLI into each one. A main module that leaves a mark when it
+    runs must leave none, and the parent's main module is its own again after the start."""
+    mark = tmp_path / "main-ran"
+    script = tmp_path / "heavy_main.py"
+    script.write_text(f"open({str(mark)!r}, 'w').close()\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    pool = ParsePool(1)
+    try:
+        await pool.start()
+        assert pool._executor is not None
+        assert len(pool._executor._processes) == 1
+        batch = _batch()[:5]
+        assert len(await pool.encode(batch, log_attachments=True, producer="p")) == 5
+    finally:
+        pool.close()
+    assert sys.modules["__main__"] is main
+    assert not mark.exists()
