@@ -601,11 +601,11 @@ class ImapConnection:
         try:
             await asyncio.wait_for(self.protocol.logout(), 5)
         except asyncio.CancelledError:
-            self.abort()
             raise  # a stop waits for nobody's LOGOUT, and must not be swallowed here
         except BaseException:  # noqa: BLE001 - logging out of a dead connection is fine
             pass
-        self.abort()
+        finally:
+            self.abort()
 
     def abort(self) -> None:
         """Close the socket now. Not ``close()``: on a TLS transport that sends close_notify

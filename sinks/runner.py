@@ -194,12 +194,13 @@ class BatchingSink:
         position is committed too, so a transactional topic is committed to its very end and
         the group's lag reads 0, not 1 per partition forever (lag alerts, "caught up?" checks).
         """
-        moved = {}
-        for tp in self.consumer.assignment():
-            position = await self.consumer.position(tp)
-            if position > self._committed.get(tp, -1):
-                moved[tp] = position
-        return moved
+        return self._moved(
+            {tp: await self.consumer.position(tp) for tp in self.consumer.assignment()}
+        )
+
+    def _moved(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The positions past this sink's last commit of their partition."""
+        return {tp: at for tp, at in positions.items() if at > self._committed.get(tp, -1)}
 
     async def _map(
         self, sink: TableSink[Any], record: ConsumerRecord[bytes, bytes]
@@ -355,6 +356,6 @@ class BatchingSink:
             ends = await self.consumer.end_offsets(list(assigned))
             positions = {tp: await self.consumer.position(tp) for tp in assigned}
             if all(positions[tp] >= ends[tp] for tp in assigned):
-                await self._commit(await self._moved_positions())
+                await self._commit(self._moved(positions))
                 return
         raise TimeoutError("sink did not catch up with the topic in time")

@@ -114,7 +114,8 @@ async def test_five_connections_at_most_while_syncing_and_sending(
     # Everything was closed on stop: first on our side (no socket of this process to an IMAP
     # port is left once a loop turn ran the closes), then as the server counts it.
     await asyncio.sleep(0)
-    imap_ports = {inbox.imap_port, dovecot.endpoints().imap_port, dovecot.endpoints().imaps_port}
+    server = dovecot.endpoints()
+    imap_ports = {inbox.imap_port, server.imap_port, server.imaps_port}
     left = [
         c
         for c in psutil.Process().net_connections(kind="tcp")
