@@ -18,6 +18,13 @@ from the first batch's start to the last one's end) and the ratios; the last lin
 object ``{"events", "eos_events_s", "bare_eos_events_s", "ratio"}``. Run:
 ``.venv/bin/python -m bench.processor [MESSAGES]``.
 
+``--instances N`` runs N processor instances in one consumer group, each in a process of its
+own, as a deployment scales the processor out (and the bare loop as N processes likewise);
+``--partitions P`` sets every topic's partition count (at least N). The instances start
+together once the group has split the partitions, and stay in it until all are done; the rates
+are then input records over the time from the first batch's start to the last one's end, and
+the JSON adds ``instances`` and ``partitions``.
+
 ``.venv/bin/python -m bench.processor --one-thread N`` instead threads N messages of one
 conversation (one base subject, each replying to a random earlier message) and N messages in
 N/2 two-message threads, same run, exactly once; last line ``{"one_thread_events_s",
@@ -26,24 +33,32 @@ N/2 two-message threads, same run, exactly once; last line ``{"one_thread_events
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
+import multiprocessing
 import random
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, make_producer
 from inboxstream.core.settings import KafkaSettings, Settings, TopicSettings, load_settings
 from inboxstream.infra import kafka, schema_registry
 from inboxstream.processors.processor import (
     ProcessorConfig,
     ProcessorStats,
+    StreamProcessor,
     collect_batch,
     run_processor,
 )
@@ -158,7 +173,24 @@ async def publish_one_thread(settings: Settings, messages: int, *, one: bool) ->
     return sent
 
 
-async def bare_transactional(settings: Settings, outputs_per_input: float, group: str) -> float:
+@dataclass
+class BareStats:
+    records: int = 0
+    busy_s: float = 0.0
+    first_batch_at: float = 0.0
+    last_batch_at: float = 0.0
+
+    @property
+    def busy_rate(self) -> float:
+        return self.records / self.busy_s if self.busy_s else 0.0
+
+
+async def bare_transactional(
+    settings: Settings,
+    outputs_per_input: float,
+    group: str,
+    ready: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None,
+) -> BareStats:
     """The floor under exactly once: the processor's consume-transform-produce loop with the
     transform taken out. Same inputs, batches of the processor's size topped up the same way,
     one transactional producer per input partition, as many output records per input record as
@@ -166,12 +198,18 @@ async def bare_transactional(settings: Settings, outputs_per_input: float, group
     topics = ProcessorTopics.build(settings.topics, "bare")
     out_topic = topics.threads
     await ensure_topics(settings.kafka, settings.topics, list(topics.specs))
-    consumer = make_consumer(settings.kafka, *topics.inputs, group_id=group)
+    consumer = make_consumer(
+        settings.kafka,
+        *topics.inputs,
+        group_id=group,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+    )
     await consumer.start()
+    if ready is not None:
+        await ready(consumer)
     producers: dict[int, AIOKafkaProducer] = {}
     config = ProcessorConfig()
-    records = 0
-    busy = 0.0
+    stats = BareStats()
     owed = 0.0
     idle_since = time.monotonic()
     lock = asyncio.Lock()
@@ -222,100 +260,271 @@ async def bare_transactional(settings: Settings, outputs_per_input: float, group
                 continue
             idle_since = time.monotonic()
             started = time.perf_counter()
+            stats.first_batch_at = stats.first_batch_at or started
             by_partition: dict[int, dict[TopicPartition, list[Any]]] = {}
             for tp, recs in batch.items():
                 by_partition.setdefault(tp.partition, {})[tp] = recs
             # side by side, as the processor runs its partitions' transactions
             done = await asyncio.gather(*(transaction(p, s) for p, s in by_partition.items()))
-            records += sum(done)
-            busy += time.perf_counter() - started
+            stats.records += sum(done)
+            stats.last_batch_at = time.perf_counter()
+            stats.busy_s += stats.last_batch_at - started
     finally:
         await consumer.stop()
         for producer in producers.values():
             await producer.stop()
-    return records / busy if busy else 0.0
+    return stats
+
+
+@dataclass
+class Run:
+    """One mode over all its instances: input records, outputs and changelog writes sent,
+    time in batches (one instance) and first batch start to last batch end (all of them)."""
+
+    records: int = 0
+    records_out: int = 0
+    batches: int = 0
+    busy_s: float = 0.0
+    first_batch_at: float = 0.0
+    last_batch_at: float = 0.0
+    counts: Counter[str] = field(default_factory=Counter)
+    instances: int = 1
+
+    def add(self, other: Run) -> None:
+        self.records += other.records
+        self.records_out += other.records_out
+        self.batches += other.batches
+        self.busy_s = max(self.busy_s, other.busy_s)
+        self.counts.update(other.counts)
+        if other.records:
+            self.first_batch_at = min(
+                self.first_batch_at or other.first_batch_at, other.first_batch_at
+            )
+            self.last_batch_at = max(self.last_batch_at, other.last_batch_at)
+
+    @property
+    def wall_s(self) -> float:
+        return self.last_batch_at - self.first_batch_at
+
+    @property
+    def rate(self) -> float:
+        """Events/s: in batches for one instance (fetch waits left out, as before); first
+        batch to last batch for several (their batches overlap, so busy times do not add)."""
+        span = self.busy_s if self.instances == 1 else self.wall_s
+        return self.records / span if span > 0 else 0.0
+
+
+def _run_of(stats: ProcessorStats | BareStats) -> Run:
+    out = Run(
+        records=stats.records,
+        busy_s=stats.busy_s,
+        first_batch_at=stats.first_batch_at,
+        last_batch_at=stats.last_batch_at,
+    )
+    if isinstance(stats, ProcessorStats):
+        out.records_out = stats.records_out
+        out.batches = stats.batches
+        out.counts = Counter({k: v for k, v in stats.counts.items() if k.startswith("out:")})
+    return out
+
+
+async def _own_share(consumer: AIOKafkaConsumer, topic: str, partitions: int, n: int) -> None:
+    """Wait until the group has handed this member its share: with the broker's rebalance
+    delay at 0 the first member to join takes every partition, so an instance that started
+    processing at once would be revoked mid-run when the next one joins."""
+    deadline = time.monotonic() + 120
+    while True:
+        mine = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        if mine and (n == 1 or len(mine) < partitions):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the group did not split {topic} over {n} instances in 120 s")
+        await asyncio.sleep(0.05)
+
+
+async def _processor_instance(
+    settings: Settings, config: ProcessorConfig, n: int, barrier: Any
+) -> Run:
+    tune_for_streaming()
+    processor = StreamProcessor(settings, config)
+    await processor.start()
+    try:
+        assert processor._consumer is not None
+        await _own_share(
+            processor._consumer, settings.topics.messages.name, settings.topics.partitions, n
+        )
+        await asyncio.to_thread(barrier.wait, 120)  # everyone owns its share: go
+        stats = await processor.run(idle_exit_s=IDLE_S)
+        # Stay in the group until every instance is done: one that left early would hand its
+        # partitions (and a state restore) to the others mid-run.
+        await asyncio.to_thread(barrier.wait, 600)
+        return _run_of(stats)
+    finally:
+        await processor.stop()
+
+
+async def _bare_instance(
+    settings: Settings, outputs_per_input: float, group: str, n: int, barrier: Any
+) -> Run:
+    async def ready(consumer: AIOKafkaConsumer) -> None:
+        await _own_share(consumer, settings.topics.messages.name, settings.topics.partitions, n)
+        await asyncio.to_thread(barrier.wait, 120)
+
+    stats = await bare_transactional(settings, outputs_per_input, group, ready)
+    return _run_of(stats)
+
+
+def _child(
+    kind: str,
+    where: Where,
+    args: tuple[Any, ...],
+    n: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """One instance in a process of its own (spawned: nothing of the parent's loop)."""
+    try:
+        args = (where.settings(), *args)
+        if kind == "processor":
+            run = asyncio.run(_processor_instance(*args, n, barrier))
+        else:
+            run = asyncio.run(_bare_instance(*args, n, barrier))
+        results.put(("ok", run))
+    except BaseException as exc:  # the parent reports it; never hang it
+        barrier.abort()
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_instances(kind: str, where: Where, args: tuple[Any, ...], n: int) -> Run:
+    """``n`` instances of the processor (or of the bare loop) in one consumer group, each in
+    its own process, started together once the group has split the partitions."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(n)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_child, args=(kind, where, args, n, barrier, results)) for _ in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    total = Run(instances=n)
+    errors = []
+    for _ in procs:
+        status, value = results.get(timeout=900)
+        if status == "ok":
+            total.add(value)
+        else:
+            errors.append(value)
+    for proc in procs:
+        proc.join(60)
+    if errors:
+        raise RuntimeError(f"{kind} instance failed: {errors[0]}")
+    return total
 
 
 async def run(
-    settings: Settings, group: str, version: str, exactly_once: bool
-) -> tuple[ProcessorStats, float]:
+    where: Where, group: str, version: str, exactly_once: bool, instances: int = 1
+) -> Run:
     config = ProcessorConfig(
         group_id=group, instance_id="bench", version=version, exactly_once=exactly_once
     )
-    stats = await run_processor(settings, config, idle_exit_s=IDLE_S)
-    return stats, stats.last_batch_at - stats.first_batch_at
+    if instances > 1:
+        return await asyncio.to_thread(run_instances, "processor", where, (config,), instances)
+    return _run_of(await run_processor(where.settings(), config, idle_exit_s=IDLE_S))
 
 
-def report(name: str, stats: ProcessorStats, wall: float) -> float:
-    busy_rate = stats.records / stats.busy_s if stats.busy_s else 0.0
-    wall_rate = stats.records / wall if wall > 0 else 0.0
+async def bare(where: Where, outputs_per_input: float, group: str, instances: int) -> Run:
+    if instances > 1:
+        args = (outputs_per_input, group)
+        return await asyncio.to_thread(run_instances, "bare", where, args, instances)
+    return _run_of(await bare_transactional(where.settings(), outputs_per_input, group))
+
+
+def report(name: str, run: Run) -> float:
+    wall = run.wall_s
+    wall_rate = run.records / wall if wall > 0 else 0.0
+    busy = f"{run.records / run.busy_s:,.0f} events/s in batches ({run.busy_s:.2f} s), "
     print(
-        f"{name}: {stats.records} events in {stats.batches} batches; "
-        f"{busy_rate:,.0f} events/s in batches ({stats.busy_s:.2f} s), "
-        f"{wall_rate:,.0f} events/s first to last batch ({wall:.2f} s); "
-        f"threads {stats.counts['out:thread.assigned']}, "
-        f"engagements {stats.counts['out:engagement.created']}"
+        f"{name}: {run.records} events in {run.batches} batches"
+        + (f" over {run.instances} instances" if run.instances > 1 else "")
+        + "; "
+        + (busy if run.instances == 1 and run.busy_s else "")
+        + f"{wall_rate:,.0f} events/s first to last batch ({wall:.2f} s); "
+        f"threads {run.counts['out:thread.assigned']}, "
+        f"engagements {run.counts['out:engagement.created']}"
     )
-    return busy_rate
+    return run.rate
 
 
-def _settings(unique: str) -> Settings:
+@dataclass(frozen=True)
+class Where:
+    """Which broker and topics a run uses: what an instance process rebuilds its settings
+    from (settings hold a class made at load time and do not pickle)."""
+
+    bootstrap: str
+    unique: str
+    partitions: int = 3
+
+    def settings(self) -> Settings:
+        return load_settings(
+            kafka=KafkaSettings(bootstrap_servers=self.bootstrap),
+            topics=TopicSettings(partitions=self.partitions).with_prefix(f"bench{self.unique}."),
+        )
+
+
+def _where(unique: str, partitions: int = 3) -> Where:
+    """Start the services (once per machine) and name this run's topics."""
     kafka.install()
     kafka.start()
     schema_registry.install()
     schema_registry.start()
-    return load_settings(
-        kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers()),
-        topics=TopicSettings().with_prefix(f"bench{unique}."),
-    )
+    return Where(kafka.bootstrap_servers(), unique, partitions)
 
 
-async def main(messages: int) -> None:
-    unique = uuid.uuid4().hex[:8]
-    settings = _settings(unique)
+async def main(messages: int, instances: int = 1, partitions: int = 3) -> None:
+    if instances > partitions:
+        raise SystemExit(f"{instances} instances need at least as many partitions")
+    where = _where(uuid.uuid4().hex[:8], partitions)
+    settings = where.settings()
     t0 = time.perf_counter()
     sent = await publish_workload(settings, messages)
     print(
-        f"workload: {sent} input records ({messages} messages) in {time.perf_counter() - t0:.1f} s"
+        f"workload: {sent} input records ({messages} messages, {partitions} partitions) in "
+        f"{time.perf_counter() - t0:.1f} s; {instances} instance(s) per run"
     )
-    base_stats, base_wall = await run(settings, f"alo-{unique}", "alo", exactly_once=False)
-    eos_stats, eos_wall = await run(settings, f"eos-{unique}", "eos", exactly_once=True)
-    base = report("baseline at-least-once", base_stats, base_wall)
-    eos = report("exactly-once", eos_stats, eos_wall)
-    per_input = eos_stats.records_out / max(eos_stats.records, 1)
-    bare = await bare_transactional(settings, per_input, f"bare-{unique}")
+    base_run = await run(where, f"alo-{where.unique}", "alo", False, instances)
+    eos_run = await run(where, f"eos-{where.unique}", "eos", True, instances)
+    base = report("baseline at-least-once", base_run)
+    eos = report("exactly-once", eos_run)
+    per_input = eos_run.records_out / max(eos_run.records, 1)
+    bare_run = await bare(where, per_input, f"bare-{where.unique}", instances)
+    bare_rate = bare_run.rate
+    span = "in batches" if instances == 1 else "first to last batch"
     print(
         f"bare transactional loop (no processing, {per_input:.2f} outputs per input, same "
-        f"batches): {bare:,.0f} events/s in batches"
+        f"batches): {bare_rate:,.0f} events/s {span}"
     )
     if base:
-        print(f"ratio exactly-once / at-least-once (events/s in batches): {eos / base:.2f}")
-    if base_wall > 0 and eos_wall > 0:
-        print(
-            f"ratio exactly-once / at-least-once (first to last batch): {base_wall / eos_wall:.2f}"
-        )
-    ratio = eos / bare if bare else 0.0
+        print(f"ratio exactly-once / at-least-once (events/s {span}): {eos / base:.2f}")
+    ratio = eos / bare_rate if bare_rate else 0.0
     print(f"ratio exactly-once / bare transactional loop: {ratio:.2f} (target >= 0.5, 15,000 ev/s)")
-    print(
-        json.dumps(
-            {
-                "events": eos_stats.records,
-                "eos_events_s": round(eos),
-                "bare_eos_events_s": round(bare),
-                "ratio": round(ratio, 3),
-            }
-        )
-    )
+    figures: dict[str, Any] = {
+        "events": eos_run.records,
+        "eos_events_s": round(eos),
+        "bare_eos_events_s": round(bare_rate),
+        "ratio": round(ratio, 3),
+    }
+    if instances > 1:
+        figures |= {"instances": instances, "partitions": partitions}
+    print(json.dumps(figures))
 
 
 async def one_thread(messages: int) -> None:
     rates = {}
     for label, one in (("one_thread", True), ("small_threads", False)):
-        unique = uuid.uuid4().hex[:8]
-        settings = _settings(unique)
-        await publish_one_thread(settings, messages, one=one)
-        stats, wall = await run(settings, f"eos-{unique}", "eos", exactly_once=True)
-        rates[label] = report(f"{label.replace('_', ' ')} ({messages} messages)", stats, wall)
+        where = _where(uuid.uuid4().hex[:8])
+        await publish_one_thread(where.settings(), messages, one=one)
+        result = await run(where, f"eos-{where.unique}", "eos", exactly_once=True)
+        rates[label] = report(f"{label.replace('_', ' ')} ({messages} messages)", result)
     ratio = rates["one_thread"] / rates["small_threads"] if rates["small_threads"] else 0.0
     print(f"ratio one thread / small threads: {ratio:.2f} (target >= 0.8)")
     print(
@@ -329,8 +538,23 @@ async def one_thread(messages: int) -> None:
     )
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--one-thread":
-        asyncio.run(one_thread(int(sys.argv[2])))
+def _cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench.processor", description=__doc__.split("\n")[0])
+    parser.add_argument("messages", nargs="?", type=int, default=5000)
+    parser.add_argument("--one-thread", type=int, metavar="N", help="the thread-size benchmark")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="processor instances in the group, each a process (the bare loop runs as many)",
+    )
+    parser.add_argument("--partitions", type=int, default=3, help="partitions of every topic")
+    args = parser.parse_args(argv)
+    if args.one_thread:
+        asyncio.run(one_thread(args.one_thread))
     else:
-        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
+        asyncio.run(main(args.messages, args.instances, args.partitions))
+
+
+if __name__ == "__main__":
+    _cli(sys.argv[1:])
