@@ -175,6 +175,7 @@ class InboxThreads:
         self._by_base: dict[str, set[str]] = {}
         self._stale = False
         self.reassigned = 0  # adds that took the member-by-member path (module docstring)
+        self.joined = 0  # adds that took the reply shortcut (``_reply_joins``)
         self._reset()
 
     def _reset(self) -> None:
@@ -334,9 +335,12 @@ class InboxThreads:
         self.entries[entry.event_id] = entry
         # The trees the message can touch, and their groups, before the step.
         mid = entry.message_id or ""
+        ref_ids = reference_ids(entry.references, entry.in_reply_to)
+        joined = self._reply_joins(entry, mid, ref_ids)
+        if joined is not None:
+            return joined
         own = self._table.get(mid) if mid else None
         reach = [own] if own is not None and own.entry is None else []  # a duplicate id: unique
-        ref_ids = reference_ids(entry.references, entry.in_reply_to)
         for ref in ref_ids:
             if (ref_node := self._table.get(ref)) is not None:
                 reach.append(ref_node)
@@ -380,6 +384,57 @@ class InboxThreads:
             events, changed = self._reassign(entry, before, with_members, old_groups)
         self._index(entry, True, ref_ids)
         return events, changed
+
+    def _reply_joins(
+        self, entry: MessageEntry, mid: str, ref_ids: list[str]
+    ) -> tuple[list[ThreadEvent], list[MessageEntry]] | None:
+        """The commonest message of all, a reply under a message already threaded, in the
+        fewest steps; ``None`` (nothing changed) for anything else, which the general path
+        takes. It applies when the step can only hang the new message as a leaf under its
+        parent: its Message-ID is new, every reference is known, the references past the
+        first already have parents (so (1)(B) links nothing), and all of them sit in one tree
+        whose settled group stays whole. The parent being a real message, the leaf cannot
+        change whose subject names the tree, so the group, its key and its id stay: one
+        ``thread.assigned``, exactly what ``add`` then ``_join`` give (the tests hold the two
+        to the batch algorithm)."""
+        if not mid or not ref_ids or mid in self._table:
+            return None
+        table = self._table
+        nodes: list[_Node] = []
+        for i, ref in enumerate(ref_ids):
+            node = table.get(ref)
+            if node is None or (i and node.parent is None):
+                return None
+            nodes.append(node)
+        parent = nodes[-1]
+        if parent.entry is None:
+            return None
+        root = _root(parent)
+        if any(_root(node) is not root for node in nodes[:-1]):
+            return None
+        group = root.group
+        if group is None or group.tid is None:
+            return None
+        key = self._key(root)
+        if (group.subject or next(iter(group.roots))) != key:
+            return None
+        if len(group.roots) > 1 and group.subject != key:
+            return None
+        if isinstance(key, str) and self._by_subject.get(key, group) is not group:
+            return None
+        node = self._new_node(mid)
+        node.entry = entry
+        self._node_of[entry.event_id] = node
+        _link(parent, node)
+        group.count += 1
+        group.min_seq = min(group.min_seq, entry.seq)
+        group.max_obs = max(group.max_obs, entry.observed_ms)
+        entry.thread_id = group.tid
+        self._index_tid(entry, None)
+        self._index(entry, True, ref_ids)
+        self.joined += 1
+        named = group.as_group([])
+        return [assigned_event(self.inbox_id, entry, group.tid, named, self.algorithm)], [entry]
 
     # --- the fast path: whole groups -------------------------------------------------------
 

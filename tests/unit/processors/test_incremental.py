@@ -129,6 +129,52 @@ def test_consistent_conversations_give_the_events_of_the_component_rethreading(
         same_as_oracle(from_inputs(inputs), algorithm)
 
 
+def same_with_and_without_the_reply_shortcut(
+    entries: list[MessageEntry], algorithm: Algorithm
+) -> int:
+    """Both paths give the same events, changed entries, ids and grouping after every
+    message; returns how many messages took the shortcut."""
+    fast, slow = InboxThreads("inbox", algorithm), InboxThreads("inbox", algorithm)
+    slow._reply_joins = lambda *args: None  # type: ignore[method-assign]
+    mine, theirs = copies(entries), copies(entries)
+    for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        events, changed = fast.add(a)
+        expected, expected_changed = slow.add(b)
+        assert [e.model_dump() for e in events] == [e.model_dump() for e in expected], i
+        assert [e.event_id for e in changed] == [e.event_id for e in expected_changed], i
+        assert [e.thread_id for e in mine] == [e.thread_id for e in theirs], i
+        assert fast.threads() == slow.threads(), i
+    assert slow.joined == 0
+    return fast.joined
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(hostile_entries(), forests().map(from_inputs)))
+def test_the_reply_shortcut_gives_what_the_general_path_gives(
+    entries: list[MessageEntry],
+) -> None:
+    for algorithm in ALGORITHMS:
+        same_with_and_without_the_reply_shortcut(entries, algorithm)
+
+
+def test_a_chain_of_replies_takes_the_shortcut_after_its_first_message() -> None:
+    entries = [
+        MessageEntry(
+            seq=i,
+            event_id=f"ev{i}",
+            message_id=f"m{i}@t",
+            references=[f"m{j}@t" for j in range(i)],
+            in_reply_to=[f"m{i - 1}@t"] if i else [],
+            subject="Re: plan" if i else "plan",
+            date_ms=None,
+            observed_ms=1_000 + i,
+        )
+        for i in range(6)
+    ]
+    for algorithm in ALGORITHMS:
+        assert same_with_and_without_the_reply_shortcut(entries, algorithm) == 5
+
+
 @settings(max_examples=300, deadline=None)
 @given(hostile_entries(), st.data())
 def test_expiry_and_restore_keep_the_batch_grouping(
