@@ -176,6 +176,7 @@ class InboxThreads:
         self._stale = False
         self.reassigned = 0  # adds that took the member-by-member path (module docstring)
         self.joined = 0  # adds that took the reply shortcut (``_reply_joins``)
+        self.started = 0  # adds that took the new-thread shortcut (``_starts_thread``)
         self._reset()
 
     def _reset(self) -> None:
@@ -336,9 +337,11 @@ class InboxThreads:
         # The trees the message can touch, and their groups, before the step.
         mid = entry.message_id or ""
         ref_ids = reference_ids(entry.references, entry.in_reply_to)
-        joined = self._reply_joins(entry, mid, ref_ids)
-        if joined is not None:
-            return joined
+        shortcut = (
+            self._reply_joins(entry, mid, ref_ids) if ref_ids else self._starts_thread(entry, mid)
+        )
+        if shortcut is not None:
+            return shortcut
         own = self._table.get(mid) if mid else None
         reach = [own] if own is not None and own.entry is None else []  # a duplicate id: unique
         for ref in ref_ids:
@@ -397,7 +400,7 @@ class InboxThreads:
         change whose subject names the tree, so the group, its key and its id stay: one
         ``thread.assigned``, exactly what ``add`` then ``_join`` give (the tests hold the two
         to the batch algorithm)."""
-        if not mid or not ref_ids or mid in self._table:
+        if not mid or mid in self._table:
             return None
         table = self._table
         nodes: list[_Node] = []
@@ -433,6 +436,32 @@ class InboxThreads:
         self._index_tid(entry, None)
         self._index(entry, True, ref_ids)
         self.joined += 1
+        named = group.as_group([])
+        return [assigned_event(self.inbox_id, entry, group.tid, named, self.algorithm)], [entry]
+
+    def _starts_thread(
+        self, entry: MessageEntry, mid: str
+    ) -> tuple[list[ThreadEvent], list[MessageEntry]] | None:
+        """A message that references nothing, whose Message-ID nothing referenced yet and
+        whose base subject no thread has: a new thread of its own, one ``thread.assigned``,
+        as ``_merge`` gives it (``None``, nothing changed, for anything else)."""
+        if not mid or mid in self._table:
+            return None
+        subject = base_subject(entry.subject)
+        if self.algorithm == "rfc5256" and subject and subject in self._by_subject:
+            return None  # it joins that thread by subject: the general path
+        node = self._new_node(mid)
+        node.entry = entry
+        node.holder = node
+        node.subject = subject
+        self._node_of[entry.event_id] = node
+        group = self._group_of([node], [entry])
+        group.tid = new_thread_id(self.inbox_id, entry.event_id, "0")
+        old = entry.thread_id
+        entry.thread_id = group.tid
+        self._index_tid(entry, old)
+        self._index(entry, True, [])
+        self.started += 1
         named = group.as_group([])
         return [assigned_event(self.inbox_id, entry, group.tid, named, self.algorithm)], [entry]
 

@@ -129,13 +129,14 @@ def test_consistent_conversations_give_the_events_of_the_component_rethreading(
         same_as_oracle(from_inputs(inputs), algorithm)
 
 
-def same_with_and_without_the_reply_shortcut(
+def same_with_and_without_the_shortcuts(
     entries: list[MessageEntry], algorithm: Algorithm
-) -> int:
+) -> tuple[int, int]:
     """Both paths give the same events, changed entries, ids and grouping after every
-    message; returns how many messages took the shortcut."""
+    message; returns how many messages took each shortcut (new thread, reply)."""
     fast, slow = InboxThreads("inbox", algorithm), InboxThreads("inbox", algorithm)
     slow._reply_joins = lambda *args: None  # type: ignore[method-assign]
+    slow._starts_thread = lambda *args: None  # type: ignore[method-assign]
     mine, theirs = copies(entries), copies(entries)
     for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         events, changed = fast.add(a)
@@ -144,20 +145,20 @@ def same_with_and_without_the_reply_shortcut(
         assert [e.event_id for e in changed] == [e.event_id for e in expected_changed], i
         assert [e.thread_id for e in mine] == [e.thread_id for e in theirs], i
         assert fast.threads() == slow.threads(), i
-    assert slow.joined == 0
-    return fast.joined
+    assert slow.joined == slow.started == 0
+    return fast.started, fast.joined
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(hostile_entries(), forests().map(from_inputs)))
-def test_the_reply_shortcut_gives_what_the_general_path_gives(
+def test_the_shortcuts_give_what_the_general_path_gives(
     entries: list[MessageEntry],
 ) -> None:
     for algorithm in ALGORITHMS:
-        same_with_and_without_the_reply_shortcut(entries, algorithm)
+        same_with_and_without_the_shortcuts(entries, algorithm)
 
 
-def test_a_chain_of_replies_takes_the_shortcut_after_its_first_message() -> None:
+def test_a_chain_of_replies_takes_the_shortcuts() -> None:
     entries = [
         MessageEntry(
             seq=i,
@@ -172,7 +173,7 @@ def test_a_chain_of_replies_takes_the_shortcut_after_its_first_message() -> None
         for i in range(6)
     ]
     for algorithm in ALGORITHMS:
-        assert same_with_and_without_the_reply_shortcut(entries, algorithm) == 5
+        assert same_with_and_without_the_shortcuts(entries, algorithm) == (1, 5)
 
 
 @settings(max_examples=300, deadline=None)
