@@ -404,16 +404,18 @@ class InboxThreads:
             return None
         table = self._table
         nodes: list[_Node] = []
+        chained = True  # each reference the child of the one before: one tree, no walks
         for i, ref in enumerate(ref_ids):
             node = table.get(ref)
             if node is None or (i and node.parent is None):
                 return None
+            chained = chained and (not i or node.parent is nodes[-1])
             nodes.append(node)
         parent = nodes[-1]
         if parent.entry is None:
             return None
         root = _root(parent)
-        if any(_root(node) is not root for node in nodes[:-1]):
+        if not chained and any(_root(node) is not root for node in nodes[:-1]):
             return None
         group = root.group
         if group is None or group.tid is None:
@@ -605,16 +607,23 @@ class InboxThreads:
     def _index(self, entry: MessageEntry, add: bool, ref_ids: list[str] | None = None) -> None:
         """The lookups ``_component`` walks: by Message-ID, by reference, by base subject."""
         eid = entry.event_id
-        keys = [(self._by_mid, entry.message_id)]
         if ref_ids is None:
             ref_ids = reference_ids(entry.references, entry.in_reply_to)
+        subject = base_subject(entry.subject) if self.algorithm == "rfc5256" else ""
+        if add:  # once for every message: the plain loop, no list of keys
+            self._by_mid.setdefault(entry.message_id, set()).add(eid)
+            by_ref = self._by_ref
+            for ref in ref_ids:
+                by_ref.setdefault(ref, set()).add(eid)
+            if subject:
+                self._by_base.setdefault(subject, set()).add(eid)
+            return
+        keys = [(self._by_mid, entry.message_id)]
         keys += [(self._by_ref, r) for r in ref_ids]
-        if self.algorithm == "rfc5256" and (subject := base_subject(entry.subject)):
+        if subject:
             keys.append((self._by_base, subject))
         for index, key in keys:
-            if add:
-                index.setdefault(key, set()).add(eid)
-            elif (ids := index.get(key)) is not None:
+            if (ids := index.get(key)) is not None:
                 ids.discard(eid)
                 if not ids:
                     del index[key]
