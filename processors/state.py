@@ -161,7 +161,9 @@ class PartitionState:
     def _set_pending(self, key: str, held: Held | None) -> None:
         """Write one pending entry in memory, keeping the Message-ID index in step."""
         old = self.pending.get(key)
-        for entry, add in ((old, False), (held, True)):
+        # The index changes only with the reply (a body's offset coming in keeps it).
+        same_reply = old is not None and held is not None and old.reply is held.reply
+        for entry, add in () if same_reply else ((old, False), (held, True)):
             if entry is None or entry.reply is None:
                 continue
             for ref in {*entry.reply.in_reply_to, *entry.reply.references}:
