@@ -54,6 +54,18 @@ def _split(key: str) -> tuple[str, str]:
     return inbox, rest
 
 
+@dataclass(frozen=True, slots=True)
+class _Watermark:
+    ms: int
+
+    def to_json(self) -> Json:
+        return {"ms": self.ms}
+
+
+#: What ``changes`` keeps unencoded until taken: records nothing mutates once written.
+_Frozen = Held | CrmRecord | EngagementRecord | _Watermark
+
+
 def _encode(value: Json | None) -> bytes | None:
     if value is None:
         return None
@@ -97,7 +109,10 @@ class PartitionState:
     # whose record changed since is stale; the sweep checks the record itself and skips it.
     pending_due: list[tuple[int, str]] = field(default_factory=list)
     engagements_due: list[tuple[int, str]] = field(default_factory=list)
-    changes: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+    # The changelog writes since the last ``take_changes``: a frozen record is kept as it is
+    # and encoded when taken, so a key written twice in one transaction (a held reply, then
+    # its body's offset) is encoded once; mutable entries are encoded when written.
+    changes: dict[tuple[str, str], bytes | _Frozen | None] = field(default_factory=dict)
 
     # --- threads ------------------------------------------------------------------------
 
@@ -123,15 +138,15 @@ class PartitionState:
 
     def put_crm(self, message_id: str, record: CrmRecord) -> None:
         self.crm[message_id] = record
-        self.changes[("crm", message_id)] = _encode(record.to_json())
+        self.changes[("crm", message_id)] = record
 
     def put_pending(self, key: str, held: Held | None) -> None:
         self._set_pending(key, held)
-        self.changes[("pending", key)] = _encode(held.to_json() if held else None)
+        self.changes[("pending", key)] = held
 
     def put_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
         self._set_engagement(eng_id, record)
-        self.changes[("engagements", eng_id)] = _encode(record.to_json() if record else None)
+        self.changes[("engagements", eng_id)] = record
 
     def _set_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
         if record is None:
@@ -188,11 +203,14 @@ class PartitionState:
     def advance(self, event_ms: int) -> None:
         if event_ms > self.watermark_ms:
             self.watermark_ms = event_ms
-            self.changes[("meta", "watermark")] = _encode({"ms": event_ms})
+            self.changes[("meta", "watermark")] = _Watermark(event_ms)
 
     def take_changes(self) -> dict[tuple[str, str], bytes | None]:
         changes, self.changes = self.changes, {}
-        return changes
+        return {
+            key: value if value is None or isinstance(value, bytes) else _encode(value.to_json())
+            for key, value in changes.items()
+        }
 
     # --- restore --------------------------------------------------------------------------
 
