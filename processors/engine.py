@@ -239,9 +239,15 @@ class Engine:
         if bucket != state.swept_bucket:
             state.swept_bucket = bucket
             for inbox, index in list(state.threads.items()):
-                for event_id, entry in list(index.entries.items()):
-                    if expired(entry.observed_ms, wm, METADATA_TTL_MS):
-                        state.drop_message(inbox, event_id)
+                # Only the expired ids are listed: a copy of every entry at each sweep was a
+                # burst of allocations the size of the state, and the collector ran over it.
+                gone = [
+                    event_id
+                    for event_id, entry in index.entries.items()
+                    if expired(entry.observed_ms, wm, METADATA_TTL_MS)
+                ]
+                for event_id in gone:
+                    state.drop_message(inbox, event_id)
         return out
 
     # --- engagements ----------------------------------------------------------------------
