@@ -82,6 +82,16 @@ class _Group:
         return Group(members, root_message_id, subject)
 
 
+def _add_to(index: dict[str, set[str]], key: str, value: str) -> None:
+    """``index.setdefault(key, set()).add(value)`` without building a set for every call
+    (most keys are there already: a thread's id, a Message-ID many replies reference)."""
+    found = index.get(key)
+    if found is None:
+        index[key] = {value}
+    else:
+        found.add(value)
+
+
 def _root(node: _Node) -> _Node:
     while node.parent is not None:
         node = node.parent
@@ -231,7 +241,7 @@ class InboxThreads:
                 if not ids:
                     del self._by_tid[old]
         if entry.thread_id:
-            self._by_tid.setdefault(entry.thread_id, set()).add(entry.event_id)
+            _add_to(self._by_tid, entry.thread_id, entry.event_id)
 
     def _rebuild(self) -> None:
         """The table from the entries in arrival order; groups from the table (one pass)."""
@@ -611,12 +621,12 @@ class InboxThreads:
             ref_ids = reference_ids(entry.references, entry.in_reply_to)
         subject = base_subject(entry.subject) if self.algorithm == "rfc5256" else ""
         if add:  # once for every message: the plain loop, no list of keys
-            self._by_mid.setdefault(entry.message_id, set()).add(eid)
+            _add_to(self._by_mid, entry.message_id, eid)
             by_ref = self._by_ref
             for ref in ref_ids:
-                by_ref.setdefault(ref, set()).add(eid)
+                _add_to(by_ref, ref, eid)
             if subject:
-                self._by_base.setdefault(subject, set()).add(eid)
+                _add_to(self._by_base, subject, eid)
             return
         keys = [(self._by_mid, entry.message_id)]
         keys += [(self._by_ref, r) for r in ref_ids]

@@ -182,10 +182,13 @@ class PartitionState:
             if entry is None or entry.reply is None:
                 continue
             for ref in {*entry.reply.in_reply_to, *entry.reply.references}:
-                keys = self.pending_refs.setdefault(ref, set())
+                keys = self.pending_refs.get(ref)
                 if add:
-                    keys.add(key)
-                else:
+                    if keys is None:
+                        self.pending_refs[ref] = {key}
+                    else:
+                        keys.add(key)
+                elif keys is not None:
                     keys.discard(key)
                     if not keys:
                         del self.pending_refs[ref]
