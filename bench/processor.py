@@ -175,14 +175,12 @@ async def publish_one_thread(settings: Settings, messages: int, *, one: bool) ->
 
 @dataclass
 class BareStats:
+    """What one bare loop did: the fields of ``ProcessorStats`` that ``Run`` reads."""
+
     records: int = 0
     busy_s: float = 0.0
     first_batch_at: float = 0.0
     last_batch_at: float = 0.0
-
-    @property
-    def busy_rate(self) -> float:
-        return self.records / self.busy_s if self.busy_s else 0.0
 
 
 async def bare_transactional(
