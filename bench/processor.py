@@ -173,22 +173,12 @@ async def publish_one_thread(settings: Settings, messages: int, *, one: bool) ->
     return sent
 
 
-@dataclass
-class BareStats:
-    """What one bare loop did: the fields of ``ProcessorStats`` that ``Run`` reads."""
-
-    records: int = 0
-    busy_s: float = 0.0
-    first_batch_at: float = 0.0
-    last_batch_at: float = 0.0
-
-
 async def bare_transactional(
     settings: Settings,
     outputs_per_input: float,
     group: str,
     ready: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None,
-) -> BareStats:
+) -> Run:
     """The floor under exactly once: the processor's consume-transform-produce loop with the
     transform taken out. Same inputs, batches of the processor's size topped up the same way,
     one transactional producer per input partition, as many output records per input record as
@@ -207,7 +197,7 @@ async def bare_transactional(
         await ready(consumer)
     producers: dict[int, AIOKafkaProducer] = {}
     config = ProcessorConfig()
-    stats = BareStats()
+    stats = Run()
     owed = 0.0
     idle_since = time.monotonic()
     lock = asyncio.Lock()
@@ -312,18 +302,16 @@ class Run:
         return self.records / span if span > 0 else 0.0
 
 
-def _run_of(stats: ProcessorStats | BareStats) -> Run:
-    out = Run(
+def _run_of(stats: ProcessorStats) -> Run:
+    return Run(
         records=stats.records,
+        records_out=stats.records_out,
+        batches=stats.batches,
         busy_s=stats.busy_s,
         first_batch_at=stats.first_batch_at,
         last_batch_at=stats.last_batch_at,
+        counts=Counter({k: v for k, v in stats.counts.items() if k.startswith("out:")}),
     )
-    if isinstance(stats, ProcessorStats):
-        out.records_out = stats.records_out
-        out.batches = stats.batches
-        out.counts = Counter({k: v for k, v in stats.counts.items() if k.startswith("out:")})
-    return out
 
 
 async def _own_share(consumer: AIOKafkaConsumer, topic: str, partitions: int, n: int) -> None:
@@ -341,7 +329,7 @@ async def _own_share(consumer: AIOKafkaConsumer, topic: str, partitions: int, n:
 
 
 async def _processor_instance(
-    settings: Settings, config: ProcessorConfig, n: int, barrier: Any
+    settings: Settings, n: int, barrier: Any, config: ProcessorConfig
 ) -> Run:
     tune_for_streaming()
     processor = StreamProcessor(settings, config)
@@ -362,14 +350,13 @@ async def _processor_instance(
 
 
 async def _bare_instance(
-    settings: Settings, outputs_per_input: float, group: str, n: int, barrier: Any
+    settings: Settings, n: int, barrier: Any, outputs_per_input: float, group: str
 ) -> Run:
     async def ready(consumer: AIOKafkaConsumer) -> None:
         await _own_share(consumer, settings.topics.messages.name, settings.topics.partitions, n)
         await asyncio.to_thread(barrier.wait, 120)
 
-    stats = await bare_transactional(settings, outputs_per_input, group, ready)
-    return _run_of(stats)
+    return await bare_transactional(settings, outputs_per_input, group, ready)
 
 
 def _child(
@@ -382,11 +369,8 @@ def _child(
 ) -> None:
     """One instance in a process of its own (spawned: nothing of the parent's loop)."""
     try:
-        args = (where.settings(), *args)
-        if kind == "processor":
-            run = asyncio.run(_processor_instance(*args, n, barrier))
-        else:
-            run = asyncio.run(_bare_instance(*args, n, barrier))
+        instance = _processor_instance if kind == "processor" else _bare_instance
+        run = asyncio.run(instance(where.settings(), n, barrier, *args))
         results.put(("ok", run))
     except BaseException as exc:  # the parent reports it; never hang it
         barrier.abort()
@@ -434,7 +418,7 @@ async def bare(where: Where, outputs_per_input: float, group: str, instances: in
     if instances > 1:
         args = (outputs_per_input, group)
         return await asyncio.to_thread(run_instances, "bare", where, args, instances)
-    return _run_of(await bare_transactional(where.settings(), outputs_per_input, group))
+    return await bare_transactional(where.settings(), outputs_per_input, group)
 
 
 def report(name: str, run: Run) -> float:

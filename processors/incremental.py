@@ -40,6 +40,7 @@ from inboxstream.processors.assign import (
     merged_event,
     new_thread_id,
 )
+from inboxstream.processors.indexes import add_to, discard_from
 from inboxstream.processors.jwz import Algorithm, reference_ids
 from inboxstream.processors.subject import base_subject
 from inboxstream.schemas.models import ThreadEvent
@@ -80,16 +81,6 @@ class _Group:
     def as_group(self, members: list[MessageEntry]) -> Group:
         root_message_id, subject = self.named()
         return Group(members, root_message_id, subject)
-
-
-def _add_to(index: dict[str, set[str]], key: str, value: str) -> None:
-    """``index.setdefault(key, set()).add(value)`` without building a set for every call
-    (most keys are there already: a thread's id, a Message-ID many replies reference)."""
-    found = index.get(key)
-    if found is None:
-        index[key] = {value}
-    else:
-        found.add(value)
 
 
 def _root(node: _Node) -> _Node:
@@ -226,22 +217,14 @@ class InboxThreads:
             return
         self._index(entry, False)
         if entry.thread_id:
-            ids = self._by_tid.get(entry.thread_id)
-            if ids is not None:
-                ids.discard(event_id)
-                if not ids:
-                    del self._by_tid[entry.thread_id]
+            discard_from(self._by_tid, entry.thread_id, event_id)
         self._stale = True
 
     def _index_tid(self, entry: MessageEntry, old: str | None) -> None:
         if old:
-            ids = self._by_tid.get(old)
-            if ids is not None:
-                ids.discard(entry.event_id)
-                if not ids:
-                    del self._by_tid[old]
+            discard_from(self._by_tid, old, entry.event_id)
         if entry.thread_id:
-            _add_to(self._by_tid, entry.thread_id, entry.event_id)
+            add_to(self._by_tid, entry.thread_id, entry.event_id)
 
     def _rebuild(self) -> None:
         """The table from the entries in arrival order; groups from the table (one pass)."""
@@ -347,11 +330,14 @@ class InboxThreads:
         # The trees the message can touch, and their groups, before the step.
         mid = entry.message_id or ""
         ref_ids = reference_ids(entry.references, entry.in_reply_to)
-        shortcut = (
-            self._reply_joins(entry, mid, ref_ids) if ref_ids else self._starts_thread(entry, mid)
-        )
-        if shortcut is not None:
-            return shortcut
+        if mid and mid not in self._table:  # a new Message-ID: the shortcuts may apply
+            shortcut = (
+                self._reply_joins(entry, mid, ref_ids)
+                if ref_ids
+                else self._starts_thread(entry, mid)
+            )
+            if shortcut is not None:
+                return shortcut
         own = self._table.get(mid) if mid else None
         reach = [own] if own is not None and own.entry is None else []  # a duplicate id: unique
         for ref in ref_ids:
@@ -410,8 +396,6 @@ class InboxThreads:
         change whose subject names the tree, so the group, its key and its id stay: one
         ``thread.assigned``, exactly what ``add`` then ``_join`` give (the tests hold the two
         to the batch algorithm)."""
-        if not mid or mid in self._table:
-            return None
         table = self._table
         nodes: list[_Node] = []
         chained = True  # each reference the child of the one before: one tree, no walks
@@ -437,19 +421,12 @@ class InboxThreads:
             return None
         if isinstance(key, str) and self._by_subject.get(key, group) is not group:
             return None
-        node = self._new_node(mid)
-        node.entry = entry
-        self._node_of[entry.event_id] = node
-        _link(parent, node)
+        _link(parent, self._place(entry, mid))
         group.count += 1
         group.min_seq = min(group.min_seq, entry.seq)
         group.max_obs = max(group.max_obs, entry.observed_ms)
-        entry.thread_id = group.tid
-        self._index_tid(entry, None)
-        self._index(entry, True, ref_ids)
         self.joined += 1
-        named = group.as_group([])
-        return [assigned_event(self.inbox_id, entry, group.tid, named, self.algorithm)], [entry]
+        return self._assigned(entry, group, None, ref_ids)
 
     def _starts_thread(
         self, entry: MessageEntry, mid: str
@@ -457,23 +434,33 @@ class InboxThreads:
         """A message that references nothing, whose Message-ID nothing referenced yet and
         whose base subject no thread has: a new thread of its own, one ``thread.assigned``,
         as ``_merge`` gives it (``None``, nothing changed, for anything else)."""
-        if not mid or mid in self._table:
-            return None
         subject = base_subject(entry.subject)
         if self.algorithm == "rfc5256" and subject and subject in self._by_subject:
             return None  # it joins that thread by subject: the general path
-        node = self._new_node(mid)
-        node.entry = entry
+        node = self._place(entry, mid)
         node.holder = node
         node.subject = subject
-        self._node_of[entry.event_id] = node
         group = self._group_of([node], [entry])
         group.tid = new_thread_id(self.inbox_id, entry.event_id, "0")
-        old = entry.thread_id
+        self.started += 1
+        return self._assigned(entry, group, entry.thread_id, [])
+
+    def _place(self, entry: MessageEntry, mid: str) -> _Node:
+        """A container of its own for a message whose Message-ID is new (the shortcuts)."""
+        node = self._new_node(mid)
+        node.entry = entry
+        self._node_of[entry.event_id] = node
+        return node
+
+    def _assigned(
+        self, entry: MessageEntry, group: _Group, old: str | None, ref_ids: list[str]
+    ) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+        """A shortcut's end: the message carries its group's id (``old`` the one it carried,
+        as ``_join`` and ``_merge`` pass it), is indexed, and that is announced."""
+        assert group.tid is not None
         entry.thread_id = group.tid
         self._index_tid(entry, old)
-        self._index(entry, True, [])
-        self.started += 1
+        self._index(entry, True, ref_ids)
         named = group.as_group([])
         return [assigned_event(self.inbox_id, entry, group.tid, named, self.algorithm)], [entry]
 
@@ -621,22 +608,19 @@ class InboxThreads:
             ref_ids = reference_ids(entry.references, entry.in_reply_to)
         subject = base_subject(entry.subject) if self.algorithm == "rfc5256" else ""
         if add:  # once for every message: the plain loop, no list of keys
-            _add_to(self._by_mid, entry.message_id, eid)
+            add_to(self._by_mid, entry.message_id, eid)
             by_ref = self._by_ref
             for ref in ref_ids:
-                _add_to(by_ref, ref, eid)
+                add_to(by_ref, ref, eid)
             if subject:
-                _add_to(self._by_base, subject, eid)
+                add_to(self._by_base, subject, eid)
             return
         keys = [(self._by_mid, entry.message_id)]
         keys += [(self._by_ref, r) for r in ref_ids]
         if subject:
             keys.append((self._by_base, subject))
         for index, key in keys:
-            if (ids := index.get(key)) is not None:
-                ids.discard(eid)
-                if not ids:
-                    del index[key]
+            discard_from(index, key, eid)
 
     def _component(self, entry: MessageEntry) -> set[str]:
         """``entry`` and every indexed message whose thread it could change, whole threads

@@ -34,6 +34,7 @@ from inboxstream.core.settings import KafkaSettings
 from inboxstream.processors.assign import MessageEntry
 from inboxstream.processors.exceptions import StateRestoreError
 from inboxstream.processors.incremental import InboxThreads
+from inboxstream.processors.indexes import add_to, discard_from
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.records import CrmRecord, EngagementRecord, Held
 from inboxstream.processors.retention import BODY_TTL_MS, DELETED_PURGE_MS, REPLY_HOLD_MS
@@ -182,16 +183,7 @@ class PartitionState:
             if entry is None or entry.reply is None:
                 continue
             for ref in {*entry.reply.in_reply_to, *entry.reply.references}:
-                keys = self.pending_refs.get(ref)
-                if add:
-                    if keys is None:
-                        self.pending_refs[ref] = {key}
-                    else:
-                        keys.add(key)
-                elif keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del self.pending_refs[ref]
+                (add_to if add else discard_from)(self.pending_refs, ref, key)
         if held is None:
             self.pending.pop(key, None)
         else:
