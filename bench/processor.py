@@ -178,6 +178,7 @@ async def bare_transactional(
     outputs_per_input: float,
     group: str,
     ready: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None,
+    finished: Callable[[], Awaitable[None]] | None = None,
 ) -> Run:
     """The floor under exactly once: the processor's consume-transform-produce loop with the
     transform taken out. Same inputs, batches of the processor's size topped up the same way,
@@ -257,6 +258,8 @@ async def bare_transactional(
             stats.records += sum(done)
             stats.last_batch_at = time.perf_counter()
             stats.busy_s += stats.last_batch_at - started
+        if finished is not None:  # before leaving the group (several instances)
+            await finished()
     finally:
         await consumer.stop()
         for producer in producers.values():
@@ -356,7 +359,10 @@ async def _bare_instance(
         await _own_share(consumer, settings.topics.messages.name, settings.topics.partitions, n)
         await asyncio.to_thread(barrier.wait, 120)
 
-    return await bare_transactional(settings, outputs_per_input, group, ready)
+    async def finished() -> None:  # as the processor instances: nobody leaves the group early
+        await asyncio.to_thread(barrier.wait, 600)
+
+    return await bare_transactional(settings, outputs_per_input, group, ready, finished)
 
 
 def _child(
