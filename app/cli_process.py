@@ -119,10 +119,11 @@ def process(
         tune_for_streaming()
         processor = StreamProcessor(settings, config)
 
-        def in_transaction() -> None:
-            # The kill -9 test waits for this line: a transaction is open right now.
-            assigned = processor.stats.counts["out:thread.assigned"]
-            sys.stderr.write(f"IN-TRANSACTION {assigned}\n")
+        def in_transaction(partition: int, threads_here: int) -> None:
+            # The kill -9 and zombie tests wait for this line: a transaction is open right now,
+            # with ``threads_here`` thread events of its own in the log, uncommitted.
+            committed = processor.stats.threads_committed
+            sys.stderr.write(f"IN-TRANSACTION {partition} {threads_here} {committed}\n")
             sys.stderr.flush()
 
         processor.on_in_transaction = in_transaction

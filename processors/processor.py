@@ -112,7 +112,8 @@ class ProcessorConfig:
     # (outputs flushed, then offsets committed; a crash in between duplicates output).
     exactly_once: bool = True
     # Test hook: sleep this long inside each transaction after the outputs were sent, and call
-    # ``on_in_transaction`` first, so a test can kill the process with a transaction open.
+    # ``on_in_transaction(partition, thread events in this transaction)`` first, so a test can
+    # kill the process with a transaction open that has thread output in the log.
     pause_in_transaction_s: float = 0.0
     # How long the group waits for a silent instance before giving its partitions to the others
     # (a frozen or partitioned instance; heartbeats go every third of it, at most every 3 s).
@@ -135,6 +136,8 @@ class ProcessorStats:
     busy_s: float = 0.0  # wall time spent in batches (fetch waits excluded)
     first_batch_at: float = 0.0  # perf_counter() when the first batch started
     last_batch_at: float = 0.0  # and when the last one ended
+    # thread events in transactions that committed (a test waits for some before its kill)
+    threads_committed: int = 0
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -175,7 +178,7 @@ class StreamProcessor:
         self.states: dict[int, PartitionState] = {}
         self.stats = ProcessorStats()
         self.engine = Engine(self.stats.counts)
-        self.on_in_transaction: Callable[[], Awaitable[None] | None] | None = None
+        self.on_in_transaction: Callable[[int, int], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # With exactly-once, one transactional producer per owned input partition
         # (``<group>-p<N>``), as Kafka Streams does per task: whoever takes partition N over
@@ -416,7 +419,7 @@ class StreamProcessor:
                     # the outputs are in the log, uncommitted, when the hook fires
                     await txn.producer.flush()
                     if self.on_in_transaction is not None:
-                        maybe = self.on_in_transaction()
+                        maybe = self.on_in_transaction(partition, txn.threads_sent)
                         if maybe is not None:
                             await maybe
                     await asyncio.sleep(self.config.pause_in_transaction_s)
@@ -451,6 +454,7 @@ class StreamProcessor:
                 await producer.stop()
             return
         self.stats.batches += 1
+        self.stats.threads_committed += txn.threads_sent
         TRANSACTIONS.labels("committed").inc()
         BATCH_RECORDS.labels("processor").observe(sum(len(r) for r in batch.values()))
         BATCH_SECONDS.labels("processor").observe(time.perf_counter() - started)
@@ -522,7 +526,11 @@ class StreamProcessor:
         for out in txn.outputs:
             assert isinstance(out, Emit)
             serde = serde_for(type(out.event))
-            topic = self.topics.threads if out.output == "threads" else self.topics.engagements
+            if out.output == "threads":
+                topic = self.topics.threads
+                txn.threads_sent += 1
+            else:
+                topic = self.topics.engagements
             headers = serde.headers(out.event.event_type)
             outgoing.append((topic, None, out.key.encode(), serde.encode(out.event), headers))
         self.stats.records_out += len(txn.outputs)
@@ -686,6 +694,7 @@ class _Txn:
     outputs: list[Step] = field(default_factory=list)
     # inbox.bodies records of this share that an engagement reads (by offset)
     bodies: dict[int, Record] = field(default_factory=dict)
+    threads_sent: int = 0  # thread events sent in this transaction
     sender: BatchSender = field(init=False)
 
     def __post_init__(self) -> None:

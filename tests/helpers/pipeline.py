@@ -250,10 +250,11 @@ def wait_inside_a_transaction(
     proc: subprocess.Popen[str], *, after: int, timeout: float, what: str
 ) -> None:
     """Return while ``proc`` (run with ``--pause-in-transaction``) holds a transaction open
-    that has thread output, after at least ``after`` transactions and once earlier ones had
-    thread output: the moment to kill or freeze it."""
+    that has thread output of its own in the log, after at least ``after`` transactions and
+    once some thread output was committed: the moment to kill or freeze it. (Transactions of
+    different input partitions overlap, so only the open one's own count says it has output.)"""
     assert proc.stderr is not None
-    seen, committed_threads = 0, 0
+    seen = 0
     deadline = time.monotonic() + timeout
     while True:
         line = proc.stderr.readline()
@@ -261,10 +262,9 @@ def wait_inside_a_transaction(
         assert time.monotonic() < deadline, "processor never opened a transaction"
         if line.startswith("IN-TRANSACTION"):
             seen += 1
-            assigned = int(line.split()[1])  # thread events sent so far, this one included
-            if seen >= after and committed_threads and assigned > committed_threads:
+            _, _partition, threads_here, committed = line.split()
+            if seen >= after and int(threads_here) and int(committed):
                 return
-            committed_threads = assigned
 
 
 async def group_state(settings: Settings, group: str) -> tuple[str, int]:

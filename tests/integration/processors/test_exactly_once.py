@@ -72,7 +72,7 @@ async def test_failure_inside_a_batch_aborts_restores_and_retries(
     processor = StreamProcessor(settings, config)
     calls = 0
 
-    def fail_twice() -> None:
+    def fail_twice(partition: int, threads_here: int) -> None:
         nonlocal calls
         calls += 1
         if calls in (2, 5):
