@@ -36,7 +36,7 @@ from inboxstream.processors.exceptions import StateRestoreError
 from inboxstream.processors.incremental import InboxThreads
 from inboxstream.processors.indexes import add_to, discard_from
 from inboxstream.processors.jwz import Algorithm
-from inboxstream.processors.records import CrmRecord, EngagementRecord, Held
+from inboxstream.processors.records import CrmRecord, EngagementRecord, Held, Reply
 from inboxstream.processors.retention import BODY_TTL_MS, DELETED_PURGE_MS, REPLY_HOLD_MS
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,13 @@ class PartitionState:
     # reference which Message-ID (so a CRM record finds its replies without a scan).
     swept_bucket: int = -1
     pending_refs: dict[str, set[str]] = field(default_factory=dict)
+    # The Message-ID index is built lazily: most held replies expire (or get their match from
+    # a CRM record that came first) before any CRM record asks for them, and indexing every
+    # reference of every reply on arrival was a fifth of a long thread's cost per message.
+    # ``_unindexed`` holds the keys put since the last ask (an ordered set); ``_indexed`` the
+    # reply each indexed key's references came from, to take them out again.
+    _unindexed: dict[str, None] = field(default_factory=dict)
+    _indexed: dict[str, Reply] = field(default_factory=dict)
     # In memory only: when each held reply and each engagement is next due for the sweep, as
     # heaps of (due ms, key), so a sweep touches what is due, not the whole store. An entry
     # whose record changed since is stale; the sweep checks the record itself and skips it.
@@ -177,13 +184,17 @@ class PartitionState:
     def _set_pending(self, key: str, held: Held | None) -> None:
         """Write one pending entry in memory, keeping the Message-ID index in step."""
         old = self.pending.get(key)
+        reply = None if held is None else held.reply
         # The index changes only with the reply (a body's offset coming in keeps it).
-        same_reply = old is not None and held is not None and old.reply is held.reply
-        for entry, add in () if same_reply else ((old, False), (held, True)):
-            if entry is None or entry.reply is None:
-                continue
-            for ref in {*entry.reply.in_reply_to, *entry.reply.references}:
-                (add_to if add else discard_from)(self.pending_refs, ref, key)
+        if old is None or old.reply is not reply:
+            indexed = self._indexed.pop(key, None)
+            if indexed is not None:
+                for ref in _refs_of(indexed):
+                    discard_from(self.pending_refs, ref, key)
+            if reply is None:
+                self._unindexed.pop(key, None)
+            else:
+                self._unindexed[key] = None
         if held is None:
             self.pending.pop(key, None)
         else:
@@ -193,6 +204,14 @@ class PartitionState:
 
     def pending_mentioning(self, message_id: str) -> list[str]:
         """Keys of held replies that reference ``message_id``, in key order."""
+        if self._unindexed:
+            for key in self._unindexed:
+                reply = self.pending[key].reply
+                assert reply is not None  # a key leaves _unindexed when its reply goes
+                for ref in _refs_of(reply):
+                    add_to(self.pending_refs, ref, key)
+                self._indexed[key] = reply
+            self._unindexed.clear()
         return sorted(self.pending_refs.get(message_id, ()))
 
     def advance(self, event_ms: int) -> None:
@@ -266,3 +285,8 @@ async def restore(
         sum(len(s.engagements) for s in states.values()),
     )
     return states
+
+
+def _refs_of(reply: Reply) -> set[str]:
+    """The Message-IDs a held reply is found by (any of them may be a CRM record's)."""
+    return {*reply.in_reply_to, *reply.references}

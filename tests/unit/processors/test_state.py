@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from inboxstream.processors.assign import MessageEntry
 from inboxstream.processors.matcher import Match
 from inboxstream.processors.records import CrmRecord, EngagementRecord, Held, Reply
@@ -58,3 +61,56 @@ def test_changelog_values_keep_the_earlier_json_format() -> None:
         b'{"inbox_id":"i","message_id":"m1@x","crm_message_id":"crm@x","crm_kind":"sent",'
         b'"created_ms":5,"body_expired":false,"deleted_ms":null}'
     )
+
+
+IDS = [f"m{i}@x" for i in range(6)]
+_replies = st.builds(
+    lambda key, irt, refs: Reply("i", key, f"own-{key}@x", irt, refs, None, None, None, 0),
+    st.sampled_from(["e1", "e2", "e3", "e4"]),
+    st.lists(st.sampled_from(IDS), max_size=2).map(tuple),
+    st.lists(st.sampled_from(IDS), max_size=4).map(tuple),
+)
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.sampled_from(["e1", "e2", "e3", "e4"]), _replies),
+        st.tuples(st.just("body"), st.sampled_from(["e1", "e2", "e3", "e4"]), st.none()),
+        st.tuples(st.just("offset"), st.sampled_from(["e1", "e2", "e3", "e4"]), st.none()),
+        st.tuples(st.just("drop"), st.sampled_from(["e1", "e2", "e3", "e4"]), st.none()),
+        st.tuples(st.just("ask"), st.sampled_from(IDS), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@given(_steps)
+def test_pending_index_names_exactly_the_held_replies_that_mention_an_id(
+    steps: list[tuple[str, str, Reply | None]],
+) -> None:
+    """The lazily built Message-ID index against a scan of every held reply, after any mix
+    of replies held, replaced, given a body offset, turned into early bodies and dropped."""
+    state = PartitionState(0)
+
+    def scan(message_id: str) -> list[str]:
+        return sorted(
+            key
+            for key, held in state.pending.items()
+            if held.reply is not None
+            and message_id in {*held.reply.in_reply_to, *held.reply.references}
+        )
+
+    for step, arg, reply in steps:
+        if step == "put":
+            assert reply is not None
+            state.put_pending(arg, Held(since_ms=1, reply=reply))
+        elif step == "body":
+            state.put_pending(arg, Held(since_ms=2, body_at=3))
+        elif step == "offset" and arg in state.pending:
+            state.put_pending(arg, state.pending[arg].with_(body_at=9))
+        elif step == "drop":
+            state.put_pending(arg, None)
+        elif step == "ask":
+            assert state.pending_mentioning(arg) == scan(arg)
+    for message_id in IDS:
+        assert state.pending_mentioning(message_id) == scan(message_id)
+    # nothing stale stays behind in the index
+    assert all(state.pending_refs.values())
