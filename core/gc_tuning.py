@@ -28,3 +28,38 @@ def tune_for_streaming() -> None:
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
     _tuned = True
+
+
+class SurvivorFreezer:
+    """Keeps a long-lived, growing heap (the stream processor's state) out of the collector's
+    passes: after each unit of work the objects alive are frozen, so young collections walk
+    only what the next unit allocates, and the full collections - each a walk over the whole
+    state, and the interpreter starts one whenever the old generation grew by a quarter - stop.
+    bench/engine_cpu measured the collector at 9-11% of the processor's CPU per event.
+
+    Frozen objects are still freed by reference counting; only cyclic garbage frozen with them
+    waits. So once the frozen set has doubled since the last full collection, everything is
+    unfrozen, collected once and frozen again: the same amortised cost per object as the
+    interpreter's own policy, four times less often, and garbage in cycles bounded by the
+    live heap. The frozen set is counted every ``check_every`` calls (counting walks it).
+    """
+
+    def __init__(self, *, check_every: int = 64, floor: int = 200_000) -> None:
+        self.check_every = check_every
+        self.floor = floor
+        self.collections = 0
+        self._calls = 0
+        self._after_collect = 0
+
+    def work_done(self) -> None:
+        gc.freeze()
+        self._calls += 1
+        if self._calls % self.check_every:
+            return
+        frozen = gc.get_freeze_count()
+        if frozen > 2 * max(self._after_collect, self.floor):
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            self.collections += 1
+            self._after_collect = gc.get_freeze_count()

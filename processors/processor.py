@@ -54,7 +54,7 @@ from aiokafka.errors import ProducerFenced
 
 from inboxstream.core.aiokafka_shim import producer_is_fatal
 from inboxstream.core.batches import BatchSender, Outgoing
-from inboxstream.core.gc_tuning import tune_for_streaming
+from inboxstream.core.gc_tuning import SurvivorFreezer, tune_for_streaming
 from inboxstream.core.kafka import (
     client_options,
     ensure_topics,
@@ -178,6 +178,7 @@ class StreamProcessor:
         self.states: dict[int, PartitionState] = {}
         self.stats = ProcessorStats()
         self.engine = Engine(self.stats.counts)
+        self._freezer = SurvivorFreezer()
         self.on_in_transaction: Callable[[int, int], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # With exactly-once, one transactional producer per owned input partition
@@ -517,6 +518,8 @@ class StreamProcessor:
         txn.outputs += self.engine.sweep(txn.state)
         await self._read_bodies(txn)
         await self._flush(txn)
+        # what this share left in state stays out of the collector's passes from now on
+        self._freezer.work_done()
         return offsets
 
     async def _flush(self, txn: _Txn) -> None:
