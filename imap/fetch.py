@@ -110,8 +110,10 @@ def _meta(text: bytes, seq: int, raw: bytes | None) -> FetchedItem | None:
     modseq = _MODSEQ_RE.search(text)
     flags = _FLAGS_RE.search(text)
     idate = _INTERNALDATE_RE.search(text)
-    gm_msgid = _GM_MSGID_RE.search(text)
-    gm_labels = _GM_LABELS_RE.search(text)
+    # Gmail's attributes only where the server sent one (two regex passes saved per message)
+    gmail = b"X-GM-" in text
+    gm_msgid = _GM_MSGID_RE.search(text) if gmail else None
+    gm_labels = _GM_LABELS_RE.search(text) if gmail else None
     return FetchedItem(
         seq=seq,
         uid=int(uid.group(1)),

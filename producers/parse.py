@@ -277,7 +277,7 @@ def _parse_mime(
 ) -> tuple[Message | None, list[Leaf] | None]:
     """The message's headers and, when the fast path read them, its leaves.
 
-    The compiled parser (mail/mime.py) answers for plain messages; everything else, and every
+    The fast path (mail/mime.py) answers for plain messages; everything else, and every
     call with ``fast=False``, is the stdlib parse (its leaves are then walked by the caller).
     When the MIME nesting is deeper than the stdlib's recursion can follow, the header block
     alone is parsed: the event is still whole; only the body is not read.
