@@ -127,6 +127,28 @@ def _meta(text: bytes, seq: int, raw: bytes | None) -> FetchedItem | None:
     )
 
 
+#: The answer to the backfill's own FETCH items, in the order servers send them back (Dovecot,
+#: and most others, answer in the order asked): one match instead of seven searches. Anything
+#: else (other attributes, another order, a quoted flag) is read by ``_meta``.
+_BACKFILL_LINE_RE = re.compile(
+    rb'\d+ FETCH \(UID (\d+) FLAGS \(([^()"]*)\) INTERNALDATE "([^"]+)" RFC822\.SIZE (\d+)'
+    rb"(?: MODSEQ \((\d+)\))? BODY\[\] \{\d+\}"
+)
+
+
+def _backfill_item(found: re.Match[bytes], seq: int, raw: bytes) -> FetchedItem:
+    uid, flags, idate, size, modseq = found.groups()
+    return FetchedItem(
+        seq=seq,
+        uid=int(uid),
+        raw=raw,
+        size=int(size),
+        flags=tuple(f.decode("utf-8", "replace") for f in flags.split()),
+        internal_date=parse_internaldate(idate),
+        modseq=None if modseq is None else int(modseq),
+    )
+
+
 def parse_fetch_lines(lines: list[bytes | bytearray]) -> list[FetchedItem]:
     """All messages in one FETCH response, in server order; unrelated lines are skipped."""
     out: list[FetchedItem] = []
@@ -142,7 +164,11 @@ def parse_fetch_lines(lines: list[bytes | bytearray]) -> list[FetchedItem]:
         if _LITERAL_RE.search(line) and i + 1 < n:
             raw = bytes(lines[i + 1])
             tail = bytes(lines[i + 2]) if i + 2 < n else b""
-            item = _meta(line + b" " + tail, seq, raw)
+            plain = _BACKFILL_LINE_RE.fullmatch(line) if tail == b")" else None
+            if plain is not None:
+                item = _backfill_item(plain, seq, raw)
+            else:
+                item = _meta(line + b" " + tail, seq, raw)
             i += 3
         else:
             item = _meta(line, seq, None)

@@ -171,3 +171,32 @@ def test_gmail_message_id_and_labels_are_read_from_fetch() -> None:
     assert first.gm_labels == ("\\Inbox", "Two words", 'say "hi"', "Été", "\\Important")
     assert (second.gm_msgid, second.gm_labels) == (None, ())
     assert parse_gm_labels(b"") == ()
+
+
+_flag = st.sampled_from(["\\Seen", "\\Recent", "\\Answered", "$Forwarded", "Junk", "\\*", "5"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 2**32 - 1),
+    st.lists(_flag, max_size=4),
+    st.sampled_from(['"05-Dec-2026 06:13:47 +0000"', '" 1-Jan-2027 00:00:00 -0130"', '"junk"']),
+    st.integers(0, 2**40),
+    st.one_of(st.none(), st.integers(1, 2**63 - 1)),
+    st.sampled_from([b")", b" X-GM-MSGID 7)", b""]),
+)
+def test_backfill_line_fast_read_is_the_general_read(
+    uid: int, flags: list[str], idate: str, size: int, modseq: int | None, tail: bytes
+) -> None:
+    """The one-regex read of the backfill's own FETCH layout gives what the attribute-by-
+    attribute reader gives (and lines it does not fit, such as a tail with more attributes,
+    still reach that reader)."""
+    from inboxstream.imap import fetch
+
+    line = (
+        f"9 FETCH (UID {uid} FLAGS ({' '.join(flags)}) INTERNALDATE {idate} RFC822.SIZE {size}"
+        + ("" if modseq is None else f" MODSEQ ({modseq})")
+        + " BODY[] {3}"
+    ).encode()
+    got = parse_fetch_lines([line, bytearray(b"abc"), tail, b"A1 OK"])
+    assert got == [fetch._meta(line + b" " + tail, 9, b"abc")]
