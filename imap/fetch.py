@@ -161,6 +161,7 @@ def parse_fetch_lines(lines: list[bytes | bytearray]) -> list[FetchedItem]:
             i += 1
             continue
         seq = int(head.group(1))
+        item: FetchedItem | None
         if _LITERAL_RE.search(line) and i + 1 < n:
             raw = bytes(lines[i + 1])
             tail = bytes(lines[i + 2]) if i + 2 < n else b""

@@ -6,7 +6,6 @@ out so it can run inline or in a worker process (producers/parse_pool.py) with t
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,7 +52,7 @@ def encode_chunk(
     """A worker process's unit of work: a slice of one FETCH batch (amortises the IPC).
 
     The records go straight from the parser's dicts to Avro (no model round trip: the parser's
-    types are the schema's), all into one buffer, each value a slice of it. parse_records never
+    types are the schema's), each value the bytes cavro returns. parse_records never
     raises, but one unencodable field must not wedge the folder (every retry would hit it
     again): that message's identity is published with the reason instead.
     """
@@ -95,25 +94,17 @@ def encode_chunk(
 
 
 class _Writer:
-    """Schemaless Avro into one growing buffer: each value is the slice one record wrote."""
+    """Schemaless Avro values of one topic, each checked against Kafka's size limit."""
 
     def __init__(self, serde: AvroSerde[Any]) -> None:
         self._serde = serde
-        self._buffer = io.BytesIO()
         self.framed = serde.framed
 
     def write(self, record: dict[str, Any]) -> bytes:
-        start = self._buffer.tell()
-        try:
-            self._serde.write_into(self._buffer, record)
-            size = self._buffer.tell() - start
-            if size > MAX_EVENT_BYTES:  # Kafka would refuse it at send, on every retry
-                raise EncodeError(f"event is {size} bytes, over the {MAX_EVENT_BYTES} byte limit")
-        except EncodeError:
-            self._buffer.seek(start)
-            self._buffer.truncate()
-            raise
-        return self._buffer.getbuffer()[start:].tobytes()
+        value = self._serde.encode_record(record)
+        if len(value) > MAX_EVENT_BYTES:  # Kafka would refuse it at send, on every retry
+            raise EncodeError(f"event is {len(value)} bytes, over the {MAX_EVENT_BYTES} byte limit")
+        return value
 
 
 def identity_only(message: MessageEvent, exc: Exception) -> MessageEvent:

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -217,27 +216,22 @@ class AvroSerde(Generic[E]):
         return self.encode_record(record)
 
     def encode_record(self, record: Mapping[str, Any]) -> bytes:
-        buf = io.BytesIO()
-        self.write_into(buf, record)
-        return buf.getvalue()
-
-    @property
-    def framed(self) -> bool:
-        """Whether values are written in the Confluent wire format (the schema is registered)."""
-        return WIRE.prefix(self.writer.fingerprint) is not None
-
-    def write_into(self, buf: io.BytesIO, record: Mapping[str, Any]) -> None:
-        """Append one record's value to ``buf`` (batch encoders share one buffer)."""
-        prefix = WIRE.prefix(self.writer.fingerprint)
-        if prefix is not None:
-            buf.write(prefix)
+        """One record's value: the wire-format prefix when the schema is registered, then the
+        Avro body (cavro returns it as bytes, so no buffer is needed between)."""
         try:
-            buf.write(_codec(self.writer).binary_encode(record))
+            body: bytes = _codec(self.writer).binary_encode(record)
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
             raise EncodeError(
                 f"{self.model.schema_name}: record does not fit schema "
                 f"v{self.writer.version}: {exc}"
             ) from exc
+        prefix = WIRE.prefix(self.writer.fingerprint)
+        return body if prefix is None else prefix + body
+
+    @property
+    def framed(self) -> bool:
+        """Whether values are written in the Confluent wire format (the schema is registered)."""
+        return WIRE.prefix(self.writer.fingerprint) is not None
 
     def headers(
         self, event_type: str | None = None, *, framed: bool | None = None

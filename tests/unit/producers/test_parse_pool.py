@@ -102,10 +102,10 @@ def test_unencodable_event_is_followed_by_the_identity_with_the_reason(
     """Nothing parse_message builds from real mail is known to fail encoding (it decodes with
     replacement), so the failure is forced: the body event's encoder raises."""
 
-    def refuse(buf: object, record: object) -> None:
+    def refuse(record: object) -> bytes:
         raise EncodeError("inbox.bodies: forced")
 
-    monkeypatch.setattr(serde_for(BodyEvent), "write_into", refuse)
+    monkeypatch.setattr(serde_for(BodyEvent), "encode_record", refuse)
     raw = b"Message-ID: <a@b>\r\nSubject: ok\r\n\r\nhi"
     encoded = encode_message(FetchedMessage("i@x.test", "INBOX", "inbox", 7, 3, raw))
     assert [r.topic for r in encoded.records] == ["messages", "messages"]
