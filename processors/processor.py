@@ -257,7 +257,12 @@ class StreamProcessor:
         assert self._consumer is not None
         counts = {}
         for topic in (*self.topics.inputs, *self.topics.changelogs.values()):
-            counts[topic] = len(await partitions_of(self._consumer, topic, wait_s=5.0))
+            # A topic created a moment ago can take seconds to show in the metadata of a
+            # broker that has just started (seen on a loaded box: 0 partitions after 5 s).
+            counts[topic] = len(await partitions_of(self._consumer, topic, wait_s=30.0))
+        missing = sorted(topic for topic, n in counts.items() if n == 0)
+        if missing:
+            raise TopologyError(f"topics not found (or without partitions): {missing}")
         if len(set(counts.values())) != 1:
             raise TopologyError(f"input and changelog topics differ in partitions: {counts}")
 
