@@ -102,6 +102,11 @@ _DATE_TIME_RE = re.compile(
 )
 
 
+def _flags(inner: bytes) -> tuple[str, ...]:
+    """The flags of a ``FLAGS (...)`` list."""
+    return tuple(f.decode("utf-8", "replace") for f in inner.split())
+
+
 def _meta(text: bytes, seq: int, raw: bytes | None) -> FetchedItem | None:
     uid = _UID_RE.search(text)
     if uid is None:
@@ -119,7 +124,7 @@ def _meta(text: bytes, seq: int, raw: bytes | None) -> FetchedItem | None:
         uid=int(uid.group(1)),
         raw=raw,
         size=int(size.group(1)) if size else None,
-        flags=tuple(f.decode("utf-8", "replace") for f in flags.group(1).split()) if flags else (),
+        flags=_flags(flags.group(1)) if flags else (),
         internal_date=parse_internaldate(idate.group(1)) if idate else None,
         modseq=int(modseq.group(1)) if modseq else None,
         gm_msgid=gm_msgid.group(1).decode() if gm_msgid else None,
@@ -143,7 +148,7 @@ def _backfill_item(found: re.Match[bytes], seq: int, raw: bytes) -> FetchedItem:
         uid=int(uid),
         raw=raw,
         size=int(size),
-        flags=tuple(f.decode("utf-8", "replace") for f in flags.split()),
+        flags=_flags(flags),
         internal_date=parse_internaldate(idate),
         modseq=None if modseq is None else int(modseq),
     )

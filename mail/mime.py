@@ -28,6 +28,7 @@ fast path took 56 µs a message on the benchmark corpus; without it, 30.
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import email
 import email.parser
 import email.policy
@@ -289,13 +290,14 @@ def _base64(joined: bytes) -> bytes:
     character, padding inside) takes the stdlib's own function and its fallbacks.
     """
     missing = -len(joined) % 4
-    padded = joined + b"=" * missing if missing != 3 else joined
-    body = padded.rstrip(b"=")
-    if missing != 3 and len(padded) - len(body) <= 2 and b"=" not in body:
-        try:
-            return pybase64.b64decode(padded, validate=True)
-        except ValueError:  # binascii.Error: a character outside the alphabet
-            pass
+    if missing != 3:  # three missing: the stdlib's strict attempt fails, its fallbacks decide
+        padded = joined + b"=" * missing
+        data = padded.rstrip(b"=")
+        if len(padded) - len(data) <= 2 and b"=" not in data:
+            try:
+                return pybase64.b64decode(padded, validate=True)
+            except ValueError:  # binascii.Error: a character outside the alphabet
+                pass
     value, _defects = decode_b(joined)
     return bytes(value)
 
@@ -387,16 +389,7 @@ def _meaning_by_shape(key: tuple[tuple[str, ...], ...]) -> _Meaning | None:
             quote = found[2]
             general = _meaning(((f"{found[1]}{quote}{_PLACEHOLDER}{quote}",), *key[1:]))
             if general is not None and general.boundary == _PLACEHOLDER:
-                return _Meaning(
-                    general.content_type,
-                    general.multipart,
-                    found[3],
-                    general.cte,
-                    general.disposition,
-                    general.filename,
-                    general.charset,
-                    general.content_id,
-                )
+                return dataclasses.replace(general, boundary=found[3])
     return _meaning(key)
 
 

@@ -56,8 +56,8 @@ def encode_chunk(
     raises, but one unencodable field must not wedge the folder (every retry would hit it
     again): that message's identity is published with the reason instead.
     """
-    messages_writer = _Writer(serde_for(MessageEvent))
-    bodies_writer = _Writer(serde_for(BodyEvent))
+    messages, bodies = serde_for(MessageEvent), serde_for(BodyEvent)
+    messages_framed, bodies_framed = messages.framed, bodies.framed  # once a chunk
     out: list[EncodedMessage] = []
     for fetched in chunk:
         message, body = parse_records(
@@ -66,17 +66,10 @@ def encode_chunk(
         records: list[EncodedRecord] = []
         try:
             records.append(
-                EncodedRecord(
-                    "messages",
-                    messages_writer.write(message),
-                    "message.new",
-                    messages_writer.framed,
-                )
+                EncodedRecord("messages", _value(messages, message), "message.new", messages_framed)
             )
             records.append(
-                EncodedRecord(
-                    "bodies", bodies_writer.write(body), BodyEvent.schema_name, bodies_writer.framed
-                )
+                EncodedRecord("bodies", _value(bodies, body), BodyEvent.schema_name, bodies_framed)
             )
         except EncodeError as exc:
             log.warning("%s %s UID %d: %s", fetched.inbox_id, fetched.folder, fetched.uid, exc)
@@ -84,27 +77,21 @@ def encode_chunk(
             records.append(
                 EncodedRecord(
                     "messages",
-                    serde_for(MessageEvent).encode(fallback),
+                    messages.encode(fallback),
                     fallback.event_type,
-                    serde_for(MessageEvent).framed,
+                    messages_framed,
                 )
             )
         out.append(EncodedMessage(fetched.uid, tuple(records)))
     return out
 
 
-class _Writer:
-    """Schemaless Avro values of one topic, each checked against Kafka's size limit."""
-
-    def __init__(self, serde: AvroSerde[Any]) -> None:
-        self._serde = serde
-        self.framed = serde.framed
-
-    def write(self, record: dict[str, Any]) -> bytes:
-        value = self._serde.encode_record(record)
-        if len(value) > MAX_EVENT_BYTES:  # Kafka would refuse it at send, on every retry
-            raise EncodeError(f"event is {len(value)} bytes, over the {MAX_EVENT_BYTES} byte limit")
-        return value
+def _value(serde: AvroSerde[Any], record: dict[str, Any]) -> bytes:
+    """One record's Avro value, refused when Kafka would refuse it at send (on every retry)."""
+    value = serde.encode_record(record)
+    if len(value) > MAX_EVENT_BYTES:
+        raise EncodeError(f"event is {len(value)} bytes, over the {MAX_EVENT_BYTES} byte limit")
+    return value
 
 
 def identity_only(message: MessageEvent, exc: Exception) -> MessageEvent:
