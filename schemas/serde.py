@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from inboxstream.schemas.exceptions import DecodeError, EncodeError, UnknownSchemaError
 from inboxstream.schemas.models import Event
+from inboxstream.schemas.native_codec import Fallback, native_codec
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "avro"
 HEADER_SCHEMA = "inboxstream.schema"
@@ -218,6 +219,14 @@ class AvroSerde(Generic[E]):
     def encode_record(self, record: Mapping[str, Any]) -> bytes:
         """One record's value: the wire-format prefix when the schema is registered, then the
         Avro body (cavro returns it as bytes, so no buffer is needed between)."""
+        prefix = WIRE.prefix(self.writer.fingerprint)
+        native = _native_encoder(self.writer)
+        if native is not None:
+            try:
+                encoded: bytes = native.encode(record, prefix or b"")
+                return encoded
+            except Fallback:
+                pass  # a value the compiled codec is not sure of: cavro decides
         try:
             body: bytes = _codec(self.writer).binary_encode(record)
         except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
@@ -225,7 +234,6 @@ class AvroSerde(Generic[E]):
                 f"{self.model.schema_name}: record does not fit schema "
                 f"v{self.writer.version}: {exc}"
             ) from exc
-        prefix = WIRE.prefix(self.writer.fingerprint)
         return body if prefix is None else prefix + body
 
     @property
@@ -335,6 +343,13 @@ class AvroSerde(Generic[E]):
         The schema guarantees the types, so nothing is validated twice."""
         writer, start = self._writer_of(value, headers)
         assert value is not None  # _writer_of refuses a tombstone
+        native = _native_projection(writer, self.reader, fields)
+        if native is not None:
+            try:
+                projected: dict[str, Any] = native.decode(value, start)
+                return projected
+            except Fallback:
+                pass  # a datum the compiled codec is not sure of: cavro decides
         try:
             record = _decoder(writer, self.reader, fields).binary_decode(
                 value[start:] if start else value
@@ -428,6 +443,38 @@ def _decoder(writer: SchemaVersion, reader: SchemaVersion, fields: tuple[str, ..
             decoder = projected.reader_for_writer(_codec(writer, plain=True))
         _DECODERS[key] = decoder
     return decoder
+
+
+_NATIVE: dict[tuple[str, tuple[str, ...] | None], Any] = {}
+
+
+def _native_encoder(version: SchemaVersion) -> Any | None:
+    """The compiled encoder of one schema version, or ``None`` (not built, or a schema outside
+    its subset): ``schemas/native_codec.py``."""
+    key = (version.fingerprint, None)
+    try:
+        return _NATIVE[key]
+    except KeyError:
+        codec = _NATIVE[key] = native_codec(_source(version))
+        return codec
+
+
+def _native_projection(
+    writer: SchemaVersion, reader: SchemaVersion, fields: tuple[str, ...]
+) -> Any | None:
+    """The compiled projecting decoder, when the writer is the reader's own schema (an older
+    writer needs Avro's resolution rules: cavro's resolver does that)."""
+    if writer.fingerprint != reader.fingerprint:
+        return None
+    key = (writer.fingerprint, fields)
+    try:
+        return _NATIVE[key]
+    except KeyError:
+        source = _source(writer)
+        names = {f["name"] for f in source["fields"]}
+        codec = native_codec(source, fields) if names.issuperset(fields) else None
+        _NATIVE[key] = codec
+        return codec
 
 
 def _plain(schema: Any) -> Any:
