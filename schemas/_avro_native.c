@@ -11,6 +11,10 @@
  * bool where a long goes, bytes that are not UTF-8, a datum it cannot read to its exact end...)
  * raise ``Fallback``: the caller then asks cavro, which either encodes/decodes them as it always
  * did or raises its own error. So cavro stays the reference and its errors stay the errors.
+ *
+ * One deliberate difference: an array block with a negative count (the spec's form that also
+ * gives the block's size in bytes, which some encoders write) is read as the spec and fastavro
+ * read it; cavro 1.0 cannot read it (EOFError).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -5,12 +5,14 @@ the C code does not know gets no native codec (``None``), and a value or datum t
 sure of raises ``Fallback``, after which the caller runs cavro, whose bytes and errors stay the
 reference (tests/unit/schemas/test_native_codec.py holds the two to the same bytes).
 
-The module is built by ``pip install`` (setup.py); without it (a source tree nobody built)
-everything runs on cavro alone, only slower, and ``NATIVE`` says so.
+The module is built by ``pip install`` (setup.py); without it (a source tree nobody built), or
+with ``INBOXSTREAM_NATIVE_CODEC=0`` in the environment, everything runs on cavro alone, only
+slower, and ``NATIVE`` says so.
 """
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
@@ -20,6 +22,9 @@ _native: ModuleType | None
 try:
     from inboxstream.schemas import _avro_native as _native
 except ImportError:  # not built: cavro alone
+    _native = None
+if os.environ.get("INBOXSTREAM_NATIVE_CODEC") == "0":
+    # cavro alone, by choice: to compare the two, or to rule the C code out of a problem
     _native = None
 
 #: Whether the compiled codec is importable in this process.
