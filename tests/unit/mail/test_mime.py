@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from inboxstream.app.mailgen import generate_mailbox
 from inboxstream.mail import mime
-from inboxstream.mail.mime import parse_fast, split_header_lines
+from inboxstream.mail.mime import _split_header_lines_py, parse_fast, split_header_lines
 from inboxstream.producers.parse import FetchedMessage, parse_records, split_header_block
 from tests.helpers.hostile import hostile_corpus
 
@@ -251,6 +251,42 @@ def test_header_split_answers_the_feedparser_or_steps_aside(block: bytes) -> Non
         return
     theirs = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
     assert ours == theirs._headers  # type: ignore[attr-defined]
+
+
+def test_the_compiled_header_split_is_the_one_in_use() -> None:
+    from inboxstream.mail import _headers_native
+
+    assert split_header_lines is _headers_native.split_header_lines
+
+
+_block_pieces = st.lists(
+    st.sampled_from(
+        [b"From", b"X-a", b":", b" ", b"\t", b"\r\n", b"\r", b"\n", b"v", b"\x80", b"\xff", b"\x00"]
+    )
+    | st.binary(max_size=6),
+    max_size=40,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_block_pieces, st.sampled_from([b"", b"\r\n", b"\r\n\r\n", b"\r\n\r\nbody"]))
+def test_the_compiled_header_split_answers_as_the_regex(pieces: list[bytes], tail: bytes) -> None:
+    block = b"".join(pieces) + tail
+    assert split_header_lines(block) == _split_header_lines_py(block)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_line, min_size=1, max_size=8), st.booleans())
+def test_the_compiled_header_split_answers_as_the_regex_on_real_blocks(
+    lines: list[tuple[str, str, str, list[tuple[str, str]]]], blank: bool
+) -> None:
+    block = "".join(
+        name + ":" + pad + value + "".join("\r\n" + ws + cont for ws, cont in folds) + "\r\n"
+        for name, pad, value, folds in lines
+    ).encode("latin-1") + (b"\r\n" if blank else b"")
+    ours = split_header_lines(block)
+    assert ours is not None and ours == _split_header_lines_py(block)
+    assert split_header_lines(block[:-1]) == _split_header_lines_py(block[:-1])
 
 
 # --- generated MIME trees -------------------------------------------------------------------
