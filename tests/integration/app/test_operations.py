@@ -183,7 +183,14 @@ async def test_each_stage_serves_metrics_health_and_readiness(
         sink = scrape(ports["sink"])
         assert value(sink, "inboxstream_consumer_lag", group=s.sink.group_id) >= 0
         assert any(n == "inboxstream_consumer_lag" for n, _ in sink)
-        assert value(sink, "inboxstream_batch_seconds_count", component="sink") >= 1
+        # the rows count at insert, the batch when its offsets are committed, a moment later
+        await until(
+            lambda: (
+                value(scrape(ports["sink"]), "inboxstream_batch_seconds_count", component="sink")
+                >= 1
+            ),
+            "the sink's first committed batch",
+        )
 
         for name in commands:
             assert http_get(ports[name], "/readyz") == (200, "ok\n"), name
