@@ -421,8 +421,12 @@ static int Codec_init(Codec *self, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O", kwlist, &plan, &fields)) return -1;
     Node *root = node_build(plan, 0);
     if (root == NULL) return -1;
+    /* __init__ called again on a live object: drop what the first call built */
     node_free(self->root);
     self->root = root;
+    PyMem_Free(self->slots);
+    self->slots = NULL;
+    Py_CLEAR(self->wanted);
     if (fields == Py_None) return 0;
     if (root->kind != K_RECORD || !PyTuple_Check(fields)) {
         PyErr_SetString(PyExc_ValueError, "a projection needs a record plan and a tuple");

@@ -46,9 +46,11 @@ else:
 def native_codec(schema: Any, fields: tuple[str, ...] | None = None) -> Any | None:
     """A compiled codec for ``schema`` (parsed JSON): ``encode(record, prefix)`` and
     ``decode(data, start)``; with ``fields``, ``decode`` returns only those top-level fields
-    and every timestamp as its epoch milliseconds. ``None`` when the module is not built or
-    the schema uses a type outside the subset."""
+    and every timestamp as its epoch milliseconds. ``None`` when the module is not built, the
+    schema uses a type outside the subset, or lacks one of ``fields`` (cavro then says so)."""
     if _native is None:
+        return None
+    if fields is not None and not {f["name"] for f in schema["fields"]}.issuperset(fields):
         return None
     try:
         plan = _plan(schema, {}, "")

@@ -218,9 +218,9 @@ class AvroSerde(Generic[E]):
 
     def encode_record(self, record: Mapping[str, Any]) -> bytes:
         """One record's value: the wire-format prefix when the schema is registered, then the
-        Avro body (cavro returns it as bytes, so no buffer is needed between)."""
+        Avro body (the compiled codec writes both into one buffer; cavro where it steps aside)."""
         prefix = WIRE.prefix(self.writer.fingerprint)
-        native = _native_encoder(self.writer)
+        native = _native(self.writer)
         if native is not None:
             try:
                 encoded: bytes = native.encode(record, prefix or b"")
@@ -343,7 +343,8 @@ class AvroSerde(Generic[E]):
         The schema guarantees the types, so nothing is validated twice."""
         writer, start = self._writer_of(value, headers)
         assert value is not None  # _writer_of refuses a tombstone
-        native = _native_projection(writer, self.reader, fields)
+        # an older writer needs Avro's resolution rules: cavro's resolver applies them
+        native = _native(writer, fields) if writer.fingerprint == self.reader.fingerprint else None
         if native is not None:
             try:
                 projected: dict[str, Any] = native.decode(value, start)
@@ -448,33 +449,13 @@ def _decoder(writer: SchemaVersion, reader: SchemaVersion, fields: tuple[str, ..
 _NATIVE: dict[tuple[str, tuple[str, ...] | None], Any] = {}
 
 
-def _native_encoder(version: SchemaVersion) -> Any | None:
-    """The compiled encoder of one schema version, or ``None`` (not built, or a schema outside
-    its subset): ``schemas/native_codec.py``."""
-    key = (version.fingerprint, None)
-    try:
-        return _NATIVE[key]
-    except KeyError:
-        codec = _NATIVE[key] = native_codec(_source(version))
-        return codec
-
-
-def _native_projection(
-    writer: SchemaVersion, reader: SchemaVersion, fields: tuple[str, ...]
-) -> Any | None:
-    """The compiled projecting decoder, when the writer is the reader's own schema (an older
-    writer needs Avro's resolution rules: cavro's resolver does that)."""
-    if writer.fingerprint != reader.fingerprint:
-        return None
-    key = (writer.fingerprint, fields)
-    try:
-        return _NATIVE[key]
-    except KeyError:
-        source = _source(writer)
-        names = {f["name"] for f in source["fields"]}
-        codec = native_codec(source, fields) if names.issuperset(fields) else None
-        _NATIVE[key] = codec
-        return codec
+def _native(version: SchemaVersion, fields: tuple[str, ...] | None = None) -> Any | None:
+    """The compiled codec of one schema version (with ``fields``, its projecting decoder), or
+    ``None``: not built, or a schema outside its subset (``schemas/native_codec.py``)."""
+    key = (version.fingerprint, fields)
+    if key not in _NATIVE:
+        _NATIVE[key] = native_codec(_source(version), fields)
+    return _NATIVE[key]
 
 
 def _plain(schema: Any) -> Any:
