@@ -146,6 +146,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.processor.lock:
+            if revoked:
+                # what the loop is gathering now was fetched for the old assignment
+                self.processor.revocations += 1
             gone = {tp.partition for tp in revoked}
             await self.processor._drain(gone)  # their open transactions finish first
             for p in gone:
@@ -197,6 +200,9 @@ class StreamProcessor:
         self._active = 0
         self._busy_since = 0.0
         self._partition_of: dict[tuple[str, bytes | None], int] = {}
+        # Rebalances that took partitions away: a batch gathered across one is stale
+        # (``_process_batch``).
+        self.revocations = 0
         # for /readyz (core/ops_server.py)
         self.restoring = False
         self.assigned_once = False
@@ -295,10 +301,11 @@ class StreamProcessor:
         assert self._consumer is not None
         last_data = time.monotonic()
         while stop is None or not stop.is_set():
+            revocations = self.revocations
             batch = await self._fetch()
             if batch:
                 observe_lag(self.config.group_id, self._consumer, batch)
-                await self._process_batch(batch)
+                await self._process_batch(batch, revocations)
                 # idle counts from the end of the last batch: a batch that took longer than
                 # idle_exit_s must not look like silence
                 last_data = time.monotonic()
@@ -335,8 +342,11 @@ class StreamProcessor:
 
     # --- one batch ------------------------------------------------------------------------
 
-    async def _process_batch(self, batch: dict[TopicPartition, list[Record]]) -> None:
-        """Hand each partition's share of the batch to a transaction of its own.
+    async def _process_batch(
+        self, batch: dict[TopicPartition, list[Record]], revocations: int
+    ) -> None:
+        """Hand each partition's share of the batch to a transaction of its own;
+        ``revocations`` is the count when its gathering began.
 
         With exactly once the transactions run as tasks, side by side, and the loop goes on
         fetching while they commit: partition N's next transaction starts when its previous
@@ -345,6 +355,19 @@ class StreamProcessor:
         flight at most). So one partition's commit round trips overlap the others'
         processing, also across batches."""
         async with self.lock:
+            if revocations != self.revocations:
+                # A rebalance came while the batch was gathered (over several fetches, or
+                # between the fetch and this lock). Its older records were fetched for the
+                # old assignment: if a partition came back to us, the consumer now reads it
+                # again from the committed offset, and processing them would process them
+                # twice (a zombie woken mid-fetch did: it routed CRM records again). What
+                # came after the new assignment is dropped with them, so every assigned
+                # partition goes back to its committed offset; no transaction has run since.
+                self.stats.counts["stale_batches_dropped"] += 1
+                log.info("%s: dropping a batch gathered across a rebalance", self.name)
+                assert self._consumer is not None
+                await self._seek_to_committed({tp.partition for tp in self._consumer.assignment()})
+                return
             # A failed transaction's partition is rewound here, between fetches, never while
             # a fetch is under way: what a fetch brought before the seek is dropped with it.
             for p in sorted(self._needs_rewind):
@@ -490,6 +513,10 @@ class StreamProcessor:
         for p in partitions:
             self.states.pop(p, None)
         await self.restore_partitions(partitions)
+        await self._seek_to_committed(partitions)
+
+    async def _seek_to_committed(self, partitions: set[int]) -> None:
+        assert self._consumer is not None
         for tp in self._consumer.assignment():
             if tp.partition not in partitions:
                 continue
