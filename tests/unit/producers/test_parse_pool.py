@@ -4,9 +4,11 @@ malformed mail, in batch order; and one unencodable message still yields its ide
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sys
 import types
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,62 @@ async def test_workers_give_what_inline_gives_in_order() -> None:
     assert bad["parse_error"] and bad["message_id_synthetic"]
     # options reach the workers
     assert all(not rec["attachments_logged"] for _, recs in _decoded(again) for rec in recs[1:])
+
+
+def _every_field(batch: list[FetchedMessage]) -> list[FetchedMessage]:
+    """The batch with every FetchedMessage field set, so none can be lost on the way."""
+    when = datetime(2026, 11, 22, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    return [
+        dataclasses.replace(
+            m,
+            folder="[Gmail]/All Mail",
+            folder_role="all",
+            flags=("\\Seen", "$Label"),
+            internal_date=when + timedelta(seconds=m.uid),
+            size=len(m.raw),
+            modseq=1000 + m.uid,
+            gm_msgid=str(9_000_000 + m.uid),
+            gm_labels=("\\Inbox", "work"),
+        )
+        for m in batch
+    ]
+
+
+async def test_bodies_go_through_shared_memory_reused_and_unlinked_at_close() -> None:
+    batch = _every_field(_batch())
+    inline = await ParsePool(0).encode(batch, producer="p")
+    pool = ParsePool(2)
+    try:
+        first = await pool.encode(batch, producer="p")
+        names = {seg.name for seg in pool._segments.free}
+        assert len(names) == 2  # one a task, given back when the worker was done
+        again = await pool.encode(batch[:40], producer="p")
+        assert {seg.name for seg in pool._segments.free} == names  # reused, none new
+    finally:
+        pool.close()
+    assert pool._shared
+    assert _decoded(first) == _decoded(inline)
+    assert _decoded(again) == _decoded(inline)[:40]
+    assert not [n for n in names if (Path("/dev/shm") / n.lstrip("/")).exists()]
+
+
+async def test_without_shared_memory_the_pipe_carries_the_bodies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    batch = _every_field(_batch())
+    inline = await ParsePool(0).encode(batch, producer="p")
+    pool = ParsePool(2)
+
+    def full(size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pool._segments, "take", full)
+    try:
+        pooled = await pool.encode(batch, producer="p")
+    finally:
+        pool.close()
+    assert not pool._shared
+    assert _decoded(pooled) == _decoded(inline)
 
 
 async def test_empty_batch_and_bad_worker_count() -> None:
