@@ -17,10 +17,11 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from inboxstream.core.settings import ClickHouseSettings
 from inboxstream.sinks.avro_insert import AvroProjection
@@ -29,6 +30,20 @@ from inboxstream.sinks.exceptions import BadRowError, ClickHouseError, PathLocke
 
 #: Where containers for the engine are written: memory when the machine has it.
 _SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+_FD_PATHS = os.path.isdir("/proc/self/fd")
+
+
+@contextmanager
+def _scratch_file() -> Iterator[tuple[IO[bytes], str]]:
+    """A scratch file and the path the engine opens it by: unnamed (it goes with the last
+    descriptor, whatever ends the process) where /proc gives a path to a descriptor."""
+    if _FD_PATHS:
+        with tempfile.TemporaryFile(dir=_SCRATCH) as f:
+            yield f, f"/proc/self/fd/{f.fileno()}"
+    else:
+        with tempfile.NamedTemporaryFile(dir=_SCRATCH, prefix="inboxstream-", suffix=".avro") as f:
+            yield f, f.name
+
 
 # ClickHouse error names that mean "this data", not "this server": the same rows would fail
 # again, so the sink isolates and dead-letters them instead of waiting.
@@ -250,11 +265,15 @@ class EmbeddedClickHouse:
     def insert_avro(self, projection: AvroProjection, data: bytes) -> list[int]:
         """Insert an Avro container's records through the projection's SQL; return the
         positions of the records it leaves to the Python mapping. The engine reads the
-        container from a scratch file in memory (/dev/shm where there is one)."""
-        with tempfile.NamedTemporaryFile(dir=_SCRATCH, prefix="inboxstream-", suffix=".avro") as f:
+        container from a scratch file in memory (/dev/shm where there is one).
+
+        The file has no name where /proc is mounted: the engine runs in this process and
+        reads it as ``/proc/self/fd/N``. A named file outlived a sink killed mid-insert
+        (kill -9, the OOM killer), and in /dev/shm that is memory nobody frees."""
+        with _scratch_file() as (f, path):
             f.write(data)
             f.flush()
-            source = f"file('{f.name}', 'Avro')"
+            source = f"file('{path}', 'Avro')"
             check = projection.left_to_python_sql(source)
             left = [int(r["i"]) for r in self.query(check)] if check else []
             self._run(projection.insert_sql(self.database, source), inserting=True)

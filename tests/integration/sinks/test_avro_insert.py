@@ -110,3 +110,33 @@ def test_a_container_the_engine_refuses_raises(chdb_path: Path, unique: str) -> 
     good = serde.encode(_events()["threads"][0])[5 if serde.framed else 0 :]
     with pytest.raises(ClickHouseError):
         ch.insert_avro(PROJECTIONS["threads"], container(serde.writer, [good, b"\xff\x01"]))
+
+
+def test_the_scratch_file_has_no_name_to_leak(
+    chdb_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine reads the container from a scratch file in /dev/shm. A named one outlived
+    a sink killed mid-insert (memory nobody frees); while the engine reads it now, the
+    directory shows nothing new, and the rows land."""
+    import os
+
+    from inboxstream.sinks import clickhouse
+
+    ch = EmbeddedClickHouse.open(chdb_path, f"scratch_{unique}")
+    migrate(ch)
+    serde = serde_for(ThreadEvent)
+    events = _events()["threads"][:50]
+    datums = [serde.encode(e)[5 if serde.framed else 0 :] for e in events]
+    before = set(os.listdir(clickhouse._SCRATCH))
+    seen: list[set[str]] = []
+    run = ch._run
+
+    def watching(sql: str, *args: Any, **kwargs: Any) -> Any:
+        if "Avro" in sql:
+            seen.append(set(os.listdir(clickhouse._SCRATCH)) - before)
+        return run(sql, *args, **kwargs)
+
+    monkeypatch.setattr(ch, "_run", watching)
+    ch.insert_avro(PROJECTIONS["threads"], container(serde.writer, datums))
+    assert seen and all(not new for new in seen)
+    assert len(_read(ch, "threads")) == len(events)
