@@ -178,24 +178,30 @@ def _pack(chunk: list[FetchedMessage], seg: shared_memory.SharedMemory) -> list[
     return metas
 
 
-#: In a worker: the segments it has mapped, by name (the event loop reuses a few).
-_mapped: dict[str, mmap.mmap] = {}
+#: In a worker: the segments it has mapped, by name, with the file's inode (the event loop
+#: reuses a few; a name unlinked and made again, however unlikely, is another segment).
+_mapped: dict[str, tuple[int, mmap.mmap]] = {}
 
 
 def _mapping(name: str) -> mmap.mmap:
     """The segment mapped read-only. Not through ``SharedMemory(name)``: on Python 3.11 that
     registers the segment with the resource tracker the worker shares with the event loop,
     which then unlinks it twice or warns of a leak at exit."""
-    found = _mapped.get(name)
-    if found is None:
+    fd = os.open(_SHM_DIR / name.lstrip("/"), os.O_RDONLY)
+    try:
+        inode = os.fstat(fd).st_ino
+        found = _mapped.get(name)
+        if found is not None and found[0] == inode:
+            return found[1]
+        if found is not None:
+            _mapped.pop(name)[1].close()
         if len(_mapped) >= 2 * _KEEP_SEGMENTS:  # the event loop has unlinked the oldest
-            _mapped.pop(next(iter(_mapped))).close()
-        fd = os.open(_SHM_DIR / name.lstrip("/"), os.O_RDONLY)
-        try:
-            found = _mapped[name] = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
-    return found
+            _mapped.pop(next(iter(_mapped)))[1].close()
+        view = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+        _mapped[name] = (inode, view)
+        return view
+    finally:
+        os.close(fd)
 
 
 def _encode_shared(name: str, metas: list[_Meta], log_attachments: bool, producer: str) -> _Flat:

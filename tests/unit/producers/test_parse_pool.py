@@ -247,3 +247,31 @@ async def test_workers_do_not_run_the_parents_main_module_again(
         pool.close()
     assert sys.modules["__main__"] is main
     assert not mark.exists()
+
+
+def test_a_worker_maps_a_segment_made_again_under_an_old_name_afresh() -> None:
+    """Segment names are random, but one unlinked and made again under the same name is
+    another segment: the worker's cached mapping of the old one must not serve its bodies."""
+    from multiprocessing import shared_memory
+
+    from inboxstream.producers import parse_pool
+
+    first = shared_memory.SharedMemory(create=True, size=4096)
+    name = first.name
+    try:
+        assert first.buf is not None
+        first.buf[:3] = b"old"
+        assert parse_pool._mapping(name)[:3] == b"old"
+        assert parse_pool._mapping(name)[:3] == b"old"  # cached
+    finally:
+        first.close()
+        first.unlink()
+    again = shared_memory.SharedMemory(name=name, create=True, size=4096)
+    try:
+        assert again.buf is not None
+        again.buf[:3] = b"new"
+        assert parse_pool._mapping(name)[:3] == b"new"
+    finally:
+        again.close()
+        again.unlink()
+        parse_pool._mapped.pop(name)[1].close()
