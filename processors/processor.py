@@ -365,8 +365,7 @@ class StreamProcessor:
                 # partition goes back to its committed offset; no transaction has run since.
                 self.stats.counts["stale_batches_dropped"] += 1
                 log.info("%s: dropping a batch gathered across a rebalance", self.name)
-                assert self._consumer is not None
-                await self._seek_to_committed({tp.partition for tp in self._consumer.assignment()})
+                await self._seek_to_committed()
                 return
             # A failed transaction's partition is rewound here, between fetches, never while
             # a fetch is under way: what a fetch brought before the seek is dropped with it.
@@ -515,10 +514,11 @@ class StreamProcessor:
         await self.restore_partitions(partitions)
         await self._seek_to_committed(partitions)
 
-    async def _seek_to_committed(self, partitions: set[int]) -> None:
+    async def _seek_to_committed(self, partitions: set[int] | None = None) -> None:
+        """Positions of ``partitions`` (every assigned one by default) back to the commit."""
         assert self._consumer is not None
         for tp in self._consumer.assignment():
-            if tp.partition not in partitions:
+            if partitions is not None and tp.partition not in partitions:
                 continue
             committed = await self._consumer.committed(tp)
             if committed is None:

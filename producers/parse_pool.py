@@ -26,8 +26,9 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from multiprocessing import shared_memory
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -142,38 +143,25 @@ def _unlink(seg: shared_memory.SharedMemory) -> None:
         pass
 
 
-#: Meta = the FetchedMessage without its body, and where the body is in the segment.
-_Meta = tuple[
-    str, str, Any, int, int, int, int, tuple[str, ...], Any, Any, Any, Any, tuple[str, ...]
-]
+#: A message crosses as its FetchedMessage fields in declaration order (read in one C call),
+#: the body's place in the segment standing where the body was.
+_NAMES = [f.name for f in fields(FetchedMessage)]
+_FIELDS = attrgetter(*_NAMES)
+_RAW = _NAMES.index("raw")
 _Flat = list[tuple[int, tuple[tuple[str, bytes, str, bool], ...]]]
 
 
-def _pack(chunk: list[FetchedMessage], seg: shared_memory.SharedMemory) -> list[_Meta]:
+def _pack(chunk: list[FetchedMessage], seg: shared_memory.SharedMemory) -> list[list[Any]]:
     buf = seg.buf
     assert buf is not None
-    metas: list[_Meta] = []
+    metas: list[list[Any]] = []
     at = 0
     for m in chunk:
         end = at + len(m.raw)
         buf[at:end] = m.raw
-        metas.append(
-            (
-                m.inbox_id,
-                m.folder,
-                m.folder_role,
-                m.uidvalidity,
-                m.uid,
-                at,
-                end,
-                m.flags,
-                m.internal_date,
-                m.size,
-                m.modseq,
-                m.gm_msgid,
-                m.gm_labels,
-            )
-        )
+        meta = list(_FIELDS(m))
+        meta[_RAW] = (at, end)
+        metas.append(meta)
         at = end
     return metas
 
@@ -204,13 +192,16 @@ def _mapping(name: str) -> mmap.mmap:
         os.close(fd)
 
 
-def _encode_shared(name: str, metas: list[_Meta], log_attachments: bool, producer: str) -> _Flat:
+def _encode_shared(
+    name: str, metas: list[list[Any]], log_attachments: bool, producer: str
+) -> _Flat:
     """A worker's task: the bodies from the segment, the results as plain tuples."""
     view = _mapping(name)
-    chunk = [
-        FetchedMessage(i, f, role, v, uid, view[start:end], fl, date, size, modseq, gm, labels)
-        for i, f, role, v, uid, start, end, fl, date, size, modseq, gm, labels in metas
-    ]
+    chunk = []
+    for meta in metas:
+        start, end = meta[_RAW]
+        meta[_RAW] = view[start:end]
+        chunk.append(FetchedMessage(*meta))
     # The bodies are copied out: drop the pages from this process's resident set (the
     # segment keeps them), or every worker would count every segment it ever read.
     view.madvise(mmap.MADV_DONTNEED)
