@@ -72,6 +72,13 @@ def thread(algorithm: str, file: Path) -> None:
     show_default=True,
     help="...or this long after the fetch that opened it, whichever comes first.",
 )
+@click.option(
+    "--engine-process/--no-engine-process",
+    default=True,
+    show_default=True,
+    help="Run the record path (decoding, threading, matching, encoding) in a process of its "
+    "own beside the Kafka work, so one instance uses two cores.",
+)
 @click.option("--pause-in-transaction", type=float, default=0.0, hidden=True)
 @click.option("--session-timeout-ms", type=int, default=10_000, hidden=True)
 @click.option(
@@ -91,6 +98,7 @@ def process(
     until_caught_up: bool,
     max_records: int,
     transaction_ms: int,
+    engine_process: bool,
     pause_in_transaction: float,
     session_timeout_ms: int,
     metrics_port: int | None,
@@ -110,6 +118,7 @@ def process(
         algorithm=_algorithm(algorithm),
         max_records=max_records,
         transaction_ms=transaction_ms,
+        engine_process=engine_process,
         pause_in_transaction_s=pause_in_transaction,
         session_timeout_ms=session_timeout_ms,
     )

@@ -8,7 +8,7 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -119,19 +119,34 @@ async def _create_topics(
         await admin.close()
 
 
+class Failure(NamedTuple):
+    """Why a record failed, as its dead-letter headers say it: an exception does not cross a
+    process boundary whole (the processor's record path may run in a child process), its
+    class name, message and stack trace do."""
+
+    class_name: str
+    message: str
+    stacktrace: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        return cls(type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)))
+
+
 def dead_letter_headers(
-    record: ConsumerRecord[bytes, bytes], stage: str, exc: BaseException
+    record: ConsumerRecord[bytes, bytes], stage: str, why: BaseException | Failure
 ) -> list[tuple[str, bytes]]:
     """The original headers plus where and why it failed (Kafka Connect's ``errors.*``)."""
+    failure = why if isinstance(why, Failure) else Failure.of(why)
     original = list(record.headers or ())
     reason = [
         ("topic", record.topic),
         ("partition", str(record.partition)),
         ("offset", str(record.offset)),
         ("stage", stage),
-        ("exception.class.name", type(exc).__name__),
-        ("exception.message", str(exc)[:2000]),
-        ("exception.stacktrace", "".join(traceback.format_exception(exc))[-4000:]),
+        ("exception.class.name", failure.class_name),
+        ("exception.message", failure.message[:2000]),
+        ("exception.stacktrace", failure.stacktrace[-4000:]),
     ]
     return original + [(DLQ_PREFIX + k, v.encode()) for k, v in reason]
 
@@ -141,9 +156,10 @@ async def send_to_dead_letter(
     topic: str,
     record: ConsumerRecord[bytes, bytes],
     stage: str,
-    exc: BaseException,
+    why: BaseException | Failure,
 ) -> None:
     """Keep the original key, value and headers; add the reason. Logged and counted."""
+    failure = why if isinstance(why, Failure) else Failure.of(why)
     DEAD_LETTERS.labels(record.topic, stage).inc()
     log.warning(
         "dead-lettering %s[%d]@%d at %s: %s: %s",
@@ -151,14 +167,14 @@ async def send_to_dead_letter(
         record.partition,
         record.offset,
         stage,
-        type(exc).__name__,
-        exc,
+        failure.class_name,
+        failure.message,
     )
     await producer.send_and_wait(
         topic,
         value=record.value,
         key=record.key,
-        headers=dead_letter_headers(record, stage, exc),
+        headers=dead_letter_headers(record, stage, failure),
     )
 
 

@@ -53,8 +53,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import ProducerFenced
 
 from inboxstream.core.aiokafka_shim import producer_is_fatal
-from inboxstream.core.batches import BatchSender, Outgoing
-from inboxstream.core.gc_tuning import SurvivorFreezer, tune_for_streaming
+from inboxstream.core.batches import BatchSender
+from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import (
     client_options,
     ensure_topics,
@@ -71,21 +71,12 @@ from inboxstream.core.metrics import (
     observe_lag,
 )
 from inboxstream.core.settings import Settings
-from inboxstream.processors.engine import BodyRead, Emit, Engine, Step
-from inboxstream.processors.exceptions import TopologyError
-from inboxstream.processors.inputs import (
-    BODY_FIELDS,
-    BODY_HEAD_FIELDS,
-    MESSAGE_FIELDS,
-    BodyHead,
-    MessageIn,
-    body_of_record,
-)
+from inboxstream.processors.engine_process import EngineProcess
+from inboxstream.processors.exceptions import EngineProcessDiedError, TopologyError
 from inboxstream.processors.jwz import Algorithm
-from inboxstream.processors.records import Body
-from inboxstream.processors.state import PartitionState, restore
+from inboxstream.processors.record_path import RecordPath, ShareOut
 from inboxstream.processors.topology import ProcessorTopics
-from inboxstream.schemas.models import BodyEvent, EngagementEvent, MessageEvent, OutboundEvent
+from inboxstream.schemas.models import OutboundEvent
 from inboxstream.schemas.serde import serde_for
 
 log = logging.getLogger(__name__)
@@ -119,10 +110,10 @@ class ProcessorConfig:
     # (a frozen or partitioned instance; heartbeats go every third of it, at most every 3 s).
     # Tests shorten it; the broker's group.min.session.timeout.ms (6 s by default) is the floor.
     session_timeout_ms: int = 10_000
-
-
-#: How long the record loop may hold the event loop before giving it a turn (heartbeats, fetches).
-YIELD_EVERY_S = 0.05
+    # The record path (decoding, the engine, encoding; ``processors.record_path``) in a
+    # process of its own, beside the driver's Kafka work: one instance then uses two cores.
+    # False runs it in the driver's process (tests that look at the state in memory).
+    engine_process: bool = True
 
 
 @dataclass
@@ -151,8 +142,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.processor.revocations += 1
             gone = {tp.partition for tp in revoked}
             await self.processor._drain(gone)  # their open transactions finish first
+            await self.processor.work.drop(gone)
             for p in gone:
-                self.processor.states.pop(p, None)
                 producer = self.processor._producers.pop(p, None)
                 if producer is not None:
                     await producer.stop()
@@ -178,10 +169,16 @@ class StreamProcessor:
         self.topics = ProcessorTopics.build(settings.topics, self.config.version)
         self.name = f"{self.config.group_id}/{self.config.instance_id}"
         self.lock = asyncio.Lock()
-        self.states: dict[int, PartitionState] = {}
         self.stats = ProcessorStats()
-        self.engine = Engine(self.stats.counts)
-        self._freezer = SurvivorFreezer()
+        self.work: RecordPath | EngineProcess
+        if self.config.engine_process:
+            self.work = EngineProcess(
+                settings.kafka, self.topics, self.config.algorithm, self.stats.counts
+            )
+        else:
+            self.work = RecordPath(
+                settings.kafka, self.topics, self.config.algorithm, self.stats.counts
+            )
         self.on_in_transaction: Callable[[int, int], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # With exactly-once, one transactional producer per owned input partition
@@ -189,8 +186,6 @@ class StreamProcessor:
         # fences every earlier owner of it, zombie or crashed.
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._plain_producer: AIOKafkaProducer | None = None
-        self._body_reader: AIOKafkaConsumer | None = None
-        self._reader_lock = asyncio.Lock()
         # Transactions under way (the latest task per partition), the partitions to rewind
         # after an abort, and an epoch per partition that an abort or a fencing moves on, so
         # shares handed over before it are dropped (``_after``).
@@ -207,6 +202,11 @@ class StreamProcessor:
         self.restoring = False
         self.assigned_once = False
 
+    @property
+    def states(self) -> set[int]:
+        """The input partitions whose state this instance holds (restored, not revoked)."""
+        return self.work.partitions
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def readiness(self) -> str | None:
@@ -221,6 +221,8 @@ class StreamProcessor:
 
     async def start(self) -> None:
         await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
+        if isinstance(self.work, EngineProcess):
+            await self.work.start()
         if not self.config.exactly_once:
             self._plain_producer = self._new_producer(None)
             await self._plain_producer.start()
@@ -250,14 +252,13 @@ class StreamProcessor:
         )
 
     async def stop(self) -> None:
-        if self._body_reader is not None:
-            await self._body_reader.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         for producer in [*self._producers.values(), self._plain_producer]:
             if producer is not None:
                 await producer.stop()
         self._producers.clear()
+        await self.work.close()
 
     async def _check_copartitioned(self) -> None:
         assert self._consumer is not None
@@ -274,7 +275,7 @@ class StreamProcessor:
 
     async def restore_partitions(self, partitions: set[int]) -> None:
         assert self._consumer is not None
-        missing = partitions - set(self.states)
+        missing = partitions - self.states
         if self.config.exactly_once:
             for p in sorted(missing - set(self._producers)):
                 # Starting it (InitProducerId) fences every earlier producer of partition p and
@@ -283,10 +284,7 @@ class StreamProcessor:
                 await producer.start()
                 self._producers[p] = producer
         if missing:
-            restored = await restore(
-                self.settings.kafka, self.topics.changelogs, missing, self.config.algorithm
-            )
-            self.states.update(restored)
+            await self.work.restore(missing)
 
     async def run(
         self,
@@ -300,19 +298,26 @@ class StreamProcessor:
         not "quiet for a while"); or until nothing came for ``idle_exit_s`` seconds."""
         assert self._consumer is not None
         last_data = time.monotonic()
-        while stop is None or not stop.is_set():
-            revocations = self.revocations
-            batch = await self._fetch()
-            if batch:
-                observe_lag(self.config.group_id, self._consumer, batch)
-                await self._process_batch(batch, revocations)
-                # idle counts from the end of the last batch: a batch that took longer than
-                # idle_exit_s must not look like silence
-                last_data = time.monotonic()
-            elif until_end and await self._caught_up():
-                break
-            elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
-                break
+        try:
+            while stop is None or not stop.is_set():
+                if isinstance(self.work, EngineProcess):
+                    self.work.check()  # gone with every partition's state: stop, never go on
+                revocations = self.revocations
+                batch = await self._fetch()
+                if batch:
+                    observe_lag(self.config.group_id, self._consumer, batch)
+                    await self._process_batch(batch, revocations)
+                    # idle counts from the end of the last batch: a batch that took longer
+                    # than idle_exit_s must not look like silence
+                    last_data = time.monotonic()
+                elif until_end and await self._caught_up():
+                    break
+                elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                    break
+        except EngineProcessDiedError:
+            # the other transactions under way end (each aborts or commits whole) first
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            raise
         await self._drain()
         return self.stats
 
@@ -400,7 +405,14 @@ class StreamProcessor:
         """Partition N's transaction for ``share``, once its previous one has committed;
         dropped when that one aborted or was fenced, or N was revoked, since ``share`` was
         handed over (its records come again from the committed offsets after the rewind, or
-        go to the new owner)."""
+        go to the new owner).
+
+        The record path starts on ``share`` at once, not after that commit: the engine
+        process works on it while the driver sends and commits the previous share. So N's
+        state runs ahead of what is committed; when the previous transaction aborts or is
+        fenced, what was computed here is dropped with it, and the rewind restores the state
+        from the changelogs (the record path takes shares and restores in the order given)."""
+        computing = asyncio.ensure_future(self._compute(partition, share))
         if previous is not None:
             await _settle([previous])
         if (
@@ -409,8 +421,10 @@ class StreamProcessor:
             or partition not in self.states
             or partition not in self._producers
         ):
+            # what it gave goes nowhere; a failure in it is moot (the state is restored)
+            await asyncio.gather(computing, return_exceptions=True)
             return
-        await self._process_transaction(partition, share)
+        await self._process_transaction(partition, computing)
 
     async def _timed(self, work: Awaitable[None]) -> None:
         """Run ``work``, counting wall time while any transaction is under way as busy."""
@@ -434,15 +448,16 @@ class StreamProcessor:
             if task.done():
                 del self._inflight[p]
 
-    async def _process_transaction(
-        self, partition: int, batch: dict[TopicPartition, list[Record]]
-    ) -> None:
+    async def _process_transaction(self, partition: int, computing: Awaitable[_Share]) -> None:
         """One input partition's share of the batch, in that partition's transaction."""
-        txn = _Txn(self._producers[partition], self.states[partition], self._partition_of)
+        txn = _Txn(self._producers[partition], partition, self._partition_of)
         started = time.perf_counter()
+        size = 0
         try:
             async with txn.producer.transaction():
-                offsets = await self._handle_batch(txn, batch)
+                share = await computing
+                size = share.size
+                offsets = await self._send_share(txn, share)
                 if self.config.pause_in_transaction_s:
                     # the outputs are in the log, uncommitted, when the hook fires
                     await txn.producer.flush()
@@ -454,6 +469,8 @@ class StreamProcessor:
                 if offsets:
                     await txn.producer.send_offsets_to_transaction(offsets, self.config.group_id)
         except Exception as exc:
+            if isinstance(exc, EngineProcessDiedError):
+                raise  # the transaction is aborted; the instance stops (``run``)
             if not (isinstance(exc, ProducerFenced) or producer_is_fatal(txn.producer)):
                 self.stats.aborted += 1
                 TRANSACTIONS.labels("aborted").inc()
@@ -476,7 +493,7 @@ class StreamProcessor:
             TRANSACTIONS.labels("fenced").inc()
             log.warning("%s: fenced on partition %d (%r); dropping it", self.name, partition, exc)
             self._epoch[partition] = self._epoch.get(partition, 0) + 1
-            self.states.pop(partition, None)
+            await self.work.drop({partition})
             producer = self._producers.pop(partition, None)
             if producer is not None:
                 await producer.stop()
@@ -484,15 +501,15 @@ class StreamProcessor:
         self.stats.batches += 1
         self.stats.threads_committed += txn.threads_sent
         TRANSACTIONS.labels("committed").inc()
-        BATCH_RECORDS.labels("processor").observe(sum(len(r) for r in batch.values()))
+        BATCH_RECORDS.labels("processor").observe(size)
         BATCH_SECONDS.labels("processor").observe(time.perf_counter() - started)
 
     async def _process_at_least_once(self, batch: dict[TopicPartition, list[Record]]) -> None:
         """Baseline for the benchmark only: no transaction, commit after the outputs flushed."""
         assert self._plain_producer is not None and self._consumer is not None
         partition = next(iter(batch)).partition
-        txn = _Txn(self._plain_producer, self.states[partition], self._partition_of)
-        offsets = await self._handle_batch(txn, batch)
+        txn = _Txn(self._plain_producer, partition, self._partition_of)
+        offsets = await self._send_share(txn, await self._compute(partition, batch))
         await txn.producer.flush()
         if offsets:
             await self._consumer.commit(offsets)
@@ -501,7 +518,7 @@ class StreamProcessor:
     async def _rewind_pending(self) -> None:
         """Rewind the partitions whose transaction aborted (under the lock, between fetches)."""
         pending, self._needs_rewind = self._needs_rewind, set()
-        pending &= set(self.states)
+        pending &= self.states
         if pending:
             await self._drain(pending)
             await self._rewind(pending)
@@ -509,8 +526,7 @@ class StreamProcessor:
     async def _rewind(self, partitions: set[int]) -> None:
         """After an abort: state and positions back to what the last commit says."""
         assert self._consumer is not None
-        for p in partitions:
-            self.states.pop(p, None)
+        await self.work.drop(partitions)
         await self.restore_partitions(partitions)
         await self._seek_to_committed(partitions)
 
@@ -526,97 +542,46 @@ class StreamProcessor:
             else:
                 self._consumer.seek(tp, committed)
 
-    async def _handle_batch(
-        self, txn: _Txn, batch: dict[TopicPartition, list[Record]]
-    ) -> dict[TopicPartition, int]:
+    async def _compute(self, partition: int, batch: dict[TopicPartition, list[Record]]) -> _Share:
+        """One partition's share through the record path (no Kafka; nothing sent yet)."""
         offsets: dict[TopicPartition, int] = {}
-        # Messages first: a body in the same batch then finds its message.
+        # Messages first: a body in the same share then finds its message.
         order = {self.topics.messages: 0, self.topics.crm_by_inbox: 1}
-        yielded = time.perf_counter()
+        records: list[Record] = []
+        outbound: list[Record] = []
         for tp in sorted(batch, key=lambda t: (order.get(t.topic, 2), t.topic, t.partition)):
-            for rec in batch[tp]:
-                await self._handle_record(txn, rec)
-                offsets[tp] = rec.offset + 1
-                self.stats.records += 1
-                if time.perf_counter() - yielded > YIELD_EVERY_S:
-                    # The engine is synchronous: without a turn of the event loop now and then
-                    # a long batch starves the consumer's heartbeats (and the other partitions'
-                    # transactions) and the group expels us.
-                    await asyncio.sleep(0)
-                    yielded = time.perf_counter()
-        # Bodies to read back are read in one pass, before the sweep looks at engagements
-        # (as if each had been read on the spot), then once more for the sweep's own.
-        await self._read_bodies(txn)
-        txn.outputs += self.engine.sweep(txn.state)
-        await self._read_bodies(txn)
-        await self._flush(txn)
-        # what this share left in state stays out of the collector's passes from now on
-        self._freezer.work_done()
-        return offsets
+            share = batch[tp]
+            offsets[tp] = share[-1].offset + 1
+            # crm.outbound is re-keyed by the driver: sending only, no state
+            (outbound if tp.topic == self.topics.crm_outbound else records).extend(share)
+        out = await self.work.handle(partition, records)
+        return _Share(offsets, outbound, records, out)
 
-    async def _flush(self, txn: _Txn) -> None:
-        """Send outputs and the partition's changelog writes (inside the open transaction),
-        in ready-made batches (``core.batches``)."""
-        outgoing: list[Outgoing] = []
-        for out in txn.outputs:
-            assert isinstance(out, Emit)
-            serde = serde_for(type(out.event))
-            if out.output == "threads":
-                topic = self.topics.threads
-                txn.threads_sent += 1
-            else:
-                topic = self.topics.engagements
-            headers = serde.headers(out.event.event_type)
-            outgoing.append((topic, None, out.key.encode(), serde.encode(out.event), headers))
-        self.stats.records_out += len(txn.outputs)
-        txn.outputs.clear()
-        state = txn.state
-        changes = state.take_changes()
-        self.stats.records_out += len(changes)
-        for (store, key), value in changes.items():
-            topic = self.topics.changelogs[store]
-            outgoing.append(
-                (topic, state.partition, key.encode("utf-8", "surrogateescape"), value, [])
-            )
-        await txn.sender.send_all(outgoing)
+    async def _send_share(self, txn: _Txn, share: _Share) -> dict[TopicPartition, int]:
+        """What a share gave, sent in its (open) transaction; the offsets to commit."""
+        for rec in share.outbound:
+            await self._route(txn, rec)
+        for index, stage, why in share.out.failures:  # one bad record never stops the partition
+            rec = share.records[index]
+            self.stats.dead_lettered += 1
+            self.stats.counts[f"dead_letter:{rec.topic}"] += 1
+            await send_to_dead_letter(txn.producer, self.topics.dead_letter, rec, stage, why)
+        await txn.sender.send_all(share.out.outgoing)
+        self.stats.records += share.size
+        self.stats.records_out += len(share.out.outgoing)
+        txn.threads_sent += share.out.threads
+        return share.offsets
 
-    # --- records --------------------------------------------------------------------------
-
-    async def _handle_record(self, txn: _Txn, rec: Record) -> None:
-        topic = rec.topic
-        state = txn.state
+    async def _route(self, txn: _Txn, rec: Record) -> None:
+        """One crm.outbound record re-keyed into crm-by-inbox, or dead-lettered."""
         stage = "decode"
         try:
-            steps: list[Step] = []
-            if topic == self.topics.messages:
-                fields = serde_for(MessageEvent).decode_fields(
-                    rec.value, rec.headers, MESSAGE_FIELDS
-                )
-                stage = "process"
-                steps = self.engine.on_message(state, rec.offset, MessageIn.of_record(fields))
-            elif topic == self.topics.bodies:
-                head = BODY_HEAD_FIELDS
-                fields = serde_for(BodyEvent).decode_fields(rec.value, rec.headers, head)
-                stage = "process"
-                steps = self.engine.on_body(state, rec.offset, BodyHead.of_record(fields))
-                if steps:  # its engagement reads it: from here, not from the topic
-                    txn.bodies[rec.offset] = rec
-            elif topic == self.topics.crm_outbound:
-                outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
-                stage = "repartition"
-                await self._repartition(txn, rec, outbound)
-            elif topic == self.topics.crm_by_inbox:
-                outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
-                stage = "process"
-                steps = self.engine.on_crm(state, outbound)
-            elif topic == self.topics.engagement_deletes:
-                command = serde_for(EngagementEvent).decode(rec.value, rec.headers)
-                stage = "process"
-                steps = self.engine.on_delete(state, command)
-            txn.outputs += steps
-        except Exception as exc:  # one bad record never stops the partition
+            outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
+            stage = "repartition"
+            await self._repartition(txn, rec, outbound)
+        except Exception as exc:
             self.stats.dead_lettered += 1
-            self.stats.counts[f"dead_letter:{topic}"] += 1
+            self.stats.counts[f"dead_letter:{rec.topic}"] += 1
             await send_to_dead_letter(txn.producer, self.topics.dead_letter, rec, stage, exc)
 
     async def _repartition(self, txn: _Txn, rec: Record, ev: OutboundEvent) -> None:
@@ -639,96 +604,29 @@ class StreamProcessor:
             )
         self.stats.counts["crm_broadcast"] += 1
 
-    async def _read_bodies(self, txn: _Txn) -> None:
-        """Finish every ``BodyRead`` among the outputs with its body, read back from
-        inbox.bodies in offset order (a held reply's body never entered state)."""
-        reads = [step for step in txn.outputs if isinstance(step, BodyRead)]
-        if not reads:
-            return
-        at_hand = txn.bodies
-        bodies = {
-            r.offset: self._decode_body(at_hand[r.offset]) for r in reads if r.offset in at_hand
-        }
-        missing = [r.offset for r in reads if r.offset not in bodies]
-        if missing:
-            bodies.update(await self._fetch_bodies(txn.state.partition, missing))
-        txn.outputs = [
-            self.engine.finish(txn.state, step, bodies.get(step.offset))
-            if isinstance(step, BodyRead)
-            else step
-            for step in txn.outputs
-        ]
 
-    async def _fetch_bodies(self, partition: int, offsets: list[int]) -> dict[int, Body | None]:
-        """The bodies at ``offsets`` of one inbox.bodies partition: one sequential read per
-        run of nearby offsets, a seek across gaps. Gone (retention) or unreadable: None."""
-        found: dict[int, Body | None] = {}
-        wanted = sorted(set(offsets))
-        tp = TopicPartition(self.topics.bodies, partition)
-        async with self._reader_lock:  # one reader, shared by the partitions' transactions
-            if self._body_reader is None:
-                # A fetch at the partition's end waits fetch_max_wait_ms for more data, and
-                # a seek back must wait for that fetch to return (aiokafka sends one fetch at
-                # a time per broker): with the default 500 ms, a read-back that touched the
-                # end cost half a second a seek. Paused between read-backs, so the short
-                # wait never turns into polling.
-                self._body_reader = make_consumer(
-                    self.settings.kafka, group_id=None, fetch_max_wait_ms=5
-                )
-                await self._body_reader.start()
-            reader = self._body_reader
-            reader.assign([tp])
-            i = 0
-            while i < len(wanted):
-                reader.seek(tp, wanted[i])
-                while i < len(wanted):
-                    try:
-                        batch = await asyncio.wait_for(
-                            reader.getmany(tp, timeout_ms=30_000, max_records=BODY_READ_RECORDS),
-                            timeout=35,
-                        )
-                    except Exception as exc:  # a timeout, or the topic went away
-                        log.warning("bodies at %s from %d unavailable: %s", tp, wanted[i], exc)
-                        batch = {}
-                    records = batch.get(tp, [])
-                    if not records:
-                        found[wanted[i]] = None  # nothing there: count it gone, go on after it
-                        i += 1
-                        break
-                    for rec in records:
-                        while i < len(wanted) and wanted[i] < rec.offset:
-                            found[wanted[i]] = None  # deleted by retention before we came
-                            i += 1
-                        if i < len(wanted) and wanted[i] == rec.offset:
-                            found[rec.offset] = self._decode_body(rec)
-                            i += 1
-                    if i < len(wanted) and wanted[i] - records[-1].offset > BODY_READ_RECORDS:
-                        break  # a gap: seek rather than read through it
-            reader.pause(tp)  # no prefetching until the next read-back assigns it again
-        return found
+@dataclass
+class _Share:
+    """One partition's share of a batch, through the record path, not sent yet."""
 
-    @staticmethod
-    def _decode_body(rec: Record) -> Body | None:
-        try:
-            return body_of_record(
-                serde_for(BodyEvent).decode_fields(rec.value, rec.headers, BODY_FIELDS)
-            )
-        except Exception as exc:  # unreadable: log the engagement without a body
-            log.warning("body at %s@%d unreadable: %s", rec.topic, rec.offset, exc)
-            return None
+    offsets: dict[TopicPartition, int]  # the next offset of each input partition
+    outbound: list[Record]  # crm.outbound records, re-keyed in the transaction
+    records: list[Record]  # the rest, in the order the record path took them
+    out: ShareOut
+
+    @property
+    def size(self) -> int:
+        return len(self.outbound) + len(self.records)
 
 
 @dataclass
 class _Txn:
     """One input partition's share of a batch: its producer (transactional with exactly
-    once), its state, and the outputs queued in order (a ``BodyRead`` until its body is read)."""
+    once) and what its transaction sent."""
 
     producer: AIOKafkaProducer
-    state: PartitionState
+    partition: int
     partitions: dict[tuple[str, bytes | None], int]  # the key -> partition cache, shared
-    outputs: list[Step] = field(default_factory=list)
-    # inbox.bodies records of this share that an engagement reads (by offset)
-    bodies: dict[int, Record] = field(default_factory=dict)
     threads_sent: int = 0  # thread events sent in this transaction
     sender: BatchSender = field(init=False)
 
@@ -741,10 +639,6 @@ async def _settle(tasks: list[asyncio.Task[None]]) -> None:
     own failures) is raised here, in the loop, instead of vanishing with the task."""
     if tasks:
         await asyncio.gather(*tasks)
-
-
-#: How many inbox.bodies records one read-back fetch takes, and the gap it seeks across.
-BODY_READ_RECORDS = 500
 
 
 async def collect_batch(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from inboxstream.core.kafka import ensure_topics, make_producer
 from inboxstream.core.settings import Settings
-from inboxstream.processors.processor import BODY_READ_RECORDS, StreamProcessor
+from inboxstream.processors.record_path import BODY_READ_RECORDS, RecordPath
+from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.schemas.serde import serde_for
 from tests.helpers.pipeline import events_for, reply_raw
 
@@ -41,11 +42,11 @@ async def test_bodies_at_scattered_offsets_come_back_in_one_pass(
     junk = next(o for o, eid in offsets.items() if not eid)
     # near each other, a gap wider than one read, the very last, the poison, and a repeat
     wanted = [ordered[1], ordered[2], ordered[BODY_READ_RECORDS + 40], ordered[-1], junk]
-    processor = StreamProcessor(settings)
+    path = RecordPath(settings.kafka, ProcessorTopics.build(settings.topics))
     try:
-        bodies = await processor._fetch_bodies(partition, [*wanted, ordered[2]])
+        bodies = await path.fetch_bodies(partition, [*wanted, ordered[2]])
     finally:
-        await processor.stop()
+        await path.close()
     assert set(bodies) == set(wanted)
     assert bodies[junk] is None
     for offset in wanted:

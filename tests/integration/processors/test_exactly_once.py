@@ -7,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 
+import psutil
+
 from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, run_processor
 from inboxstream.processors.topology import ProcessorTopics
@@ -37,8 +39,17 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     group = ["--group-id", f"eos-{unique}", "--max-records", "50"]
     victim = run_cli(config, *group, "--instance-id", "a", "--pause-in-transaction", "0.5")
     wait_inside_a_transaction(victim, after=3, timeout=120, what="kill")
+    engine = [
+        child
+        for child in psutil.Process(victim.pid).children()
+        if "inboxstream.processors.engine_process" in child.cmdline()
+    ]
+    assert len(engine) == 1  # the record path runs in a process of its own
     os.kill(victim.pid, signal.SIGKILL)
     assert victim.wait(30) == -signal.SIGKILL
+    # and goes with its driver: its requests pipe closed
+    _, alive = psutil.wait_procs(engine, timeout=30)
+    assert not alive
 
     topics = ProcessorTopics.build(settings.topics)
     partial_threads, _ = await outputs(settings, "")
