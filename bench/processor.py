@@ -25,6 +25,10 @@ together once the group has split the partitions, and stay in it until all are d
 are then input records over the time from the first batch's start to the last one's end, and
 the JSON adds ``instances`` and ``partitions``.
 
+Each instance runs its record path in an engine process of its own (``ProcessorConfig.
+engine_process``, the default). ``--in-process-too`` adds, in the same run, an exactly-once run
+with the record path in the driver's process, and ``eos_in_process_events_s`` to the JSON.
+
 ``.venv/bin/python -m bench.processor --one-thread N`` instead threads N messages of one
 conversation (one base subject, each replying to a random earlier message) and N messages in
 N/2 two-message threads, same run, exactly once; last line ``{"one_thread_events_s",
@@ -410,10 +414,19 @@ def run_instances(kind: str, where: Where, args: tuple[Any, ...], n: int) -> Run
 
 
 async def run(
-    where: Where, group: str, version: str, exactly_once: bool, instances: int = 1
+    where: Where,
+    group: str,
+    version: str,
+    exactly_once: bool,
+    instances: int = 1,
+    engine_process: bool = True,
 ) -> Run:
     config = ProcessorConfig(
-        group_id=group, instance_id="bench", version=version, exactly_once=exactly_once
+        group_id=group,
+        instance_id="bench",
+        version=version,
+        exactly_once=exactly_once,
+        engine_process=engine_process,
     )
     if instances > 1:
         return await asyncio.to_thread(run_instances, "processor", where, (config,), instances)
@@ -468,7 +481,9 @@ def _where(unique: str, partitions: int = 3) -> Where:
     return Where(kafka.bootstrap_servers(), unique, partitions)
 
 
-async def main(messages: int, instances: int = 1, partitions: int = 3) -> None:
+async def main(
+    messages: int, instances: int = 1, partitions: int = 3, in_process_too: bool = False
+) -> None:
     if instances > partitions:
         raise SystemExit(f"{instances} instances need at least as many partitions")
     where = _where(uuid.uuid4().hex[:8], partitions)
@@ -483,6 +498,11 @@ async def main(messages: int, instances: int = 1, partitions: int = 3) -> None:
     eos_run = await run(where, f"eos-{where.unique}", "eos", True, instances)
     base = report("baseline at-least-once", base_run)
     eos = report("exactly-once", eos_run)
+    in_process = 0.0
+    if in_process_too:
+        one = await run(where, f"eos1-{where.unique}", "eos1", True, instances, False)
+        in_process = report("exactly-once, the record path in the driver's process", one)
+        print(f"engine process / in the driver's process: {eos / in_process:.2f}")
     per_input = eos_run.records_out / max(eos_run.records, 1)
     bare_run = await bare(where, per_input, f"bare-{where.unique}", instances)
     bare_rate = bare_run.rate
@@ -503,6 +523,8 @@ async def main(messages: int, instances: int = 1, partitions: int = 3) -> None:
     }
     if instances > 1:
         figures |= {"instances": instances, "partitions": partitions}
+    if in_process_too:
+        figures["eos_in_process_events_s"] = round(in_process)
     print(json.dumps(figures))
 
 
@@ -537,11 +559,17 @@ def _cli(argv: list[str]) -> None:
         help="processor instances in the group, each a process (the bare loop runs as many)",
     )
     parser.add_argument("--partitions", type=int, default=3, help="partitions of every topic")
+    parser.add_argument(
+        "--in-process-too",
+        action="store_true",
+        help="also run exactly once with the record path in the driver's process (no engine "
+        "process), same run, for the comparison",
+    )
     args = parser.parse_args(argv)
     if args.one_thread:
         asyncio.run(one_thread(args.one_thread))
     else:
-        asyncio.run(main(args.messages, args.instances, args.partitions))
+        asyncio.run(main(args.messages, args.instances, args.partitions, args.in_process_too))
 
 
 if __name__ == "__main__":

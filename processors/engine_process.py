@@ -171,6 +171,55 @@ class EngineProcess:
             log.error("%s", self._died)
 
 
+class EnginePool:
+    """Several engine processes, partition N's state in process N mod their number: shares
+    of partitions in different processes are worked on at the same time."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: ProcessorTopics,
+        algorithm: Algorithm,
+        counts: Counter[str],
+        processes: int,
+    ) -> None:
+        self.engines = [EngineProcess(kafka, topics, algorithm, counts) for _ in range(processes)]
+
+    def _of(self, partition: int) -> EngineProcess:
+        return self.engines[partition % len(self.engines)]
+
+    def _by_engine(self, partitions: set[int]) -> dict[int, set[int]]:
+        split: dict[int, set[int]] = {}
+        for p in partitions:
+            split.setdefault(p % len(self.engines), set()).add(p)
+        return split
+
+    @property
+    def partitions(self) -> set[int]:
+        return set().union(*(engine.partitions for engine in self.engines))
+
+    async def start(self) -> None:
+        await asyncio.gather(*(engine.start() for engine in self.engines))
+
+    def check(self) -> None:
+        for engine in self.engines:
+            engine.check()
+
+    async def restore(self, partitions: set[int]) -> None:
+        split = self._by_engine(partitions)
+        await asyncio.gather(*(self.engines[i].restore(ps) for i, ps in split.items()))
+
+    async def drop(self, partitions: set[int]) -> None:
+        split = self._by_engine(partitions)
+        await asyncio.gather(*(self.engines[i].drop(ps) for i, ps in split.items()))
+
+    async def handle(self, partition: int, records: Sequence[Incoming]) -> ShareOut:
+        return await self._of(partition).handle(partition, records)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(engine.close() for engine in self.engines))
+
+
 # --- the child ------------------------------------------------------------------------------
 
 

@@ -80,10 +80,11 @@ async def test_every_topic_is_registered_with_backward_compatibility(settings: S
     await ensure_topics(settings.kafka, settings.topics)
     url = settings.kafka.schema_registry_url
     assert url is not None
-    subjects = set(httpx.get(f"{url}/subjects").json())
     for field, schema in TOPIC_SCHEMAS.items():
         subject = subject_for(getattr(settings.topics, field).name)
-        assert subject in subjects
+        # asked by name: GET /subjects lists a page only, and a registry that has served
+        # many runs (benchmarks, earlier tests) holds more subjects than fit on it
+        assert httpx.get(f"{url}/subjects/{subject}/versions").status_code == 200, subject
         config = httpx.get(f"{url}/config/{subject}").json()
         assert config["compatibilityLevel"] == "BACKWARD"  # what Confluent answers GET with
         versions = httpx.get(f"{url}/subjects/{subject}/versions").json()
