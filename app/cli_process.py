@@ -73,11 +73,12 @@ def thread(algorithm: str, file: Path) -> None:
     help="...or this long after the fetch that opened it, whichever comes first.",
 )
 @click.option(
-    "--engine-process/--no-engine-process",
-    default=True,
+    "--engine-processes",
+    type=click.IntRange(min=0),
+    default=1,
     show_default=True,
-    help="Run the record path (decoding, threading, matching, encoding) in a process of its "
-    "own beside the Kafka work, so one instance uses two cores.",
+    help="Processes the record path (decoding, threading, matching, encoding) runs in, beside "
+    "the Kafka work; 0 runs it in the same process.",
 )
 @click.option("--pause-in-transaction", type=float, default=0.0, hidden=True)
 @click.option("--session-timeout-ms", type=int, default=10_000, hidden=True)
@@ -98,7 +99,7 @@ def process(
     until_caught_up: bool,
     max_records: int,
     transaction_ms: int,
-    engine_process: bool,
+    engine_processes: int,
     pause_in_transaction: float,
     session_timeout_ms: int,
     metrics_port: int | None,
@@ -118,7 +119,7 @@ def process(
         algorithm=_algorithm(algorithm),
         max_records=max_records,
         transaction_ms=transaction_ms,
-        engine_process=engine_process,
+        engine_processes=engine_processes,
         pause_in_transaction_s=pause_in_transaction,
         session_timeout_ms=session_timeout_ms,
     )

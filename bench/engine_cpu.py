@@ -120,7 +120,7 @@ async def run(messages: int, batch: int = 5000, repeat: int = 3) -> dict[str, fl
     the fastest pass is the closest to the code's own cost)."""
     settings = Settings()
     # in this process: the record path's own cost, no engine process to hand shares to
-    processor = StreamProcessor(settings, ProcessorConfig(engine_process=False))
+    processor = StreamProcessor(settings, ProcessorConfig(engine_processes=0))
     assert isinstance(processor.work, RecordPath)
     records = workload(processor, messages)
     # the driver's order within a transaction: messages, then crm-by-inbox, then the rest

@@ -419,14 +419,14 @@ async def run(
     version: str,
     exactly_once: bool,
     instances: int = 1,
-    engine_process: bool = True,
+    engine_processes: int = 1,
 ) -> Run:
     config = ProcessorConfig(
         group_id=group,
         instance_id="bench",
         version=version,
         exactly_once=exactly_once,
-        engine_process=engine_process,
+        engine_processes=engine_processes,
     )
     if instances > 1:
         return await asyncio.to_thread(run_instances, "processor", where, (config,), instances)
@@ -482,7 +482,11 @@ def _where(unique: str, partitions: int = 3) -> Where:
 
 
 async def main(
-    messages: int, instances: int = 1, partitions: int = 3, in_process_too: bool = False
+    messages: int,
+    instances: int = 1,
+    partitions: int = 3,
+    in_process_too: bool = False,
+    engine_processes: int = 1,
 ) -> None:
     if instances > partitions:
         raise SystemExit(f"{instances} instances need at least as many partitions")
@@ -495,12 +499,12 @@ async def main(
         f"{time.perf_counter() - t0:.1f} s; {instances} instance(s) per run"
     )
     base_run = await run(where, f"alo-{where.unique}", "alo", False, instances)
-    eos_run = await run(where, f"eos-{where.unique}", "eos", True, instances)
+    eos_run = await run(where, f"eos-{where.unique}", "eos", True, instances, engine_processes)
     base = report("baseline at-least-once", base_run)
     eos = report("exactly-once", eos_run)
     in_process = 0.0
     if in_process_too:
-        one = await run(where, f"eos1-{where.unique}", "eos1", True, instances, False)
+        one = await run(where, f"eos1-{where.unique}", "eos1", True, instances, 0)
         in_process = report("exactly-once, the record path in the driver's process", one)
         print(f"engine process / in the driver's process: {eos / in_process:.2f}")
     per_input = eos_run.records_out / max(eos_run.records, 1)
@@ -565,11 +569,25 @@ def _cli(argv: list[str]) -> None:
         help="also run exactly once with the record path in the driver's process (no engine "
         "process), same run, for the comparison",
     )
+    parser.add_argument(
+        "--engine-processes",
+        type=int,
+        default=1,
+        help="engine processes per instance (0: the record path in the driver's process)",
+    )
     args = parser.parse_args(argv)
     if args.one_thread:
         asyncio.run(one_thread(args.one_thread))
     else:
-        asyncio.run(main(args.messages, args.instances, args.partitions, args.in_process_too))
+        asyncio.run(
+            main(
+                args.messages,
+                args.instances,
+                args.partitions,
+                args.in_process_too,
+                args.engine_processes,
+            )
+        )
 
 
 if __name__ == "__main__":

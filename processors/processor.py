@@ -71,7 +71,7 @@ from inboxstream.core.metrics import (
     observe_lag,
 )
 from inboxstream.core.settings import Settings
-from inboxstream.processors.engine_process import EngineProcess
+from inboxstream.processors.engine_process import EnginePool, EngineProcess
 from inboxstream.processors.exceptions import EngineProcessDiedError, TopologyError
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.record_path import RecordPath, ShareOut
@@ -110,10 +110,10 @@ class ProcessorConfig:
     # (a frozen or partitioned instance; heartbeats go every third of it, at most every 3 s).
     # Tests shorten it; the broker's group.min.session.timeout.ms (6 s by default) is the floor.
     session_timeout_ms: int = 10_000
-    # The record path (decoding, the engine, encoding; ``processors.record_path``) in a
-    # process of its own, beside the driver's Kafka work: one instance then uses two cores.
-    # False runs it in the driver's process (tests that look at the state in memory).
-    engine_process: bool = True
+    # The record path (decoding, the engine, encoding; ``processors.record_path``) in this
+    # many processes of their own, beside the driver's Kafka work (partition N's state in
+    # process N mod their number); 0 runs it in the driver's process.
+    engine_processes: int = 1
 
 
 @dataclass
@@ -170,15 +170,14 @@ class StreamProcessor:
         self.name = f"{self.config.group_id}/{self.config.instance_id}"
         self.lock = asyncio.Lock()
         self.stats = ProcessorStats()
-        self.work: RecordPath | EngineProcess
-        if self.config.engine_process:
-            self.work = EngineProcess(
-                settings.kafka, self.topics, self.config.algorithm, self.stats.counts
-            )
+        self.work: RecordPath | EngineProcess | EnginePool
+        work = (settings.kafka, self.topics, self.config.algorithm, self.stats.counts)
+        if self.config.engine_processes > 1:
+            self.work = EnginePool(*work, processes=self.config.engine_processes)
+        elif self.config.engine_processes == 1:
+            self.work = EngineProcess(*work)
         else:
-            self.work = RecordPath(
-                settings.kafka, self.topics, self.config.algorithm, self.stats.counts
-            )
+            self.work = RecordPath(*work)
         self.on_in_transaction: Callable[[int, int], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # With exactly-once, one transactional producer per owned input partition
@@ -221,7 +220,7 @@ class StreamProcessor:
 
     async def start(self) -> None:
         await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
-        if isinstance(self.work, EngineProcess):
+        if not isinstance(self.work, RecordPath):
             await self.work.start()
         if not self.config.exactly_once:
             self._plain_producer = self._new_producer(None)
@@ -300,7 +299,7 @@ class StreamProcessor:
         last_data = time.monotonic()
         try:
             while stop is None or not stop.is_set():
-                if isinstance(self.work, EngineProcess):
+                if not isinstance(self.work, RecordPath):
                     self.work.check()  # gone with every partition's state: stop, never go on
                 revocations = self.revocations
                 batch = await self._fetch()

@@ -28,9 +28,12 @@ async def test_the_engine_process_gives_what_the_driver_process_gives(
     inbox = f"box0-{unique}@inboxstream.test"
     await producer.send_and_wait(settings.topics.messages.name, b"\x00garbage", key=inbox.encode())
     await producer.stop()
-    for version, separate in (("local", False), ("child", True)):
+    for version, processes in (("local", 0), ("child", 1), ("pool", 2)):
         config = ProcessorConfig(
-            group_id=f"{version}-{unique}", version=version, max_records=40, engine_process=separate
+            group_id=f"{version}-{unique}",
+            version=version,
+            max_records=40,
+            engine_processes=processes,
         )
         stats = await run_processor(settings, config, until_end=True)
         assert stats.dead_lettered == 1
@@ -38,9 +41,10 @@ async def test_the_engine_process_gives_what_the_driver_process_gives(
     threads, engagements = await outputs(settings, "child")
     assert sum(threads.values()) >= 2 * 60 and sum(engagements.values()) == 2 * 4 * 4
     assert (threads, engagements) == await outputs(settings, "local")
+    assert (threads, engagements) == await outputs(settings, "pool")
 
     dead = await read_records(settings, settings.topics.dead_letter.name)
-    assert len(dead) == 2
+    assert len(dead) == 3
     reasons = []
     for record in dead:
         headers = dict(record.headers)
@@ -54,7 +58,7 @@ async def test_the_engine_process_gives_what_the_driver_process_gives(
                 headers[DLQ_PREFIX + "exception.message"],
             )
         )
-    assert reasons[0] == reasons[1] and reasons[0][:2] == (b"decode", b"DecodeError")
+    assert reasons[0] == reasons[1] == reasons[2] and reasons[0][:2] == (b"decode", b"DecodeError")
 
 
 async def test_a_dead_engine_process_stops_the_instance_and_a_restart_finishes_it(
@@ -62,7 +66,7 @@ async def test_a_dead_engine_process_stops_the_instance_and_a_restart_finishes_i
 ) -> None:
     await load_inputs(settings, unique, inboxes=2)
     reference = ProcessorConfig(
-        group_id=f"ref-{unique}", version="ref", max_records=40, engine_process=False
+        group_id=f"ref-{unique}", version="ref", max_records=40, engine_processes=0
     )
     await run_processor(settings, reference, until_end=True)
     ref_threads, ref_engagements = await outputs(settings, "ref")
