@@ -75,7 +75,7 @@ def thread(algorithm: str, file: Path) -> None:
 @click.option(
     "--engine-processes",
     type=click.IntRange(min=0),
-    default=1,
+    default=0,
     show_default=True,
     help="Processes the record path (decoding, threading, matching, encoding) runs in, beside "
     "the Kafka work; 0 runs it in the same process.",

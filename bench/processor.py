@@ -25,9 +25,10 @@ together once the group has split the partitions, and stay in it until all are d
 are then input records over the time from the first batch's start to the last one's end, and
 the JSON adds ``instances`` and ``partitions``.
 
-Each instance runs its record path in an engine process of its own (``ProcessorConfig.
-engine_process``, the default). ``--in-process-too`` adds, in the same run, an exactly-once run
-with the record path in the driver's process, and ``eos_in_process_events_s`` to the JSON.
+``--engine-processes N`` runs each instance's record path in N engine processes
+(``ProcessorConfig.engine_processes``; 0, the default, in the driver's process);
+``--in-process-too`` adds, in the same run, an exactly-once run with the record path in the
+driver's process, and ``eos_in_process_events_s`` to the JSON.
 
 ``.venv/bin/python -m bench.processor --one-thread N`` instead threads N messages of one
 conversation (one base subject, each replying to a random earlier message) and N messages in
@@ -419,7 +420,7 @@ async def run(
     version: str,
     exactly_once: bool,
     instances: int = 1,
-    engine_processes: int = 1,
+    engine_processes: int = 0,
 ) -> Run:
     config = ProcessorConfig(
         group_id=group,
@@ -486,7 +487,7 @@ async def main(
     instances: int = 1,
     partitions: int = 3,
     in_process_too: bool = False,
-    engine_processes: int = 1,
+    engine_processes: int = 0,
 ) -> None:
     if instances > partitions:
         raise SystemExit(f"{instances} instances need at least as many partitions")
@@ -572,7 +573,7 @@ def _cli(argv: list[str]) -> None:
     parser.add_argument(
         "--engine-processes",
         type=int,
-        default=1,
+        default=0,
         help="engine processes per instance (0: the record path in the driver's process)",
     )
     args = parser.parse_args(argv)

@@ -71,7 +71,9 @@ async def test_a_dead_engine_process_stops_the_instance_and_a_restart_finishes_i
     await run_processor(settings, reference, until_end=True)
     ref_threads, ref_engagements = await outputs(settings, "ref")
 
-    config = ProcessorConfig(group_id=f"eos-{unique}", max_records=40, pause_in_transaction_s=0.01)
+    config = ProcessorConfig(
+        group_id=f"eos-{unique}", max_records=40, pause_in_transaction_s=0.01, engine_processes=1
+    )
     processor = StreamProcessor(settings, config)
     assert isinstance(processor.work, EngineProcess)
     killed = False

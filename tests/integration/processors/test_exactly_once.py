@@ -37,7 +37,16 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
 
     config = write_config(settings, tmp_path / "config.toml")
     group = ["--group-id", f"eos-{unique}", "--max-records", "50"]
-    victim = run_cli(config, *group, "--instance-id", "a", "--pause-in-transaction", "0.5")
+    victim = run_cli(
+        config,
+        *group,
+        "--instance-id",
+        "a",
+        "--pause-in-transaction",
+        "0.5",
+        "--engine-processes",
+        "1",
+    )
     wait_inside_a_transaction(victim, after=3, timeout=120, what="kill")
     engine = [
         child
