@@ -56,6 +56,7 @@ from inboxstream.core.aiokafka_shim import producer_is_fatal
 from inboxstream.core.batches import BatchSender
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.kafka import (
+    Failure,
     client_options,
     ensure_topics,
     make_consumer,
@@ -222,8 +223,7 @@ class StreamProcessor:
 
     async def start(self) -> None:
         await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
-        if not isinstance(self.work, RecordPath):
-            await self.work.start()
+        await self.work.start()
         if not self.config.exactly_once:
             self._plain_producer = self._new_producer(None)
             await self._plain_producer.start()
@@ -301,8 +301,7 @@ class StreamProcessor:
         last_data = time.monotonic()
         try:
             while stop is None or not stop.is_set():
-                if not isinstance(self.work, RecordPath):
-                    self.work.check()  # gone with every partition's state: stop, never go on
+                self.work.check()  # an engine process gone with the state: stop, never go on
                 revocations = self.revocations
                 batch = await self._fetch()
                 if batch:
@@ -563,10 +562,7 @@ class StreamProcessor:
         for rec in share.outbound:
             await self._route(txn, rec)
         for index, stage, why in share.out.failures:  # one bad record never stops the partition
-            rec = share.records[index]
-            self.stats.dead_lettered += 1
-            self.stats.counts[f"dead_letter:{rec.topic}"] += 1
-            await send_to_dead_letter(txn.producer, self.topics.dead_letter, rec, stage, why)
+            await self._dead_letter(txn, share.records[index], stage, why)
         await txn.sender.send_all(share.out.outgoing)
         self.stats.records += share.size
         self.stats.records_out += len(share.out.outgoing)
@@ -581,9 +577,14 @@ class StreamProcessor:
             stage = "repartition"
             await self._repartition(txn, rec, outbound)
         except Exception as exc:
-            self.stats.dead_lettered += 1
-            self.stats.counts[f"dead_letter:{rec.topic}"] += 1
-            await send_to_dead_letter(txn.producer, self.topics.dead_letter, rec, stage, exc)
+            await self._dead_letter(txn, rec, stage, exc)
+
+    async def _dead_letter(
+        self, txn: _Txn, rec: Record, stage: str, why: BaseException | Failure
+    ) -> None:
+        self.stats.dead_lettered += 1
+        self.stats.counts[f"dead_letter:{rec.topic}"] += 1
+        await send_to_dead_letter(txn.producer, self.topics.dead_letter, rec, stage, why)
 
     async def _repartition(self, txn: _Txn, rec: Record, ev: OutboundEvent) -> None:
         """crm.outbound -> crm-by-inbox: to the inbox's partition, or to all of them."""

@@ -124,6 +124,12 @@ class RecordPath:
     def partitions(self) -> set[int]:
         return set(self.states)
 
+    async def start(self) -> None:
+        """Nothing to start in this process (the same calls as an engine process)."""
+
+    def check(self) -> None:
+        """Never gone: it lives in the driver's process."""
+
     async def restore(self, partitions: set[int]) -> None:
         """Read the state of ``partitions`` not held yet from their changelogs."""
         missing = partitions - set(self.states)
