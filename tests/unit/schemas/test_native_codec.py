@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,8 +24,8 @@ from inboxstream.schemas.exceptions import EncodeError
 from inboxstream.schemas.models import BodyEvent, EngagementEvent, MessageEvent, ThreadEvent
 from inboxstream.schemas.native_codec import NATIVE, Fallback, native_codec
 from inboxstream.schemas.serde import (
-    _CAVRO_OPTIONS,
     SCHEMA_DIR,
+    _cavro,
     _codec,
     _decoder,
     _plain,
@@ -31,6 +34,8 @@ from inboxstream.schemas.serde import (
 from tests.helpers.samples import SAMPLES
 
 SCHEMAS = sorted(SCHEMA_DIR.glob("*.avsc"))
+REPO = Path(__file__).resolve().parents[3]
+_CAVRO_OPTIONS = _cavro()[1]
 
 
 def _source(path: Any) -> Any:
@@ -246,3 +251,24 @@ def test_the_processors_projections_read_what_cavro_reads(model: Any, fields: An
             value = serde.encode(event)
             expected = _decoder(serde.writer, serde.reader, fields).binary_decode(value)
             assert serde.decode_fields(value, serde.headers(), fields) == expected
+
+
+def test_encoding_our_events_never_imports_cavro() -> None:
+    """The parse workers and the producer only encode our own schemas: the compiled codec
+    writes them all, so cavro (and the numpy it brings, ~20 MB a process) is never loaded."""
+    script = (
+        "import itertools, sys\n"
+        "from inboxstream.app.mailgen import generate_mailbox\n"
+        "from inboxstream.producers.encode import encode_message\n"
+        "from inboxstream.producers.parse import FetchedMessage\n"
+        "mails = itertools.islice(generate_mailbox('me@example.com', threads=50), 200)\n"
+        "for i, mail in enumerate(mails):\n"
+        "    fetched = FetchedMessage('me@example.com', 'INBOX', 'inbox', 1, i + 1, mail.raw)\n"
+        "    assert len(encode_message(fetched).records) == 2\n"
+        "print(sorted(m for m in ('cavro', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert NATIVE, "the compiled codec is not built: cavro would write every value"
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
