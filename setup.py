@@ -1,24 +1,48 @@
-"""The one thing pyproject.toml cannot say: the C modules of the hot paths (the Avro codec,
-schemas/_avro_native.c; the header block splitter, mail/_headers_native.c).
+"""The one thing pyproject.toml cannot say: the compiled modules of the hot paths.
 
-Everything else (metadata, packages, the layer folders' mapping) is in pyproject.toml. Both
-are optional at run time (cavro and the Python splitter stand in), but the project's own
-set-up (``./run``) always builds them: gcc is on every machine we target.
+* C: the Avro codec (schemas/_avro_native.c) and the header block splitter
+  (mail/_headers_native.c).
+* mypyc: the backfill's parse modules, compiled from their typed Python as they are (the list
+  and why: inboxstream/_compiled.py). Their source hashes go into a manifest beside them, so a
+  source edited after the build runs as source, never as the old build.
+
+Everything else (metadata, packages, the layer folders' mapping) is in pyproject.toml. All are
+optional at run time (cavro, the Python splitter and the sources stand in), but the project's
+own set-up (``./run``) always builds them: gcc is on every machine we target.
+``INBOXSTREAM_NO_MYPYC=1`` skips the mypyc modules.
 """
+
+import json
+import os
+import runpy
+from pathlib import Path
 
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=[
-        Extension(
-            "inboxstream.schemas._avro_native",
-            sources=["schemas/_avro_native.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
-        ),
-        Extension(
-            "inboxstream.mail._headers_native",
-            sources=["mail/_headers_native.c"],
-            extra_compile_args=["-O2", "-Wall"],
-        ),
-    ]
-)
+HERE = Path(__file__).resolve().parent
+compiled = runpy.run_path(str(HERE / "inboxstream" / "_compiled.py"))
+
+ext_modules = [
+    Extension(
+        "inboxstream.schemas._avro_native",
+        sources=["schemas/_avro_native.c"],
+        extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
+    ),
+    Extension(
+        "inboxstream.mail._headers_native",
+        sources=["mail/_headers_native.c"],
+        extra_compile_args=["-O2", "-Wall"],
+    ),
+]
+
+if os.environ.get("INBOXSTREAM_NO_MYPYC") != "1":
+    from mypyc.build import mypycify
+
+    paths = [str(compiled["source_path"](m).relative_to(HERE)) for m in compiled["MODULES"]]
+    # Our own mypy settings, not pyproject's: the build runs before the dependencies are
+    # installed (no pydantic plugin to load; their types are Any here, checked by `mypy` in CI).
+    options = ["--config-file=", "--ignore-missing-imports", "--python-version=3.11"]
+    ext_modules += mypycify(options + paths, opt_level="3", group_name=compiled["GROUP"])
+    Path(compiled["MANIFEST"]).write_text(json.dumps(compiled["source_hashes"](), indent=1))
+
+setup(ext_modules=ext_modules)

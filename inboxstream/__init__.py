@@ -22,6 +22,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from inboxstream import _compiled
+
+_compiled.install()  # a stale compiled build of the parse modules never runs (see _compiled)
+
 try:
     __version__ = version("inboxstream")
 except PackageNotFoundError:  # running from a source tree that was never installed

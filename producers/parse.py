@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from email.utils import getaddresses
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from inboxstream.core.contracts import MAX_MESSAGE_BYTES
 from inboxstream.imap.fetch import FetchedItem
@@ -349,7 +349,9 @@ def parse_records(
         if msg is None:
             return None
         try:
-            value = msg.get(name)
+            # Through Any, not the stub's str: compat32 hands back an email.header.Header for
+            # a value with 8-bit bytes, and the compiled module checks a typed call's result.
+            value = cast(Any, msg).get(name)
         except Exception as exc:
             errors.append(f"bad {name} header: {exc}")
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 #: layer number of each top-level part of the namespace; a part may import only lower layers.
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "_compiled": 0,
     "schemas": 1,
     "core": 2,
     "mail": 3,
