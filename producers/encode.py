@@ -7,12 +7,20 @@ out so it can run inline or in a worker process (producers/parse_pool.py) with t
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
 from inboxstream.core.contracts import MAX_EVENT_BYTES
-from inboxstream.producers.parse import FetchedMessage, parse_records
+from inboxstream.producers.parse import (
+    FetchedMessage,
+    message_identity,
+    parse_records,
+    role_of,
+    split_header_block,
+    synthetic_message_id,
+)
 from inboxstream.schemas.exceptions import EncodeError
-from inboxstream.schemas.models import BodyEvent, MessageEvent
+from inboxstream.schemas.models import BodyEvent, MessageEvent, utf8_safe
 from inboxstream.schemas.serde import AvroSerde, serde_for
 
 log = logging.getLogger(__name__)
@@ -60,9 +68,32 @@ def encode_chunk(
     messages_framed, bodies_framed = messages.framed, bodies.framed  # once a chunk
     out: list[EncodedMessage] = []
     for fetched in chunk:
-        message, body = parse_records(
-            fetched, log_attachments=log_attachments, producer=producer, fast=fast
-        )
+        try:
+            message, body = parse_records(
+                fetched, log_attachments=log_attachments, producer=producer, fast=fast
+            )
+        except Exception as exc:
+            # parse_records never raises by design; a bug that makes it (or an annotation the
+            # compiled module enforces and a hostile message breaks) must cost this message's
+            # fields, not the batch: the folder would stop on it at every retry.
+            log.exception(
+                "%s %s UID %d: parse failed", fetched.inbox_id, fetched.folder, fetched.uid
+            )
+            unparsed = identity_only(_bare_identity(fetched, producer), exc)
+            out.append(
+                EncodedMessage(
+                    fetched.uid,
+                    (
+                        EncodedRecord(
+                            "messages",
+                            messages.encode(unparsed),
+                            unparsed.event_type,
+                            messages_framed,
+                        ),
+                    ),
+                )
+            )
+            continue
         records: list[EncodedRecord] = []
         try:
             records.append(
@@ -92,6 +123,27 @@ def _value(serde: AvroSerde[Any], record: dict[str, Any]) -> bytes:
     if len(value) > MAX_EVENT_BYTES:
         raise EncodeError(f"event is {len(value)} bytes, over the {MAX_EVENT_BYTES} byte limit")
     return value
+
+
+def _bare_identity(fetched: FetchedMessage, producer: str) -> MessageEvent:
+    """The identity of a message whose parse failed, from the fetch alone."""
+    header_block = split_header_block(fetched.raw)
+    return MessageEvent(
+        event_id=message_identity(fetched),
+        event_type="message.new",
+        inbox_id=fetched.inbox_id,
+        folder=utf8_safe(fetched.folder),
+        folder_role=role_of(fetched),
+        uidvalidity=fetched.uidvalidity,
+        uid=fetched.uid,
+        modseq=fetched.modseq,
+        message_id=synthetic_message_id(header_block),
+        message_id_synthetic=True,
+        size=fetched.size if fetched.size is not None else len(fetched.raw),
+        raw_headers=b"",
+        observed_at=datetime.now(UTC),
+        producer=producer,
+    )
 
 
 def identity_only(message: MessageEvent, exc: Exception) -> MessageEvent:
