@@ -38,13 +38,14 @@ ext_modules = [
 # A module taken off the list (or a build skipped) leaves its old extension beside its .py,
 # and Python would import that first: every extension with a .py of the same name that is not
 # on the list goes. (The C modules have no .py beside them.)
-_keep = set() if os.environ.get("INBOXSTREAM_NO_MYPYC") == "1" else set(compiled["MODULES"])
+MYPYC = os.environ.get("INBOXSTREAM_NO_MYPYC") != "1"
+_keep = set(compiled["MODULES"]) if MYPYC else set()
 for _so in (HERE / "inboxstream").glob("*/*.cpython-*.so"):
     _module = "inboxstream." + _so.parent.name + "." + _so.name.split(".")[0]
     if _so.with_name(_so.name.split(".")[0] + ".py").exists() and _module not in _keep:
         _so.unlink()
 
-if os.environ.get("INBOXSTREAM_NO_MYPYC") != "1":
+if MYPYC:
     from mypyc.build import mypycify
 
     paths = [str(compiled["source_path"](m).relative_to(HERE)) for m in compiled["MODULES"]]

@@ -51,7 +51,7 @@ PURE_ENV = "INBOXSTREAM_PURE_PYTHON"
 
 def source_path(module: str) -> Path:
     """The ``.py`` of one of ``MODULES`` (through the package's folder links)."""
-    return Path(__file__).parent.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
 def source_hashes() -> dict[str, str]:
@@ -87,13 +87,10 @@ def _stale() -> str | None:
 def install() -> None:
     if any(isinstance(f, _SourceFirst) for f in sys.meta_path):
         return
-    if os.environ.get(PURE_ENV) == "1":
-        sys.meta_path.insert(0, _SourceFirst())
-        return
-    reason = _stale()
+    reason = "asked for" if os.environ.get(PURE_ENV) == "1" else _stale()
     if reason is None:
         return
-    if reason != "no build recorded":  # no build at all: the sources are what runs anyway
+    if reason.startswith("sources changed"):  # asked for, or no build: nothing to warn about
         warnings.warn(
             f"inboxstream: compiled parse modules not used ({reason}); running the sources, "
             "slower. Rebuild with ./run setup.",

@@ -68,6 +68,8 @@ def encode_chunk(
     messages_framed, bodies_framed = messages.framed, bodies.framed  # once a chunk
     out: list[EncodedMessage] = []
     for fetched in chunk:
+        records: list[EncodedRecord] = []
+        fallback: MessageEvent | None = None
         try:
             message, body = parse_records(
                 fetched, log_attachments=log_attachments, producer=producer, fast=fast
@@ -79,40 +81,25 @@ def encode_chunk(
             log.exception(
                 "%s %s UID %d: parse failed", fetched.inbox_id, fetched.folder, fetched.uid
             )
-            unparsed = identity_only(_bare_identity(fetched, producer), exc)
-            out.append(
-                EncodedMessage(
-                    fetched.uid,
-                    (
-                        EncodedRecord(
-                            "messages",
-                            messages.encode(unparsed),
-                            unparsed.event_type,
-                            messages_framed,
-                        ),
-                    ),
+            fallback = identity_only(_bare_identity(fetched, producer), exc)
+        else:
+            try:
+                records.append(
+                    EncodedRecord(
+                        "messages", _value(messages, message), "message.new", messages_framed
+                    )
                 )
-            )
-            continue
-        records: list[EncodedRecord] = []
-        try:
-            records.append(
-                EncodedRecord("messages", _value(messages, message), "message.new", messages_framed)
-            )
-            records.append(
-                EncodedRecord("bodies", _value(bodies, body), BodyEvent.schema_name, bodies_framed)
-            )
-        except EncodeError as exc:
-            log.warning("%s %s UID %d: %s", fetched.inbox_id, fetched.folder, fetched.uid, exc)
-            fallback = identity_only(MessageEvent.model_validate(message), exc)
-            records.append(
-                EncodedRecord(
-                    "messages",
-                    messages.encode(fallback),
-                    fallback.event_type,
-                    messages_framed,
+                records.append(
+                    EncodedRecord(
+                        "bodies", _value(bodies, body), BodyEvent.schema_name, bodies_framed
+                    )
                 )
-            )
+            except EncodeError as exc:
+                log.warning("%s %s UID %d: %s", fetched.inbox_id, fetched.folder, fetched.uid, exc)
+                fallback = identity_only(MessageEvent.model_validate(message), exc)
+        if fallback is not None:
+            value = messages.encode(fallback)
+            records.append(EncodedRecord("messages", value, fallback.event_type, messages_framed))
         out.append(EncodedMessage(fetched.uid, tuple(records)))
     return out
 

@@ -8,15 +8,30 @@ second interpreter started with ``INBOXSTREAM_PURE_PYTHON=1`` (the sources), whi
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
+import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from inboxstream._compiled import PURE_ENV
 from inboxstream.app.mailgen import generate_mailbox
 from inboxstream.producers.parse import FetchedMessage, parse_records
 from tests.helpers.hostile import hostile_corpus
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_from_source(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``python *args`` in a second interpreter that runs the compiled modules' sources
+    (``INBOXSTREAM_PURE_PYTHON=1``), from the repository root; it must exit 0."""
+    env = os.environ | {PURE_ENV: "1"}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, check=True, cwd=REPO, env=env, **kwargs
+    )
 
 
 def corpus() -> list[bytes]:

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from inboxstream import _compiled
-from tests.helpers.compiled_parity import corpus, outputs
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.compiled_parity import corpus, outputs, run_from_source
 
 
 def test_the_compiled_modules_are_built_and_in_use() -> None:
@@ -35,14 +30,7 @@ def test_the_compiled_modules_are_built_and_in_use() -> None:
 def test_compiled_and_source_give_the_same_records() -> None:
     raws = corpus()
     here = outputs(raws)
-    pure = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.compiled_parity"],
-        input=pickle.dumps(raws),
-        capture_output=True,
-        check=True,
-        cwd=REPO,
-        env=os.environ | {_compiled.PURE_ENV: "1"},
-    )
+    pure = run_from_source("-m", "tests.helpers.compiled_parity", input=pickle.dumps(raws))
     mine, theirs = pickle.loads(here), pickle.loads(pure.stdout)
     assert len(mine) == len(theirs) > 600
     for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
@@ -54,14 +42,7 @@ def test_the_pure_switch_loads_the_sources() -> None:
         "import inboxstream.producers.parse as p; from inboxstream._compiled import is_compiled;"
         "print(is_compiled(p), p.__file__)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env=os.environ | {_compiled.PURE_ENV: "1"},
-    )
+    out = run_from_source("-c", script, text=True)
     assert out.stdout.startswith("False ") and out.stdout.strip().endswith("parse.py")
 
 

@@ -9,14 +9,8 @@ other natively, where a patched module attribute is never looked up.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from inboxstream._compiled import PURE_ENV
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.helpers.compiled_parity import run_from_source
 
 SCRIPT = """
 import json
@@ -49,14 +43,7 @@ print(json.dumps({
 
 
 def test_a_parse_that_raises_costs_one_message_its_fields() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env=os.environ | {PURE_ENV: "1"},
-    )
+    out = run_from_source("-c", SCRIPT, text=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["counts"] == [2, 1, 2]  # the others keep both events
     assert got["uids"] == [1, 2, 3]
