@@ -48,11 +48,12 @@ for _so in (HERE / "inboxstream").glob("*/*.cpython-*.so"):
 if MYPYC:
     from mypyc.build import mypycify
 
-    paths = [str(compiled["source_path"](m).relative_to(HERE)) for m in compiled["MODULES"]]
     # Our own mypy settings, not pyproject's: the build runs before the dependencies are
     # installed (no pydantic plugin to load; their types are Any here, checked by `mypy` in CI).
     options = ["--config-file=", "--ignore-missing-imports", "--python-version=3.11"]
-    ext_modules += mypycify(options + paths, opt_level="3", group_name=compiled["GROUP"])
+    for group, modules in compiled["GROUPS"].items():
+        paths = [str(compiled["source_path"](m).relative_to(HERE)) for m in modules]
+        ext_modules += mypycify(options + paths, opt_level="3", group_name=group)
     Path(compiled["MANIFEST"]).write_text(json.dumps(compiled["source_hashes"](), indent=1))
 
 setup(ext_modules=ext_modules)

@@ -40,7 +40,18 @@ class MessageEntry:
     thread_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return self.__dict__.copy()
+        # field by field, not ``__dict__``: compiled by mypyc, the class has none
+        return {
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "message_id": self.message_id,
+            "references": self.references,
+            "in_reply_to": self.in_reply_to,
+            "subject": self.subject,
+            "date_ms": self.date_ms,
+            "observed_ms": self.observed_ms,
+            "thread_id": self.thread_id,
+        }
 
 
 def _hash(*parts: str) -> str:

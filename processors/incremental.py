@@ -166,9 +166,13 @@ def _holder(root: _Node) -> _Node | None:
 class InboxThreads:
     """The thread index of one inbox, updated one message at a time (module docstring)."""
 
-    def __init__(self, inbox_id: str, algorithm: Algorithm = "rfc5256") -> None:
+    def __init__(
+        self, inbox_id: str, algorithm: Algorithm = "rfc5256", *, shortcuts: bool = True
+    ) -> None:
         self.inbox_id = inbox_id
         self.algorithm = algorithm
+        # False: every message takes the general path (tests hold the shortcuts to it)
+        self.shortcuts = shortcuts
         self.entries: dict[str, MessageEntry] = {}
         self._by_tid: dict[str, set[str]] = {}
         self._by_mid: dict[str, set[str]] = {}
@@ -330,7 +334,7 @@ class InboxThreads:
         # The trees the message can touch, and their groups, before the step.
         mid = entry.message_id or ""
         ref_ids = reference_ids(entry.references, entry.in_reply_to)
-        if mid and mid not in self._table:  # a new Message-ID: the shortcuts may apply
+        if mid and self.shortcuts and mid not in self._table:  # a new Message-ID: they may apply
             shortcut = (
                 self._reply_joins(entry, mid, ref_ids)
                 if ref_ids

@@ -8,7 +8,7 @@ here: a held reply keeps the *offset* of its body in inbox.bodies, never the bod
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
@@ -18,7 +18,9 @@ from inboxstream.schemas.models import (
     AttachmentRef,
     BodyEvent,
     EngagementEvent,
+    EngagementEventType,
     OutboundEvent,
+    OutboundKind,
 )
 
 if TYPE_CHECKING:
@@ -27,17 +29,24 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _flat(record: Any) -> Json:
-    """A flat slotted dataclass as a dict, fields in order (``asdict`` deep-copies every
-    value, which cost more than the rest of writing the state)."""
-    return {name: getattr(record, name) for name in record.__slots__}
+    """A flat dataclass as a dict, fields in order (``asdict`` deep-copies every value, which
+    cost more than the rest of writing the state). The names come from ``fields``, once per
+    class: a class compiled by mypyc has neither ``__slots__`` nor ``__dict__``."""
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:
+        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in fields(record))
+    return {name: getattr(record, name) for name in names}
 
 
 @dataclass(frozen=True, slots=True)
 class CrmRecord:
     """A Message-ID the CRM sent or logged (the ``crm`` store, keyed by that Message-ID)."""
 
-    kind: str
+    kind: OutboundKind
     inbox_id: str | None
     contact_email: str | None
     contact_name: str | None
@@ -154,7 +163,7 @@ class EngagementRecord:
     inbox_id: str
     message_id: str
     crm_message_id: str
-    crm_kind: str
+    crm_kind: OutboundKind
     created_ms: int
     body_expired: bool
     deleted_ms: int | None = None
@@ -170,7 +179,7 @@ class EngagementRecord:
     def with_(self, **changes: Any) -> EngagementRecord:
         return replace(self, **changes)
 
-    def lifecycle(self, eng_id: str, kind: str, at: datetime) -> EngagementEvent:
+    def lifecycle(self, eng_id: str, kind: EngagementEventType, at: datetime) -> EngagementEvent:
         """A lifecycle event (``body.expired``, ``engagement.deleted``) of this engagement."""
         return EngagementEvent(
             event_id=lifecycle_event_id(eng_id, kind),

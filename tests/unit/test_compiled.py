@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from inboxstream import _compiled
+from tests.helpers import processor_parity
 from tests.helpers.compiled_parity import corpus, outputs, run_from_source
 
 
@@ -35,6 +36,26 @@ def test_compiled_and_source_give_the_same_records() -> None:
     assert len(mine) == len(theirs) > 600
     for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
         assert a == b, f"message {i // 2 + 1}, fast={i % 2 == 0}"
+
+
+def test_compiled_and_source_process_alike() -> None:
+    """The record path, compiled and from source, over a hostile scenario and a workload of
+    shares: the same events, changelog writes, bytes to send, failures and counts."""
+    here = processor_parity.outputs()
+    pure = run_from_source("-m", "tests.helpers.processor_parity")
+    (engine, record_path), (engine_src, record_path_src) = (
+        pickle.loads(here),
+        pickle.loads(pure.stdout),
+    )
+    for algorithm, mine, theirs in zip(("rfc5256", "references"), engine, engine_src, strict=True):
+        events, changelog, counts, reads, threads = mine
+        assert len(events) > 500 and len(changelog) > 500 and reads > 0, algorithm
+        parts = ("events", "changelog", "counts", "reads", "threads")
+        for what, a, b in zip(parts, mine, theirs, strict=True):
+            assert a == b, f"{algorithm}: {what} differ"
+    shares, _ = record_path
+    assert sum(len(out[0]) for out in shares) > 1000 and any(out[1] for out in shares)
+    assert record_path == record_path_src
 
 
 def test_the_pure_switch_loads_the_sources() -> None:

@@ -48,7 +48,7 @@ async def test_event_time_retention_and_deletes(settings: Settings, unique: str)
             "pending": sum(len(s.pending) for s in states.values()),
             "engagements": {k for s in states.values() for k in s.engagements},
             "messages": sum(len(i) for s in states.values() for i in s.threads.values()),
-            "text": repr([s.__dict__ for s in states.values()]),
+            "text": repr(list(states.values())),
         }
 
     # phase 1 (day 0): CRM mail, two replies to it, a private reply, a reply to CRM mail whose
