@@ -39,6 +39,29 @@ class MessageEntry:
     observed_ms: int
     thread_id: str | None = None
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        seq: int,
+        event_id: str,
+        message_id: str,
+        references: list[str],
+        in_reply_to: list[str],
+        subject: str | None,
+        date_ms: int | None,
+        observed_ms: int,
+        thread_id: str | None = None,
+    ) -> None:
+        self.seq = seq
+        self.event_id = event_id
+        self.message_id = message_id
+        self.references = references
+        self.in_reply_to = in_reply_to
+        self.subject = subject
+        self.date_ms = date_ms
+        self.observed_ms = observed_ms
+        self.thread_id = thread_id
+
     def to_json(self) -> dict[str, object]:
         # field by field, not ``__dict__``: compiled by mypyc, the class has none
         return {
@@ -73,6 +96,17 @@ class Group:
     members: list[MessageEntry]
     root_message_id: str | None
     base_subject: str
+
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        members: list[MessageEntry],
+        root_message_id: str | None,
+        base_subject: str,
+    ) -> None:
+        object.__setattr__(self, "members", members)
+        object.__setattr__(self, "root_message_id", root_message_id)
+        object.__setattr__(self, "base_subject", base_subject)
 
 
 def merged_event(

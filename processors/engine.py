@@ -53,6 +53,17 @@ class Emit:
     key: str
     event: ThreadEvent | EngagementEvent
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        output: Literal["threads", "engagements"],
+        key: str,
+        event: ThreadEvent | EngagementEvent,
+    ) -> None:
+        object.__setattr__(self, "output", output)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "event", event)
+
 
 @dataclass(frozen=True, slots=True)
 class BodyRead:
@@ -66,6 +77,25 @@ class BodyRead:
     crm: CrmRecord | None
     match: Match
     thread_id: str | None
+
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        partition: int,
+        offset: int,
+        eng_id: str,
+        reply: Reply,
+        crm: CrmRecord | None,
+        match: Match,
+        thread_id: str | None,
+    ) -> None:
+        object.__setattr__(self, "partition", partition)
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "eng_id", eng_id)
+        object.__setattr__(self, "reply", reply)
+        object.__setattr__(self, "crm", crm)
+        object.__setattr__(self, "match", match)
+        object.__setattr__(self, "thread_id", thread_id)
 
 
 Step: TypeAlias = Emit | BodyRead
@@ -82,6 +112,7 @@ def _dt(ms: int) -> datetime:
 class Engine:
     """The pure processor. ``counts`` says what happened (duplicates, drops, expiries...)."""
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
     def __init__(self, counts: Counter[str] | None = None) -> None:
         self.counts: Counter[str] = counts if counts is not None else Counter()
 
@@ -168,7 +199,7 @@ class Engine:
             return []  # a second copy of an early body
         # Keep only where the body is (the inbox.bodies offset), never the body itself; a
         # matched reply reads it back now, a later match from the topic.
-        state.put_pending(key, held.with_(body_at=offset))
+        state.put_pending(key, held.with_body_at(offset))
         out: list[Step] = []
         if held.match is not None:
             self._engagement(state, key, None, out)
@@ -186,7 +217,7 @@ class Engine:
             match = find_match(
                 reply.message_id, reply.in_reply_to, reply.references, state.crm.__contains__
             )
-            state.put_pending(key, held.with_(match=match))
+            state.put_pending(key, held.with_match(match))
             if held.body_at is not None:
                 self._engagement(state, key, None, out)
         return out
@@ -200,7 +231,7 @@ class Engine:
             self.counts["deletes_unknown_or_repeated"] += 1
             return []
         deleted_ms = _ms(cmd.occurred_at) or state.watermark_ms
-        state.put_engagement(cmd.engagement_id, record.with_(deleted_ms=deleted_ms))
+        state.put_engagement(cmd.engagement_id, record.deleted_at(deleted_ms))
         event = record.lifecycle(cmd.engagement_id, "engagement.deleted", _dt(deleted_ms))
         return [self._emit_engagement(record.inbox_id, event)]
 
@@ -229,7 +260,7 @@ class Engine:
             if record.deleted_ms is not None and expired(record.deleted_ms, wm, DELETED_PURGE_MS):
                 state.put_engagement(eng_id, None)
             elif not record.body_expired and expired(record.created_ms, wm, BODY_TTL_MS):
-                state.put_engagement(eng_id, record.with_(body_expired=True))
+                state.put_engagement(eng_id, record.body_gone())
                 event = record.lifecycle(
                     eng_id, "body.expired", _dt(record.created_ms + BODY_TTL_MS)
                 )
@@ -258,7 +289,7 @@ class Engine:
             self.counts["bodies_unavailable"] += 1
             record = state.engagements.get(read.eng_id)
             if record is not None and not record.body_expired:
-                state.put_engagement(read.eng_id, record.with_(body_expired=True))
+                state.put_engagement(read.eng_id, record.body_gone())
         return self._finish_now(read, body)
 
     def _engagement(

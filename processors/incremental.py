@@ -60,6 +60,27 @@ class _Node:
     holder: _Node | None = None
     subject: str = ""
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        mid: str,
+        order: int,
+        entry: MessageEntry | None = None,
+        parent: _Node | None = None,
+        children: dict[_Node, None] | None = None,
+        group: _Group | None = None,
+        holder: _Node | None = None,
+        subject: str = "",
+    ) -> None:
+        self.mid = mid
+        self.order = order
+        self.entry = entry
+        self.parent = parent
+        self.children = dict() if children is None else children
+        self.group = group
+        self.holder = holder
+        self.subject = subject
+
 
 @dataclass(eq=False, slots=True)
 class _Group:
@@ -72,6 +93,25 @@ class _Group:
     min_seq: int
     max_obs: int
     rep: _Node  # the root first in table order, whose subject holder names the thread
+
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        roots: dict[_Node, None],
+        subject: str,
+        tid: str | None,
+        count: int,
+        min_seq: int,
+        max_obs: int,
+        rep: _Node,
+    ) -> None:
+        self.roots = roots
+        self.subject = subject
+        self.tid = tid
+        self.count = count
+        self.min_seq = min_seq
+        self.max_obs = max_obs
+        self.rep = rep
 
     def named(self) -> tuple[str | None, str]:
         holder = self.rep.holder
@@ -166,6 +206,7 @@ def _holder(root: _Node) -> _Node | None:
 class InboxThreads:
     """The thread index of one inbox, updated one message at a time (module docstring)."""
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
     def __init__(
         self, inbox_id: str, algorithm: Algorithm = "rfc5256", *, shortcuts: bool = True
     ) -> None:

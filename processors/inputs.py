@@ -67,6 +67,39 @@ class MessageIn:
     observed_ms: int
     automated: str | None = None
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        event_id: str,
+        event_type: str,
+        inbox_id: str,
+        folder_role: str,
+        message_id: str,
+        in_reply_to: list[str],
+        references: list[str],
+        subject: str | None,
+        from_email: str | None,
+        from_name: str | None,
+        date_ms: int | None,
+        internal_date_ms: int | None,
+        observed_ms: int,
+        automated: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "event_id", event_id)
+        object.__setattr__(self, "event_type", event_type)
+        object.__setattr__(self, "inbox_id", inbox_id)
+        object.__setattr__(self, "folder_role", folder_role)
+        object.__setattr__(self, "message_id", message_id)
+        object.__setattr__(self, "in_reply_to", in_reply_to)
+        object.__setattr__(self, "references", references)
+        object.__setattr__(self, "subject", subject)
+        object.__setattr__(self, "from_email", from_email)
+        object.__setattr__(self, "from_name", from_name)
+        object.__setattr__(self, "date_ms", date_ms)
+        object.__setattr__(self, "internal_date_ms", internal_date_ms)
+        object.__setattr__(self, "observed_ms", observed_ms)
+        object.__setattr__(self, "automated", automated)
+
     @classmethod
     def of_record(cls, r: dict[str, Any]) -> MessageIn:
         """From ``decode_fields(..., MESSAGE_FIELDS)``."""
@@ -115,6 +148,12 @@ class BodyHead:
     event_id: str
     inbox_id: str
     observed_ms: int
+
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(self, event_id: str, inbox_id: str, observed_ms: int) -> None:
+        object.__setattr__(self, "event_id", event_id)
+        object.__setattr__(self, "inbox_id", inbox_id)
+        object.__setattr__(self, "observed_ms", observed_ms)
 
     @classmethod
     def of_record(cls, r: dict[str, Any]) -> BodyHead:

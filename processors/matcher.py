@@ -20,6 +20,11 @@ class Match:
     crm_message_id: str
     matched_by: MatchedBy
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(self, crm_message_id: str, matched_by: MatchedBy) -> None:
+        object.__setattr__(self, "crm_message_id", crm_message_id)
+        object.__setattr__(self, "matched_by", matched_by)
+
 
 def find_match(
     message_id: str,

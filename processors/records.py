@@ -8,7 +8,7 @@ here: a held reply keeps the *offset* of its body in inbox.bodies, never the bod
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
@@ -54,6 +54,25 @@ class CrmRecord:
     crm_ref: str | None
     sequence_id: str | None
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        kind: OutboundKind,
+        inbox_id: str | None,
+        contact_email: str | None,
+        contact_name: str | None,
+        subject: str | None,
+        crm_ref: str | None,
+        sequence_id: str | None,
+    ) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "inbox_id", inbox_id)
+        object.__setattr__(self, "contact_email", contact_email)
+        object.__setattr__(self, "contact_name", contact_name)
+        object.__setattr__(self, "subject", subject)
+        object.__setattr__(self, "crm_ref", crm_ref)
+        object.__setattr__(self, "sequence_id", sequence_id)
+
     @classmethod
     def of(cls, ev: OutboundEvent) -> CrmRecord:
         return cls(
@@ -88,6 +107,29 @@ class Reply:
     from_email: str | None
     from_name: str | None
     observed_ms: int
+
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        inbox_id: str,
+        event_id: str,
+        message_id: str,
+        in_reply_to: tuple[str, ...],
+        references: tuple[str, ...],
+        subject: str | None,
+        from_email: str | None,
+        from_name: str | None,
+        observed_ms: int,
+    ) -> None:
+        object.__setattr__(self, "inbox_id", inbox_id)
+        object.__setattr__(self, "event_id", event_id)
+        object.__setattr__(self, "message_id", message_id)
+        object.__setattr__(self, "in_reply_to", in_reply_to)
+        object.__setattr__(self, "references", references)
+        object.__setattr__(self, "subject", subject)
+        object.__setattr__(self, "from_email", from_email)
+        object.__setattr__(self, "from_name", from_name)
+        object.__setattr__(self, "observed_ms", observed_ms)
 
     @classmethod
     def of(cls, ev: MessageIn) -> Reply:
@@ -124,6 +166,19 @@ class Held:
     match: Match | None = None
     body_at: int | None = None  # offset of the body in inbox.bodies, never the body
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        since_ms: int,
+        reply: Reply | None = None,
+        match: Match | None = None,
+        body_at: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "since_ms", since_ms)
+        object.__setattr__(self, "reply", reply)
+        object.__setattr__(self, "match", match)
+        object.__setattr__(self, "body_at", body_at)
+
     def to_json(self) -> Json:
         if self.reply is None:
             return {"body_at": self.body_at, "since_ms": self.since_ms}
@@ -152,8 +207,12 @@ class Held:
             body_at=data.get("body_at"),
         )
 
-    def with_(self, **changes: Any) -> Held:
-        return replace(self, **changes)
+    # One method a change, not ``dataclasses.replace``: it walks the fields interpreted.
+    def with_body_at(self, offset: int) -> Held:
+        return Held(self.since_ms, self.reply, self.match, offset)
+
+    def with_match(self, match: Match | None) -> Held:
+        return Held(self.since_ms, self.reply, match, self.body_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +227,25 @@ class EngagementRecord:
     body_expired: bool
     deleted_ms: int | None = None
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(
+        self,
+        inbox_id: str,
+        message_id: str,
+        crm_message_id: str,
+        crm_kind: OutboundKind,
+        created_ms: int,
+        body_expired: bool,
+        deleted_ms: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "inbox_id", inbox_id)
+        object.__setattr__(self, "message_id", message_id)
+        object.__setattr__(self, "crm_message_id", crm_message_id)
+        object.__setattr__(self, "crm_kind", crm_kind)
+        object.__setattr__(self, "created_ms", created_ms)
+        object.__setattr__(self, "body_expired", body_expired)
+        object.__setattr__(self, "deleted_ms", deleted_ms)
+
     def to_json(self) -> Json:
         # the field order is the changelog's key order; JSON writes tuples as lists
         return _flat(self)
@@ -176,8 +254,27 @@ class EngagementRecord:
     def from_json(cls, data: Json) -> Self:
         return cls(**data)
 
-    def with_(self, **changes: Any) -> EngagementRecord:
-        return replace(self, **changes)
+    def deleted_at(self, ms: int) -> EngagementRecord:
+        return EngagementRecord(
+            self.inbox_id,
+            self.message_id,
+            self.crm_message_id,
+            self.crm_kind,
+            self.created_ms,
+            self.body_expired,
+            ms,
+        )
+
+    def body_gone(self) -> EngagementRecord:
+        return EngagementRecord(
+            self.inbox_id,
+            self.message_id,
+            self.crm_message_id,
+            self.crm_kind,
+            self.created_ms,
+            True,
+            self.deleted_ms,
+        )
 
     def lifecycle(self, eng_id: str, kind: EngagementEventType, at: datetime) -> EngagementEvent:
         """A lifecycle event (``body.expired``, ``engagement.deleted``) of this engagement."""
@@ -200,6 +297,13 @@ class AttachmentInfo:
     size: int
     sha256: str
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(self, filename: str | None, content_type: str, size: int, sha256: str) -> None:
+        object.__setattr__(self, "filename", filename)
+        object.__setattr__(self, "content_type", content_type)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "sha256", sha256)
+
 
 @dataclass(frozen=True, slots=True)
 class Body:
@@ -207,6 +311,11 @@ class Body:
 
     text: str | None
     attachments: tuple[AttachmentInfo, ...] = ()
+
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(self, text: str | None, attachments: tuple[AttachmentInfo, ...] = ()) -> None:
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "attachments", attachments)
 
     @classmethod
     def of(cls, ev: BodyEvent) -> Body:

@@ -59,6 +59,10 @@ def _split(key: str) -> tuple[str, str]:
 class _Watermark:
     ms: int
 
+    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
+    def __init__(self, ms: int) -> None:
+        object.__setattr__(self, "ms", ms)
+
     def to_json(self) -> Json:
         return {"ms": self.ms}
 

@@ -105,7 +105,7 @@ def test_pending_index_names_exactly_the_held_replies_that_mention_an_id(
         elif step == "body":
             state.put_pending(arg, Held(since_ms=2, body_at=3))
         elif step == "offset" and arg in state.pending:
-            state.put_pending(arg, state.pending[arg].with_(body_at=9))
+            state.put_pending(arg, state.pending[arg].with_body_at(9))
         elif step == "drop":
             state.put_pending(arg, None)
         elif step == "ask":
