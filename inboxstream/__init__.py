@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from inboxstream import _compiled
 
-_compiled.install()  # a stale compiled build of the parse modules never runs (see _compiled)
+_compiled.install()  # a stale compiled build never runs (see _compiled)
 
 try:
     __version__ = version("inboxstream")

@@ -110,7 +110,7 @@ def install() -> None:
         return
     if reason.startswith("sources changed"):  # asked for, or no build: nothing to warn about
         warnings.warn(
-            f"inboxstream: compiled parse modules not used ({reason}); running the sources, "
+            f"inboxstream: compiled modules not used ({reason}); running the sources, "
             "slower. Rebuild with ./run setup.",
             RuntimeWarning,
             stacklevel=2,

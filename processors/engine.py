@@ -207,9 +207,13 @@ class Engine:
 
     def on_crm(self, state: PartitionState, ev: OutboundEvent) -> list[Step]:
         """A CRM Message-ID for this partition's inboxes: remember it, match held replies."""
-        state.put_crm(ev.message_id, CrmRecord.of(ev))
+        return self.on_crm_record(state, ev.message_id, CrmRecord.of(ev))
+
+    def on_crm_record(self, state: PartitionState, message_id: str, crm: CrmRecord) -> list[Step]:
+        """``on_crm`` from the fields the ``crm`` store keeps (what the record path decodes)."""
+        state.put_crm(message_id, crm)
         out: list[Step] = []
-        for key in state.pending_mentioning(ev.message_id):
+        for key in state.pending_mentioning(message_id):
             held = state.pending[key]
             if held.reply is None or held.match is not None:
                 continue

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from inboxstream.processors.records import AttachmentInfo, Body
+from inboxstream.processors.records import AttachmentInfo, Body, CrmRecord
 from inboxstream.schemas.models import BodyEvent, MessageEvent
 
 #: The inbox.messages fields ``MessageIn`` is made of (the newest schema's names).
@@ -37,6 +37,17 @@ MESSAGE_FIELDS = (
 BODY_HEAD_FIELDS = ("event_id", "inbox_id", "observed_at")
 #: The inbox.bodies fields an engagement carries (``Body``): never the html.
 BODY_FIELDS = ("text", "attachments")
+#: The crm.outbound fields the ``crm`` store keeps (``CrmRecord``), and its key.
+OUTBOUND_FIELDS = (
+    "message_id",
+    "kind",
+    "inbox_id",
+    "contact_email",
+    "contact_name",
+    "subject",
+    "crm_ref",
+    "sequence_id",
+)
 
 
 def epoch_ms(value: datetime | None) -> int | None:
@@ -163,6 +174,19 @@ class BodyHead:
     @classmethod
     def of(cls, ev: BodyEvent) -> BodyHead:
         return cls(ev.event_id, ev.inbox_id, epoch_ms(ev.observed_at) or 0)
+
+
+def crm_of_record(r: dict[str, Any]) -> CrmRecord:
+    """A ``CrmRecord`` from ``decode_fields(..., OUTBOUND_FIELDS)``."""
+    return CrmRecord(
+        r["kind"],
+        r["inbox_id"],
+        r["contact_email"],
+        r["contact_name"],
+        r["subject"],
+        r["crm_ref"],
+        r["sequence_id"],
+    )
 
 
 def body_of_record(r: dict[str, Any]) -> Body:

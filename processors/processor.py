@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 BROADCAST_HEADER = "inboxstream.broadcast"
+#: What re-keying reads of a crm.outbound record.
+_ROUTE_FIELDS = ("message_id", "inbox_id")
 
 
 @dataclass(frozen=True)
@@ -573,9 +575,10 @@ class StreamProcessor:
         """One crm.outbound record re-keyed into crm-by-inbox, or dead-lettered."""
         stage = "decode"
         try:
-            outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
+            # the two fields routing reads (the record path decodes the rest)
+            outbound = serde_for(OutboundEvent).decode_fields(rec.value, rec.headers, _ROUTE_FIELDS)
             stage = "repartition"
-            await self._repartition(txn, rec, outbound)
+            await self._repartition(txn, rec, outbound["message_id"], outbound["inbox_id"])
         except Exception as exc:
             await self._dead_letter(txn, rec, stage, exc)
 
@@ -586,12 +589,14 @@ class StreamProcessor:
         self.stats.counts[f"dead_letter:{rec.topic}"] += 1
         await send_to_dead_letter(txn.producer, self.topics.dead_letter, rec, stage, why)
 
-    async def _repartition(self, txn: _Txn, rec: Record, ev: OutboundEvent) -> None:
+    async def _repartition(
+        self, txn: _Txn, rec: Record, message_id: str, inbox_id: str | None
+    ) -> None:
         """crm.outbound -> crm-by-inbox: to the inbox's partition, or to all of them."""
         headers = list(rec.headers or ())
-        if ev.inbox_id:
+        if inbox_id:
             await txn.producer.send(
-                self.topics.crm_by_inbox, rec.value, key=ev.inbox_id.encode(), headers=headers
+                self.topics.crm_by_inbox, rec.value, key=inbox_id.encode(), headers=headers
             )
             self.stats.counts["crm_routed"] += 1
             return
@@ -600,7 +605,7 @@ class StreamProcessor:
             await txn.producer.send(
                 self.topics.crm_by_inbox,
                 rec.value,
-                key=ev.message_id.encode(),
+                key=message_id.encode(),
                 partition=p,
                 headers=[*headers, (BROADCAST_HEADER, b"1")],
             )

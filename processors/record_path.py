@@ -33,9 +33,11 @@ from inboxstream.processors.inputs import (
     BODY_FIELDS,
     BODY_HEAD_FIELDS,
     MESSAGE_FIELDS,
+    OUTBOUND_FIELDS,
     BodyHead,
     MessageIn,
     body_of_record,
+    crm_of_record,
 )
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.records import Body
@@ -208,9 +210,11 @@ class RecordPath:
                     at_hand[rec.offset] = rec
                     outputs += steps
             elif topic == self.topics.crm_by_inbox:
-                outbound = serde_for(OutboundEvent).decode(rec.value, rec.headers)
+                crm = serde_for(OutboundEvent).decode_fields(
+                    rec.value, rec.headers, OUTBOUND_FIELDS
+                )
                 stage = "process"
-                outputs += self.engine.on_crm(state, outbound)
+                outputs += self.engine.on_crm_record(state, crm["message_id"], crm_of_record(crm))
             elif topic == self.topics.engagement_deletes:
                 command = serde_for(EngagementEvent).decode(rec.value, rec.headers)
                 stage = "process"
