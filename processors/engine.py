@@ -112,7 +112,6 @@ def _dt(ms: int) -> datetime:
 class Engine:
     """The pure processor. ``counts`` says what happened (duplicates, drops, expiries...)."""
 
-    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
     def __init__(self, counts: Counter[str] | None = None) -> None:
         self.counts: Counter[str] = counts if counts is not None else Counter()
 

@@ -206,7 +206,6 @@ def _holder(root: _Node) -> _Node | None:
 class InboxThreads:
     """The thread index of one inbox, updated one message at a time (module docstring)."""
 
-    # Written out, not generated: mypyc compiles it (dataclasses' own runs interpreted).
     def __init__(
         self, inbox_id: str, algorithm: Algorithm = "rfc5256", *, shortcuts: bool = True
     ) -> None:

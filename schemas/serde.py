@@ -211,6 +211,9 @@ class AvroSerde(Generic[E]):
         ]
         self._headers_by_type: dict[tuple[str | None, bool], list[tuple[str, bytes]]] = {}
         self._flat = _is_flat(model)
+        # decode_fields' shortcut: (fingerprint header, wire header, fields) -> the compiled
+        # projection and where the Avro body starts, or None where the full path must decide
+        self._projections: dict[tuple[bytes, bytes | None, tuple[str, ...]], Any] = {}
 
     def encode(self, event: E) -> bytes:
         # A flat model's attributes are already its Avro record (the processor's thread
@@ -343,6 +346,14 @@ class AvroSerde(Generic[E]):
         many records (the stream processor). Fields the projection leaves out are skipped by
         fastavro's resolver, never built; old writer versions resolve as in ``decode_record``.
         The schema guarantees the types, so nothing is validated twice."""
+        if value is not None and (fast := self._projection(headers, fields)) is not None:
+            native, start = fast
+            if len(value) >= start and (not start or value[:1] == MAGIC):
+                try:
+                    decoded: dict[str, Any] = native.decode(value, start)
+                    return decoded
+                except Exception:  # noqa: BLE001 - the full path below decides, and says why
+                    pass
         writer, start = self._writer_of(value, headers)
         assert value is not None  # _writer_of refuses a tombstone
         # an older writer needs Avro's resolution rules: cavro's resolver applies them
@@ -364,6 +375,38 @@ class AvroSerde(Generic[E]):
         if not isinstance(record, dict):
             raise DecodeError(f"{self.model.schema_name}: payload is not a record")
         return record
+
+    def _projection(
+        self, headers: Headers | None, fields: tuple[str, ...]
+    ) -> tuple[Any, int] | None:
+        """What ``_writer_of`` and ``_native`` decide for a record with these headers, looked
+        up once per header values: with our fingerprint header the writer is the schema it
+        names (a schema id in a framed value never overrides it), and the body starts after
+        the 5-byte prefix exactly when the wire header says the value is framed. None when
+        there is no fingerprint header, the writer is not the newest schema (resolution
+        needs cavro) or the projection is outside the compiled codec's subset."""
+        fp_raw = wire = None
+        for k, v in headers or ():
+            if k == HEADER_FINGERPRINT and fp_raw is None:
+                fp_raw = v
+            elif k == HEADER_WIRE and wire is None:
+                wire = v
+        if fp_raw is None:
+            return None
+        key = (fp_raw, wire, fields)
+        if key not in self._projections:
+            try:
+                writer = self.registry.by_fingerprint(fp_raw.decode("ascii"))
+            except (UnknownSchemaError, UnicodeDecodeError):
+                return None  # not cached: the full path raises, and a later schema may come
+            native = None
+            if writer.fingerprint == self.reader.fingerprint:
+                native = _native(writer, fields)
+            self._projections[key] = (
+                None if native is None else (native, 5 if wire == WIRE_CONFLUENT else 0)
+            )
+        projection: tuple[Any, int] | None = self._projections[key]
+        return projection
 
     def decode(self, value: bytes | None, headers: Headers | None) -> E:
         record = self.decode_record(value, headers)

@@ -24,7 +24,7 @@ from inboxstream.processors.inputs import (
 from inboxstream.processors.records import Body
 from inboxstream.schemas.exceptions import DecodeError
 from inboxstream.schemas.models import Address, BodyEvent, EngagementEvent, Event, MessageEvent
-from inboxstream.schemas.serde import AvroSerde, _is_flat, serde_for
+from inboxstream.schemas.serde import AvroSerde, _decoder, _is_flat, serde_for
 from tests.helpers.samples import SAMPLES, sample_message
 
 
@@ -150,3 +150,27 @@ def test_a_flat_models_attributes_are_its_record(event: Event) -> None:
     if _is_flat(type(event)):
         assert event.__dict__ == event.model_dump(by_alias=True)
     assert _is_flat(type(event)) != isinstance(event, MessageEvent | BodyEvent | EngagementEvent)
+
+
+def test_the_projection_shortcut_decides_as_the_full_path() -> None:
+    """``decode_fields`` looks the writer and the body's start up once per header values;
+    framed or not, it reads what cavro reads, and a value the headers misdescribe gets the
+    full path's error."""
+    serde = serde_for(MessageEvent)
+    event = sample_message()
+    body = serde.encode(event)
+    expected = _decoder(serde.writer, serde.reader, MESSAGE_FIELDS).binary_decode(body)
+    framed = b"\x00" + (4242).to_bytes(4, "big") + body  # an id no registry here knows
+    plain_headers, framed_headers = serde.headers(framed=False), serde.headers(framed=True)
+    for _ in range(2):  # the second time from the looked-up projection
+        assert serde.decode_fields(body, plain_headers, MESSAGE_FIELDS) == expected
+        assert serde.decode_fields(framed, framed_headers, MESSAGE_FIELDS) == expected
+    fp = serde.reader.fingerprint.encode()
+    for wire in (None, b"confluent"):
+        assert serde._projections[(fp, wire, MESSAGE_FIELDS)] is not None
+    with pytest.raises(DecodeError, match="Confluent wire format"):
+        serde.decode_fields(b"\x07" + framed[1:], framed_headers, MESSAGE_FIELDS)
+    with pytest.raises(DecodeError, match="Confluent wire format"):
+        serde.decode_fields(b"\x00\x00", framed_headers, MESSAGE_FIELDS)
+    with pytest.raises(DecodeError, match="corrupt"):
+        serde.decode_fields(framed[:40], framed_headers, MESSAGE_FIELDS)
