@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from inboxstream.processors.jwz import Algorithm, ThreadInput, thread_messages
-from inboxstream.schemas.models import ThreadEvent
+from inboxstream.schemas.models import ThreadRecord
 
 
 @dataclass
@@ -81,12 +81,12 @@ def _hash(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def new_thread_id(inbox_id: str, first_event_id: str, salt: str = "") -> str:
-    return _hash("thread", inbox_id, first_event_id, salt)
-
-
 def _ms_to_dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def new_thread_id(inbox_id: str, first_event_id: str, salt: str = "") -> str:
+    return _hash("thread", inbox_id, first_event_id, salt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,46 +111,49 @@ class Group:
 
 def merged_event(
     inbox_id: str, tid: str, merged: list[str], group: Group, algorithm: Algorithm, occurred_ms: int
-) -> ThreadEvent:
+) -> ThreadRecord:
     """``thread.merged``: the ids in ``merged`` live on as ``tid``."""
-    return ThreadEvent(
-        event_id=_hash(inbox_id, "thread.merged", tid, *merged),
-        event_type="thread.merged",
-        inbox_id=inbox_id,
-        thread_id=tid,
-        merged_thread_ids=merged,
-        root_message_id=group.root_message_id,
-        base_subject=group.base_subject or None,
-        algorithm=algorithm,
-        occurred_at=_ms_to_dt(occurred_ms),
-    )
+    return {
+        "event_id": _hash(inbox_id, "thread.merged", tid, *merged),
+        "event_type": "thread.merged",
+        "inbox_id": inbox_id,
+        "message_event_id": None,
+        "message_id": None,
+        "thread_id": tid,
+        "merged_thread_ids": merged,
+        "root_message_id": group.root_message_id,
+        "base_subject": group.base_subject or None,
+        "algorithm": algorithm,
+        "occurred_at": occurred_ms,
+    }
 
 
 def assigned_event(
     inbox_id: str, entry: MessageEntry, tid: str, group: Group, algorithm: Algorithm
-) -> ThreadEvent:
+) -> ThreadRecord:
     """``thread.assigned``: ``entry`` is (now) in thread ``tid``."""
-    return ThreadEvent(
-        event_id=_hash(inbox_id, entry.event_id, "thread.assigned", tid),
-        event_type="thread.assigned",
-        inbox_id=inbox_id,
-        message_event_id=entry.event_id,
-        message_id=entry.message_id,
-        thread_id=tid,
-        root_message_id=group.root_message_id,
-        base_subject=group.base_subject or None,
-        algorithm=algorithm,
-        occurred_at=_ms_to_dt(entry.observed_ms),
-    )
+    return {
+        "event_id": _hash(inbox_id, entry.event_id, "thread.assigned", tid),
+        "event_type": "thread.assigned",
+        "inbox_id": inbox_id,
+        "message_event_id": entry.event_id,
+        "message_id": entry.message_id,
+        "thread_id": tid,
+        "merged_thread_ids": [],
+        "root_message_id": group.root_message_id,
+        "base_subject": group.base_subject or None,
+        "algorithm": algorithm,
+        "occurred_at": entry.observed_ms,
+    }
 
 
 def assign_groups(
     inbox_id: str, groups: list[Group], algorithm: Algorithm = "rfc5256"
-) -> list[ThreadEvent]:
+) -> list[ThreadRecord]:
     """Map fresh groups (ordered by their first member) onto the ids their members carry,
     update ``entry.thread_id`` in place, and return the events that announce every change
     (the rules are in the module docstring)."""
-    events: list[ThreadEvent] = []
+    events: list[ThreadRecord] = []
     used: set[str] = set()
     for group in groups:
         members = group.members
@@ -180,7 +183,7 @@ def assign_groups(
 
 def assign_threads(
     inbox_id: str, entries: list[MessageEntry], algorithm: Algorithm = "rfc5256"
-) -> list[ThreadEvent]:
+) -> list[ThreadRecord]:
     """Thread one inbox's messages with the batch algorithm and assign ids (``assign_groups``):
     what the incremental index (``processors.incremental``) must agree with."""
     ordered = sorted(entries, key=lambda e: e.seq)

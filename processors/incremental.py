@@ -43,7 +43,7 @@ from inboxstream.processors.assign import (
 from inboxstream.processors.indexes import add_to, discard_from
 from inboxstream.processors.jwz import Algorithm, reference_ids
 from inboxstream.processors.subject import base_subject
-from inboxstream.schemas.models import ThreadEvent
+from inboxstream.schemas.models import ThreadRecord
 
 
 @dataclass(eq=False, slots=True)
@@ -365,7 +365,7 @@ class InboxThreads:
             self._by_subject[group.subject] = group
         return group
 
-    def add(self, entry: MessageEntry) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+    def add(self, entry: MessageEntry) -> tuple[list[ThreadRecord], list[MessageEntry]]:
         """Thread one new message: the events to emit and the entries whose thread changed
         (the new one included)."""
         if self._stale:
@@ -430,7 +430,7 @@ class InboxThreads:
 
     def _reply_joins(
         self, entry: MessageEntry, mid: str, ref_ids: list[str]
-    ) -> tuple[list[ThreadEvent], list[MessageEntry]] | None:
+    ) -> tuple[list[ThreadRecord], list[MessageEntry]] | None:
         """The commonest message of all, a reply under a message already threaded, in the
         fewest steps; ``None`` (nothing changed) for anything else, which the general path
         takes. It applies when the step can only hang the new message as a leaf under its
@@ -474,7 +474,7 @@ class InboxThreads:
 
     def _starts_thread(
         self, entry: MessageEntry, mid: str
-    ) -> tuple[list[ThreadEvent], list[MessageEntry]] | None:
+    ) -> tuple[list[ThreadRecord], list[MessageEntry]] | None:
         """A message that references nothing, whose Message-ID nothing referenced yet and
         whose base subject no thread has: a new thread of its own, one ``thread.assigned``,
         as ``_merge`` gives it (``None``, nothing changed, for anything else)."""
@@ -498,7 +498,7 @@ class InboxThreads:
 
     def _assigned(
         self, entry: MessageEntry, group: _Group, old: str | None, ref_ids: list[str]
-    ) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+    ) -> tuple[list[ThreadRecord], list[MessageEntry]]:
         """A shortcut's end: the message carries its group's id (``old`` the one it carried,
         as ``_join`` and ``_merge`` pass it), is indexed, and that is announced."""
         assert group.tid is not None
@@ -516,7 +516,7 @@ class InboxThreads:
         before: dict[_Node, None],
         with_members: dict[_Node, None],
         targets: dict[_Group, object],
-    ) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+    ) -> tuple[list[ThreadRecord], list[MessageEntry]]:
         new_key = self._key(_root(self._node_of[entry.event_id]))
         if len(targets) == 1 and next(iter(targets.values())) == new_key:
             group = next(iter(targets))
@@ -539,7 +539,7 @@ class InboxThreads:
             seqs = [g.min_seq for g in plan[key]]
             return min([*seqs, entry.seq] if key == new_key else seqs)
 
-        events: list[ThreadEvent] = []
+        events: list[ThreadRecord] = []
         changed: list[MessageEntry] = [entry]
         used: set[str] = set()
         for key in sorted(plan, key=first):
@@ -580,7 +580,7 @@ class InboxThreads:
         group: _Group,
         before: dict[_Node, None],
         with_members: dict[_Node, None],
-    ) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+    ) -> tuple[list[ThreadRecord], list[MessageEntry]]:
         """The common case of ``_merge``: the message joins one whole group, which keeps its
         id; one ``thread.assigned``."""
         for root in before:
@@ -695,7 +695,7 @@ class InboxThreads:
         before: dict[_Node, None],
         with_members: dict[_Node, None],
         old_groups: dict[_Group, None],
-    ) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+    ) -> tuple[list[ThreadRecord], list[MessageEntry]]:
         """Re-assign every group the message touched, and every group sharing an id or a
         subject with them, member by member (``assign_groups``)."""
         self.reassigned += 1

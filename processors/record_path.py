@@ -20,7 +20,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -43,8 +43,14 @@ from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.records import Body
 from inboxstream.processors.state import PartitionState, restore
 from inboxstream.processors.topology import ProcessorTopics
-from inboxstream.schemas.models import BodyEvent, EngagementEvent, MessageEvent, OutboundEvent
-from inboxstream.schemas.serde import serde_for
+from inboxstream.schemas.models import (
+    BodyEvent,
+    EngagementEvent,
+    MessageEvent,
+    OutboundEvent,
+    ThreadEvent,
+)
+from inboxstream.schemas.serde import AvroSerde, serde_for
 
 log = logging.getLogger(__name__)
 
@@ -229,16 +235,19 @@ class RecordPath:
         """Outputs, then the partition's changelog writes, as records ready to send."""
         outgoing: list[Outgoing] = []
         threads = 0
+        thread_serde: AvroSerde[Any] = serde_for(ThreadEvent)
+        engagement_serde: AvroSerde[Any] = serde_for(EngagementEvent)
+        serde: AvroSerde[Any]
         for out in outputs:
             assert isinstance(out, Emit)
-            serde = serde_for(type(out.event))
             if out.output == "threads":
-                topic = self.topics.threads
+                topic, serde = self.topics.threads, thread_serde
                 threads += 1
             else:
-                topic = self.topics.engagements
-            headers = serde.headers(out.event.event_type)
-            outgoing.append((topic, None, out.key.encode(), serde.encode(out.event), headers))
+                topic, serde = self.topics.engagements, engagement_serde
+            headers = serde.headers(out.record["event_type"])
+            encoded = serde.encode_record(out.record)
+            outgoing.append((topic, None, out.key.encode(), encoded, headers))
         changes = state.take_changes()
         for (store, key), value in changes.items():
             topic = self.topics.changelogs[store]

@@ -9,15 +9,13 @@ here: a held reply keeps the *offset* of its body in inbox.bodies, never the bod
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
 from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.matcher import Match, MatchedBy, engagement_id, lifecycle_event_id
 from inboxstream.schemas.models import (
-    AttachmentRef,
     BodyEvent,
-    EngagementEvent,
+    EngagementEventRecord,
     EngagementEventType,
     OutboundEvent,
     OutboundKind,
@@ -276,18 +274,28 @@ class EngagementRecord:
             self.deleted_ms,
         )
 
-    def lifecycle(self, eng_id: str, kind: EngagementEventType, at: datetime) -> EngagementEvent:
+    def lifecycle(
+        self, eng_id: str, kind: EngagementEventType, at_ms: int
+    ) -> EngagementEventRecord:
         """A lifecycle event (``body.expired``, ``engagement.deleted``) of this engagement."""
-        return EngagementEvent(
-            event_id=lifecycle_event_id(eng_id, kind),
-            event_type=kind,
-            engagement_id=eng_id,
-            inbox_id=self.inbox_id,
-            message_id=self.message_id,
-            crm_message_id=self.crm_message_id,
-            crm_kind=self.crm_kind,
-            occurred_at=at,
-        )
+        return {
+            "event_id": lifecycle_event_id(eng_id, kind),
+            "event_type": kind,
+            "engagement_id": eng_id,
+            "inbox_id": self.inbox_id,
+            "message_id": self.message_id,
+            "thread_id": None,
+            "crm_message_id": self.crm_message_id,
+            "matched_by": "in_reply_to",
+            "crm_kind": self.crm_kind,
+            "crm_ref": None,
+            "contact_email": None,
+            "contact_name": None,
+            "subject": None,
+            "body_text": None,
+            "attachments": [],
+            "occurred_at": at_ms,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,34 +342,37 @@ def build_engagement(
     crm: CrmRecord | None,
     match: Match,
     thread_id: str | None,
-    occurred_at: datetime,
-) -> EngagementEvent:
+    occurred_ms: int,
+) -> EngagementEventRecord:
     """``engagement.created`` from the held reply metadata, its body and the CRM record.
 
     The contact is the reply's sender (the person who answered); the CRM record's contact is
     the fallback when the reply has no usable From.
     """
     eng = engagement_id(reply.inbox_id, reply.message_id)
-    return EngagementEvent(
-        event_id=lifecycle_event_id(eng, "engagement.created"),
-        event_type="engagement.created",
-        engagement_id=eng,
-        inbox_id=reply.inbox_id,
-        message_id=reply.message_id,
-        thread_id=thread_id,
-        crm_message_id=match.crm_message_id,
-        matched_by=match.matched_by,
-        crm_kind=crm.kind if crm else "sent",
-        crm_ref=crm.crm_ref if crm else None,
-        contact_email=reply.from_email or (crm.contact_email if crm else None),
-        contact_name=reply.from_name or (crm.contact_name if crm else None),
-        subject=reply.subject,
-        body_text=body.text if body else None,
-        attachments=[
-            AttachmentRef(
-                filename=a.filename, content_type=a.content_type, size=a.size, sha256=a.sha256
-            )
+    return {
+        "event_id": lifecycle_event_id(eng, "engagement.created"),
+        "event_type": "engagement.created",
+        "engagement_id": eng,
+        "inbox_id": reply.inbox_id,
+        "message_id": reply.message_id,
+        "thread_id": thread_id,
+        "crm_message_id": match.crm_message_id,
+        "matched_by": match.matched_by,
+        "crm_kind": crm.kind if crm else "sent",
+        "crm_ref": crm.crm_ref if crm else None,
+        "contact_email": reply.from_email or (crm.contact_email if crm else None),
+        "contact_name": reply.from_name or (crm.contact_name if crm else None),
+        "subject": reply.subject,
+        "body_text": body.text if body else None,
+        "attachments": [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": a.size,
+                "sha256": a.sha256,
+            }
             for a in (body.attachments if body else ())
         ],
-        occurred_at=occurred_at,
-    )
+        "occurred_at": occurred_ms,
+    }

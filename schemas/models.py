@@ -213,6 +213,33 @@ class ThreadEvent(Event):
     occurred_at: Timestamp
 
 
+class ThreadRecord(TypedDict):
+    """``ThreadEvent`` as its Avro record, ``occurred_at`` in epoch milliseconds: what the
+    stream processor builds for each message without a model (the schema types every field
+    when it is encoded; ``processors.engine.Emit.event`` gives the model)."""
+
+    event_id: str
+    event_type: ThreadEventType
+    inbox_id: str
+    message_event_id: str | None
+    message_id: str | None
+    thread_id: str
+    merged_thread_ids: list[str]
+    root_message_id: str | None
+    base_subject: str | None
+    algorithm: Literal["rfc5256", "references"]
+    occurred_at: int
+
+
+class AttachmentRefRecord(TypedDict):
+    """``AttachmentRef`` as its Avro record."""
+
+    filename: str | None
+    content_type: str
+    size: int
+    sha256: str
+
+
 class AttachmentRef(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     filename: str | None = None
@@ -245,6 +272,28 @@ class EngagementEvent(Event):
     body_text: str | None = None
     attachments: list[AttachmentRef] = Field(default_factory=list)
     occurred_at: Timestamp
+
+
+class EngagementEventRecord(TypedDict):
+    """``EngagementEvent`` as its Avro record, ``occurred_at`` in epoch milliseconds (as
+    ``ThreadRecord``)."""
+
+    event_id: str
+    event_type: EngagementEventType
+    engagement_id: str
+    inbox_id: str
+    message_id: str
+    thread_id: str | None
+    crm_message_id: str
+    matched_by: Literal["in_reply_to", "references"]
+    crm_kind: OutboundKind
+    crm_ref: str | None
+    contact_email: str | None
+    contact_name: str | None
+    subject: str | None
+    body_text: str | None
+    attachments: list[AttachmentRefRecord]
+    occurred_at: int
 
 
 class CheckpointEvent(Event):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from inboxstream.processors.assign import MessageEntry, assign_threads
 from inboxstream.processors.jwz import Algorithm, reference_ids
 from inboxstream.processors.subject import base_subject
-from inboxstream.schemas.models import ThreadEvent
+from inboxstream.schemas.models import ThreadRecord
 
 
 def _thread_refs(entry: MessageEntry) -> list[str]:
@@ -94,7 +94,7 @@ class ComponentThreads:
             todo.extend(related - seen)
         return [entry if eid == entry.event_id else self.entries[eid] for eid in seen]
 
-    def add(self, entry: MessageEntry) -> tuple[list[ThreadEvent], list[MessageEntry]]:
+    def add(self, entry: MessageEntry) -> tuple[list[ThreadRecord], list[MessageEntry]]:
         """Thread one new message: the events to emit and the entries whose thread changed
         (the new one included)."""
         component = self.component(entry)

@@ -85,8 +85,9 @@ def test_late_parent_keeps_the_thread_id_and_a_bridge_merges() -> None:
     assert ta != tb
     bridge = MessageEntry(2, "e2", "c@x", ["a@x", "b@x"], [], "Re", None, 2)
     events, changed = index.add(bridge)
-    merged = [e for e in events if e.event_type == "thread.merged"]
-    assert len(merged) == 1 and merged[0].thread_id == ta and merged[0].merged_thread_ids == [tb]
+    merged = [e for e in events if e["event_type"] == "thread.merged"]
+    assert len(merged) == 1 and merged[0]["thread_id"] == ta
+    assert merged[0]["merged_thread_ids"] == [tb]
     assert {e.event_id for e in changed} == {"e1", "e2"}
     assert a.thread_id == b.thread_id == bridge.thread_id == ta
 
@@ -99,6 +100,6 @@ def test_thread_ids_depend_only_on_the_messages(order: list[int]) -> None:
     ]
     first = assign_threads("inbox", base)
     again = [MessageEntry(**e.to_json() | {"thread_id": None}) for e in base]  # type: ignore[arg-type]
-    assert [e.event_id for e in assign_threads("inbox", [again[i] for i in order])] == [
-        e.event_id for e in first
+    assert [e["event_id"] for e in assign_threads("inbox", [again[i] for i in order])] == [
+        e["event_id"] for e in first
     ]

@@ -22,6 +22,7 @@ from inboxstream.processors.records import (
     build_engagement,
 )
 from inboxstream.processors.retention import BODY_TTL_MS, REPLY_HOLD_MS, expired
+from inboxstream.schemas.models import EngagementEvent
 
 CRM = {"crm@x", "crm2@x"}
 
@@ -54,14 +55,16 @@ def test_engagement_fields_and_stable_ids() -> None:
     crm = CrmRecord("sequence", None, "c@x", "C", None, "deal", None)
     body = Body("hello", (AttachmentInfo("a.pdf", "application/pdf", 3, "00"),))
     when = datetime(2026, 1, 1, tzinfo=UTC)
-    ev = build_engagement(
+    record = build_engagement(
         reply=reply,
         body=body,
         crm=crm,
         match=Match("crm@x", "references"),
         thread_id="t",
-        occurred_at=when,
+        occurred_ms=int(when.timestamp() * 1000),
     )
+    # the record is the event's Avro record: the model takes it as it is, the time aside
+    ev = EngagementEvent.model_validate({**record, "occurred_at": when})
     assert ev.engagement_id == engagement_id("i", "r@x")
     assert ev.event_id == lifecycle_event_id(ev.engagement_id, "engagement.created")
     assert (ev.contact_email, ev.contact_name) == ("c@x", "C")  # reply has no From: CRM's

@@ -39,7 +39,7 @@ def test_changelog_round_trip_and_pending_index() -> None:
 
     restored.put_pending("i\x00e1", None)
     assert restored.pending_mentioning("crm@x") == []
-    assert len(events) == 1 and events[0].event_type == "thread.assigned"
+    assert len(events) == 1 and events[0]["event_type"] == "thread.assigned"
 
 
 def test_changelog_values_keep_the_earlier_json_format() -> None:

@@ -5,12 +5,14 @@ import shutil
 import types
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
+from inboxstream.schemas import models
 from inboxstream.schemas.exceptions import DecodeError, EncodeError
 from inboxstream.schemas.models import (
     ALL_EVENTS,
@@ -69,6 +71,26 @@ def test_model_and_schema_agree_field_for_field(model: type[Event]) -> None:
         assert ("default" in avro_field) == (not field.is_required()), f"{name}: default"
         if "default" in avro_field and avro_field["default"] not in ([], None):
             assert field.default == avro_field["default"], f"{name}: default value"
+
+
+RECORDS = [
+    (models.AddressRecord, models.Address),
+    (models.AttachmentRecord, models.Attachment),
+    (models.ThreadRecord, models.ThreadEvent),
+    (models.AttachmentRefRecord, models.AttachmentRef),
+    (models.EngagementEventRecord, models.EngagementEvent),
+]
+
+
+@pytest.mark.parametrize(("record", "model"), RECORDS, ids=lambda t: t.__name__)
+def test_each_record_type_has_its_models_fields(record: type, model: type[BaseModel]) -> None:
+    """The hot paths build these dicts instead of models; the codec encodes them against the
+    schema, so a field missing here is an encoding failure at run time, not a type error."""
+    fields = {(f.alias or name): f for name, f in model.model_fields.items()}
+    hints = get_type_hints(record, vars(models))
+    assert list(hints) == list(fields)
+    for name, hint in hints.items():
+        assert _is_optional(hint) == _is_optional(fields[name].annotation), name
 
 
 def test_v1_record_is_read_with_v2_that_added_a_defaulted_field(tmp_path: Path) -> None:
