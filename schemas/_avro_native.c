@@ -5,8 +5,9 @@
  * was a fifth of its record path. A plan compiled once per schema (schemas/native_codec.py
  * builds it from the schema JSON) lets both walk C structs instead.
  *
- * The subset: null, boolean, long, string, bytes, long with timestamp-millis, arrays, records
- * and two-branch unions with null. Anything else is refused when the plan is built, and the
+ * The subset: null, boolean, long, string, bytes, long with timestamp-millis (written from an
+ * aware datetime or from an int of epoch milliseconds), arrays, records and two-branch unions
+ * with null. Anything else is refused when the plan is built, and the
  * schema keeps cavro. Values this code is not sure of (a missing field, a naive datetime, a
  * bool where a long goes, bytes that are not UTF-8, a datum it cannot read to its exact end...)
  * raise ``Fallback``: the caller then asks cavro, which either encodes/decodes them as it always
@@ -228,6 +229,15 @@ static int encode_node(const Node *n, PyObject *v, Buf *b) {
     }
     case K_TS_MILLIS: {
         int64_t ms;
+        if (PyLong_Check(v) && !PyBool_Check(v)) {
+            /* epoch milliseconds already (the processor's output records): written as the
+             * long it is, as cavro and fastavro write it */
+            int overflow = 0;
+            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (overflow) return fallback("int out of range");
+            if (x == -1 && PyErr_Occurred()) return -1;
+            return put_long(b, x);
+        }
         if (!PyDateTime_Check(v)) return fallback("not a datetime");
         if (epoch_millis(v, &ms) < 0) return -1;
         return put_long(b, ms);

@@ -154,7 +154,9 @@ def _through_the_engine(events: list[Event], algorithm: Algorithm) -> Any:
     )
 
 
-def _conversations(topics: ProcessorTopics, threads: int = 90) -> list[list[Consumed]]:
+def _conversations(
+    topics: ProcessorTopics, threads: int = 90, *, corrupt: bool = True
+) -> list[list[Consumed]]:
     """Shares of a conversation workload, in the driver's order (messages, CRM by inbox, the
     rest), each a slice of the topics' offsets."""
     by_topic: dict[str, list[tuple[str, Event]]] = {}
@@ -211,7 +213,7 @@ def _conversations(topics: ProcessorTopics, threads: int = 90) -> list[list[Cons
         for offset, (_, event) in enumerate(items):
             serde = serde_for(type(event))
             value = serde.encode(event)
-            if topic == topics.messages and offset == 17:
+            if corrupt and topic == topics.messages and offset == 17:
                 value = value[:7]  # does not decode: a failure, and the share goes on
             records.append(Consumed(topic, 0, offset, value, serde.headers()))
     order = {topics.messages: 0, topics.crm_by_inbox: 1}
@@ -224,13 +226,13 @@ def _conversations(topics: ProcessorTopics, threads: int = 90) -> list[list[Cons
     ]
 
 
-async def _through_the_record_path() -> Any:
+async def _through_the_record_path(*, corrupt: bool = True) -> Any:
     settings = Settings()
     topics = ProcessorTopics.build(settings.topics)
     path = RecordPath(settings.kafka, topics, counts=Counter())
     path.states[0] = PartitionState(0)
     outs = []
-    for share in _conversations(topics):
+    for share in _conversations(topics, corrupt=corrupt):
         out = await path.handle(0, share)
         # the stack trace names the build's frames: the class and message are the outcome
         failures = [(i, stage, f.class_name, f.message) for i, stage, f in out.failures]

@@ -87,13 +87,15 @@ def _values(schema: Any, named: dict[str, Any], namespace: str) -> st.SearchStra
         return st.deferred(lambda: named[full] if full in named else named[schema])
     kind = schema["type"]
     if schema.get("logicalType") == "timestamp-millis":
-        return st.datetimes(
+        aware = st.datetimes(
             min_value=datetime(1, 1, 2),
             max_value=datetime(9999, 12, 30),
             timezones=st.sampled_from(
                 [UTC, timezone(timedelta(hours=-7, minutes=-30)), ZoneInfo("Europe/Paris")]
             ),
         )
+        # or epoch milliseconds already, as the processor's output records hold them
+        return st.one_of(aware, st.integers(-(2**63), 2**63 - 1))
     if kind == "array":
         return st.lists(_values(schema["items"], named, namespace), max_size=4)
     if kind == "record":
@@ -206,6 +208,8 @@ def test_values_it_is_not_sure_of_fall_back() -> None:
     assert native is not None
     good = {"n": 1, "s": "x", "t": datetime(2026, 1, 1, tzinfo=UTC), "b": True}
     assert native.encode(good) == cavro.Schema(source, options=_CAVRO_OPTIONS).binary_encode(good)
+    as_ms = {**good, "t": 1767225600000}  # the same instant in epoch milliseconds
+    assert native.encode(as_ms) == native.encode(good)
     for bad in (
         {"s": "x", "t": good["t"], "b": True},  # missing: cavro may take a default
         {**good, "n": True},
@@ -213,7 +217,8 @@ def test_values_it_is_not_sure_of_fall_back() -> None:
         {**good, "n": 1.0},
         {**good, "s": "\udc80"},  # a lone surrogate is no UTF-8
         {**good, "t": datetime(2026, 1, 1)},  # naive
-        {**good, "t": 1767225600000},
+        {**good, "t": True},
+        {**good, "t": 2**63},
         {**good, "b": 1},
         ["not", "a", "dict"],
     ):
@@ -271,4 +276,21 @@ def test_encoding_our_events_never_imports_cavro() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert NATIVE, "the compiled codec is not built: cavro would write every value"
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_processors_outputs_never_import_cavro() -> None:
+    """Its thread and engagement records (timestamps as epoch milliseconds), its projections
+    of the inputs and its changelog writes: all on the compiled codec or JSON. A fallback per
+    output cost more than the rest of the record path, and loaded numpy on the first one."""
+    script = (
+        "import asyncio, sys\n"
+        "from tests.helpers.processor_parity import _through_the_record_path\n"
+        "shares, counts = asyncio.run(_through_the_record_path(corrupt=False))\n"
+        "assert sum(len(out[0]) for out in shares) > 1000 and not any(o[1] for o in shares)\n"
+        "print(sorted(m for m in ('cavro', 'numpy') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
