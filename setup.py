@@ -2,8 +2,9 @@
 
 * C: the Avro codec (schemas/_avro_native.c) and the header block splitter
   (mail/_headers_native.c).
-* mypyc: the backfill's parse modules, compiled from their typed Python as they are (the list
-  and why: inboxstream/_compiled.py). Their source hashes go into a manifest beside them, so a
+* mypyc: the backfill's parse modules and the stream processor's record path, compiled from
+  their typed Python as they are, one shared library per group (the lists and why:
+  inboxstream/_compiled.py). Their source hashes go into a manifest beside them, so a
   source edited after the build runs as source, never as the old build.
 
 Everything else (metadata, packages, the layer folders' mapping) is in pyproject.toml. All are

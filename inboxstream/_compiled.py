@@ -1,10 +1,16 @@
 """The modules compiled to C with mypyc, and the guard that keeps a stale build from running.
 
-A backfill's parse workers spend their time in plain Python: MIME structure, header fields,
-addresses and dates, record building (``producers/parse.py`` and the ``mail`` modules under
-it). mypyc compiles those typed modules as they are, so the same source runs as C; measured on
-the benchmark corpus, 77 us a message against 105 us in the interpreter (``bench/backfill.py``
-has the end-to-end figures). ``setup.py`` builds them; ``./run`` rebuilds when they change.
+Two hot paths spend their time in plain Python, and mypyc compiles their typed modules as
+they are, so the same source runs as C:
+
+* a backfill's parse workers: MIME structure, header fields, addresses and dates, record
+  building (``producers/parse.py`` and the ``mail`` modules under it); 77 us a message
+  against 105 us in the interpreter on the benchmark corpus (``bench/backfill.py``);
+* the stream processor's record path: threading, the engine, state and its records, decoding
+  and encoding around them (``processors/``); 18.6-19.1 us an input event against 31.5-34.7
+  (``bench/engine_cpu.py``, with the changes that came with it: see the README).
+
+``setup.py`` builds them; ``./run`` rebuilds when they change.
 
 A compiled module is an extension next to its ``.py``, and Python imports the extension
 first: an edited source would silently run as its old build. So ``setup.py`` records each

@@ -55,6 +55,20 @@ SUBJECTS = (
 )
 
 
+def _body(n: int, inbox: str, mid: str, text: str, at: datetime) -> BodyEvent:
+    return BodyEvent(
+        event_id=f"e{n}",
+        inbox_id=inbox,
+        folder="INBOX",
+        uidvalidity=1,
+        uid=n,
+        message_id=mid,
+        text=text,
+        size=len(text),
+        observed_at=at,
+    )
+
+
 def _message(n: int, inbox: str, rng: random.Random, mids: list[str], at: datetime) -> Event:
     mid = rng.choice(mids) if mids and rng.random() < 0.1 else f"m{n}@x.test"  # duplicates
     earlier = rng.sample(mids, min(len(mids), rng.randint(0, 4)))
@@ -100,18 +114,7 @@ def scenario(seed: int = 7, steps: int = 1200) -> list[Event]:
             mids[inbox].append(event.message_id)  # type: ignore[attr-defined]
         elif kind < 0.75 and n:
             k = rng.randint(max(0, n - 40), n + 5)  # its message before, or yet to come
-            text = rng.choice(["the answer", "", "x" * 300])
-            event = BodyEvent(
-                event_id=f"e{k}",
-                inbox_id=inbox,
-                folder="INBOX",
-                uidvalidity=1,
-                uid=k,
-                message_id=f"m{k}@x.test",
-                text=text,
-                size=len(text),
-                observed_at=at,
-            )
+            event = _body(k, inbox, f"m{k}@x.test", rng.choice(["the answer", "", "x" * 300]), at)
         elif kind < 0.9 and mids[inbox]:
             mid = rng.choice(mids[inbox][-30:])
             event = OutboundEvent(
@@ -193,18 +196,7 @@ def _conversations(
                     ),
                 )
             )
-            text = f"reply {n} " * 20
-            body = BodyEvent(
-                event_id=f"e{n}",
-                inbox_id=inbox,
-                folder="INBOX",
-                uidvalidity=1,
-                uid=n,
-                message_id=mid,
-                text=text,
-                size=len(text),
-                observed_at=at,
-            )
+            body = _body(n, inbox, mid, f"reply {n} " * 20, at)
             by_topic.setdefault(topics.bodies, []).append((inbox, body))
             chain.append(mid)
             n += 1

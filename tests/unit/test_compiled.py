@@ -1,4 +1,4 @@
-"""The mypyc-compiled parse modules: built, used, equal to their sources, never run stale.
+"""The mypyc-compiled modules: built, used, equal to their sources, never run stale.
 
 The parity test is the one that matters: mypyc runs the same source, but it checks the
 annotations at run time, so an annotation that lies (a stub saying ``str`` where compat32 hands
