@@ -54,6 +54,7 @@ GROUPS = {
     # dataclasses do not compile, and only the offline batch threading and tests run it.
     "inboxstream._processor_native": (
         "inboxstream.processors.subject",
+        "inboxstream.processors.references",
         "inboxstream.processors.retention",
         "inboxstream.processors.matcher",
         "inboxstream.processors.indexes",

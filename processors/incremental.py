@@ -41,7 +41,8 @@ from inboxstream.processors.assign import (
     new_thread_id,
 )
 from inboxstream.processors.indexes import add_to, discard_from
-from inboxstream.processors.jwz import Algorithm, reference_ids
+from inboxstream.processors.jwz import Algorithm
+from inboxstream.processors.references import reference_ids
 from inboxstream.processors.subject import base_subject
 from inboxstream.schemas.models import ThreadRecord
 

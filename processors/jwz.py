@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
-from inboxstream.mail.limits import cap_references
+from inboxstream.processors.references import reference_ids
 from inboxstream.processors.subject import base_subject
 
 Algorithm = Literal["rfc5256", "references"]
@@ -79,14 +79,6 @@ def _unlink(child: _Container[K]) -> None:
 def thread_references(msg: ThreadInput[K]) -> list[str]:
     """RFC 5256 (1)(A) for one message (see ``reference_ids``)."""
     return reference_ids(msg.references, msg.in_reply_to)
-
-
-def reference_ids(references: Sequence[str], in_reply_to: Sequence[str]) -> list[str]:
-    """RFC 5256 (1)(A): References, or else the first In-Reply-To id; duplicates and empty
-    ids dropped. A list longer than ``MAX_REFERENCES`` (events from before the producer capped
-    it, or an mbox) is capped here the same way, so the work per message stays bounded."""
-    refs = list(references) or list(in_reply_to[:1])
-    return cap_references([r for r in dict.fromkeys(refs) if r])[0]
 
 
 def thread_messages(

@@ -10,7 +10,8 @@ incremental index must reproduce, event for event (``tests/unit/processors/test_
 from __future__ import annotations
 
 from inboxstream.processors.assign import MessageEntry, assign_threads
-from inboxstream.processors.jwz import Algorithm, reference_ids
+from inboxstream.processors.jwz import Algorithm
+from inboxstream.processors.references import reference_ids
 from inboxstream.processors.subject import base_subject
 from inboxstream.schemas.models import ThreadRecord
 

@@ -1,0 +1,20 @@
+"""RFC 5256 (1)(A): the ids a message refers to, as both threading paths read them.
+
+A module of its own so that it is compiled with the record path (``inboxstream._compiled``):
+``processors.jwz``, the batch algorithm, is not (its generic dataclasses do not compile), and
+the incremental threading calls this for every message, up to 20 ids each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inboxstream.mail.limits import cap_references
+
+
+def reference_ids(references: Sequence[str], in_reply_to: Sequence[str]) -> list[str]:
+    """References, or else the first In-Reply-To id; duplicates and empty ids dropped. A list
+    longer than ``MAX_REFERENCES`` (events from before the producer capped it, or an mbox) is
+    capped here the same way, so the work per message stays bounded."""
+    refs = list(references) or list(in_reply_to[:1])
+    return cap_references([r for r in dict.fromkeys(refs) if r])[0]
