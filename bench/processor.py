@@ -54,6 +54,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from inboxstream.core.gc_tuning import tune_for_streaming
@@ -473,6 +474,19 @@ class Where:
         )
 
 
+async def drop_topics(where: Where) -> None:
+    """Delete every topic of this run (inputs, outputs, changelogs, dead letters): a broker
+    left holding thousands of partitions from earlier runs runs the next ones slower."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=where.bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(f"bench{where.unique}.")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
 def _where(unique: str, partitions: int = 3) -> Where:
     """Start the services (once per machine) and name this run's topics."""
     kafka.install()
@@ -492,6 +506,16 @@ async def main(
     if instances > partitions:
         raise SystemExit(f"{instances} instances need at least as many partitions")
     where = _where(uuid.uuid4().hex[:8], partitions)
+    try:
+        await _measure(where, messages, instances, in_process_too, engine_processes)
+    finally:
+        await drop_topics(where)
+
+
+async def _measure(
+    where: Where, messages: int, instances: int, in_process_too: bool, engine_processes: int
+) -> None:
+    partitions = where.partitions
     settings = where.settings()
     t0 = time.perf_counter()
     sent = await publish_workload(settings, messages)
@@ -537,8 +561,11 @@ async def one_thread(messages: int) -> None:
     rates = {}
     for label, one in (("one_thread", True), ("small_threads", False)):
         where = _where(uuid.uuid4().hex[:8])
-        await publish_one_thread(where.settings(), messages, one=one)
-        result = await run(where, f"eos-{where.unique}", "eos", exactly_once=True)
+        try:
+            await publish_one_thread(where.settings(), messages, one=one)
+            result = await run(where, f"eos-{where.unique}", "eos", exactly_once=True)
+        finally:
+            await drop_topics(where)
         rates[label] = report(f"{label.replace('_', ' ')} ({messages} messages)", result)
     ratio = rates["one_thread"] / rates["small_threads"] if rates["small_threads"] else 0.0
     print(f"ratio one thread / small threads: {ratio:.2f} (target >= 0.8)")
