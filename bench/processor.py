@@ -477,7 +477,7 @@ class Where:
 async def drop_topics(where: Where) -> None:
     """Delete every topic of this run (inputs, outputs, changelogs, dead letters): a broker
     left holding thousands of partitions from earlier runs runs the next ones slower."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=where.bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(where.settings().kafka))
     await admin.start()
     try:
         mine = [t for t in await admin.list_topics() if t.startswith(f"bench{where.unique}.")]

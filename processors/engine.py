@@ -24,7 +24,7 @@ from typing import Literal, TypeAlias
 from inboxstream.core.contracts import HOUR_MS
 from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.assign import MessageEntry
-from inboxstream.processors.inputs import BodyHead, MessageIn
+from inboxstream.processors.inputs import BodyHead, MessageIn, crm_of_record
 from inboxstream.processors.matcher import Match, engagement_id, find_match
 from inboxstream.processors.records import (
     Body,
@@ -224,7 +224,7 @@ class Engine:
 
     def on_crm(self, state: PartitionState, ev: OutboundEvent) -> list[Step]:
         """A CRM Message-ID for this partition's inboxes: remember it, match held replies."""
-        return self.on_crm_record(state, ev.message_id, CrmRecord.of(ev))
+        return self.on_crm_record(state, ev.message_id, crm_of_record(ev.model_dump()))
 
     def on_crm_record(self, state: PartitionState, message_id: str, crm: CrmRecord) -> list[Step]:
         """``on_crm`` from the fields the ``crm`` store keeps (what the record path decodes)."""

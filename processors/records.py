@@ -17,7 +17,6 @@ from inboxstream.schemas.models import (
     BodyEvent,
     EngagementEventRecord,
     EngagementEventType,
-    OutboundEvent,
     OutboundKind,
 )
 
@@ -70,18 +69,6 @@ class CrmRecord:
         object.__setattr__(self, "subject", subject)
         object.__setattr__(self, "crm_ref", crm_ref)
         object.__setattr__(self, "sequence_id", sequence_id)
-
-    @classmethod
-    def of(cls, ev: OutboundEvent) -> CrmRecord:
-        return cls(
-            kind=ev.kind,
-            inbox_id=ev.inbox_id,
-            contact_email=ev.contact_email,
-            contact_name=ev.contact_name,
-            subject=ev.subject,
-            crm_ref=ev.crm_ref,
-            sequence_id=ev.sequence_id,
-        )
 
     def to_json(self) -> Json:
         # the field order is the changelog's key order; JSON writes tuples as lists
