@@ -166,7 +166,8 @@ def _pidfile() -> Path:
     return _base_dir() / "master.pid"
 
 
-def _log() -> Path:
+def log_path() -> Path:
+    """Where our Dovecot writes its log."""
     return log_dir() / "dovecot.log"
 
 
@@ -356,7 +357,7 @@ def _render_config() -> str:
     values = {
         "base_dir": str(_base_dir()),
         "state_dir": str(_dir() / "state"),
-        "log_path": str(_log()),
+        "log_path": str(log_path()),
         "host": ep.host,
         "limited_host": ep.limited_host,
         "wrong_cert_host": ep.wrong_cert_host,
@@ -499,12 +500,12 @@ def start(timeout: float = 30) -> bool:
     (_base_dir() / "anvil-auth-penalty").unlink(missing_ok=True)
     # doveconf validates the whole file and names the bad line, which -F would only log.
     run(["doveconf", "-c", str(_conf_path()), "-n"], timeout=60)
-    new_pid = spawn(["dovecot", "-F", "-c", str(_conf_path())], log=_log())
+    new_pid = spawn(["dovecot", "-F", "-c", str(_conf_path())], log=log_path())
     deadline = time.monotonic() + timeout
     try:
         for port in (ep.imap_port, ep.imaps_port, ep.lmtp_port):
             wait_for_port(
-                ep.host, port, max(1.0, deadline - time.monotonic()), what="dovecot", log=_log()
+                ep.host, port, max(1.0, deadline - time.monotonic()), what="dovecot", log=log_path()
             )
         _wait_for_anvil(deadline)
     except InfraError:
@@ -525,7 +526,7 @@ def _wait_for_anvil(deadline: float) -> None:
 
 def _log_tail(lines: int = 30) -> str:
     try:
-        return "\n".join(_log().read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(log_path().read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
@@ -555,7 +556,7 @@ def status() -> ServiceStatus:
             "ca": str(ep.ca_cert),
             "auth socket": str(ep.auth_socket),
         },
-        detail=f"config {_conf_path()}, log {_log()}",
+        detail=f"config {_conf_path()}, log {log_path()}",
     )
 
 
@@ -696,13 +697,18 @@ def doveadm(*args: str, check: bool = True) -> str:
 
 def who(user: str) -> int:
     """How many IMAP connections ``user`` has open right now (from anvil via doveadm who)."""
+    return len(imap_sessions(user))
+
+
+def imap_sessions(user: str) -> list[int]:
+    """The pid of the imap process behind each IMAP connection anvil counts for ``user``."""
     out = doveadm("who", "-1", user)
-    count = 0
+    pids = []
     for line in out.splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[0] == user and fields[1] == "imap":
-            count += 1
-    return count
+        if len(fields) >= 3 and fields[0] == user and fields[1] == "imap":
+            pids.append(int(fields[2]))
+    return pids
 
 
 def fill_maildir(user: str, mails: Iterable[bytes], folder: str = "INBOX") -> int:

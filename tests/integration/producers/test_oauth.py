@@ -79,7 +79,7 @@ async def mail_to_self(inbox: InboxSettings, tokens: TokenSources, subject: str)
 
 def logins(user: str, method: str) -> int:
     """Successful logins of ``user`` with ``method`` in Dovecot's log."""
-    text = Path(dovecot._log()).read_text(errors="replace")
+    text = Path(dovecot.log_path()).read_text(errors="replace")
     return sum(1 for line in text.splitlines() if f"Login: user=<{user}>, method={method}," in line)
 
 

@@ -29,7 +29,7 @@ from tests.helpers.services import MailUser
 
 def auth_failures(user: str) -> int:
     """Failed logins of ``user`` in Dovecot's log (imap-login writes one line per attempt)."""
-    log = Path(dovecot._log())
+    log = Path(dovecot.log_path())
     return sum(
         1
         for line in log.read_text(errors="replace").splitlines()
