@@ -12,24 +12,34 @@ The protocol is framed pickles over the child's stdin and stdout (8-byte length,
 pickle): requests ``(id, op, args)``, replies ``(id, ok, value, counts)``, one at a time in the
 order sent; ``counts`` is what the engine counted meanwhile, merged into the driver's stats.
 The child's own stdout is pointed at its stderr first, so a stray print cannot corrupt a
-frame. The child exits when its stdin closes, so a driver killed with -9 takes it along; a
-child that dies fails the instance (``EngineProcessDiedError``) rather than let it run on without
-state: nothing it processed since the last commit is committed, and a restart restores from
-the changelogs.
+frame. Each side writes and reads its frames on threads of their own, with blocking calls on
+pipes widened to 1 MB: a share is a pickle of megabytes, and through the event loops every
+64 KB was a turn of both loops, so the engine waited 30-60 ms a share for its input while the
+driver's loop was busy sending (measured; the copy itself runs without the GIL).
+
+The child exits when its stdin closes, so a driver killed with -9 takes it along; a child that
+dies fails the instance (``EngineProcessDiedError``) rather than let it run on without state:
+nothing it processed since the last commit is committed, and a restart restores from the
+changelogs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
 import os
 import pickle
+import queue
 import signal
 import struct
+import subprocess
 import sys
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from inboxstream.core.kafka import Failure
@@ -42,8 +52,104 @@ from inboxstream.processors.topology import ProcessorTopics
 log = logging.getLogger(__name__)
 
 _FRAME = struct.Struct("<Q")
-#: Stream buffer limit: shares are megabytes, and a small limit only adds pause/resume turns.
-_LIMIT = 16 * 1024 * 1024
+#: The pipe buffer asked for (the kernel caps it at fs.pipe-max-size, 1 MB by default).
+_PIPE_SIZE = 16 * 1024 * 1024
+
+
+def _widen(fd: int) -> None:
+    """Give a pipe the largest buffer an unprivileged process may, not 64 KB: fewer wake-ups
+    of the reading and the writing thread per share."""
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = 1 << 20
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(limit, _PIPE_SIZE))
+    except OSError:
+        pass  # a smaller buffer only costs wake-ups
+
+
+def _read_exactly(fd: int, size: int) -> bytearray | None:
+    """``size`` bytes from a blocking ``fd``; None when it ends first (the other side is gone)."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            return None
+        got += n
+    return buf
+
+
+def read_frame(fd: int) -> bytearray | None:
+    """One frame's pickle, or None at the end of the stream."""
+    head = _read_exactly(fd, _FRAME.size)
+    if head is None:
+        return None
+    (size,) = _FRAME.unpack(head)
+    return _read_exactly(fd, size)
+
+
+def write_frame(fd: int, data: bytes) -> None:
+    """Length and pickle, whole (``writev`` may take part of them at a time)."""
+    views = [memoryview(_FRAME.pack(len(data))), memoryview(data)]
+    while views:
+        n = os.writev(fd, views)
+        while n:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+class FrameWriter:
+    """Writes frames to ``fd`` on a thread of its own, in the order given; ``close`` writes
+    what is queued, then closes ``fd`` (the reader sees the end)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.error: OSError | None = None
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes) -> None:
+        """Queue one frame; raises the write error once the other end is gone."""
+        if self.error is not None:
+            raise self.error
+        self._queue.put(data)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # the reader is gone: what is left goes nowhere
+            try:
+                write_frame(self.fd, data)
+            except OSError as exc:  # EPIPE: the other process ended
+                self.error = exc
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def read_frames(fd: int, deliver: Callable[[bytearray | None], None]) -> None:
+    """Hand each frame read from ``fd`` to ``deliver``, then None at the end (a thread's
+    target: ``deliver`` must be safe to call from it)."""
+    try:
+        while (frame := read_frame(fd)) is not None:
+            deliver(frame)
+    except OSError:
+        pass
+    deliver(None)
 
 
 class EngineProcess:
@@ -59,23 +165,33 @@ class EngineProcess:
         self._init = (kafka, topics, algorithm, logging.getLogger().getEffectiveLevel())
         self.counts = counts
         self.partitions: set[int] = set()  # the partitions whose state the child holds
-        self._proc: asyncio.subprocess.Process | None = None
-        self._replies: asyncio.Task[None] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._requests: FrameWriter | None = None
+        self._replies: threading.Thread | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count()
         self._died: EngineProcessDiedError | None = None
-        self._write_lock = asyncio.Lock()
 
     async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "inboxstream.processors.engine_process",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=_LIMIT,
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inboxstream.processors.engine_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
         )
-        self._replies = asyncio.create_task(self._read_replies())
+        self._proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        # The threads own the fds from here (the file objects must not close them too).
+        self._requests = FrameWriter(os.dup(proc.stdin.fileno()), "engine-requests")
+        proc.stdin.close()
+        loop = asyncio.get_running_loop()
+        self._replies = threading.Thread(
+            target=self._read_replies,
+            args=(proc, loop),
+            name="engine-replies",
+            daemon=True,
+        )
+        self._replies.start()
         await self._call("init", *self._init)
 
     def check(self) -> None:
@@ -93,74 +209,84 @@ class EngineProcess:
             await self._call("drop", partitions)
 
     async def handle(self, partition: int, records: Sequence[Incoming]) -> ShareOut:
-        share = [Consumed.of(rec) for rec in records]
-        out: ShareOut = await self._call("handle", partition, share)
+        # plain tuples: a named tuple pickles through its Python-level ``__getnewargs__`` and
+        # ``__new__`` (measured 4.2 µs a record both ways, against 1.2 plain)
+        rows = [(rec.topic, rec.partition, rec.offset, rec.value, rec.headers) for rec in records]
+        out: ShareOut = await self._call("handle", partition, rows)
         return out
 
     async def close(self) -> None:
         proc = self._proc
         if proc is None:
             return
-        if self._died is None and proc.returncode is None:
+        if self._died is None and proc.poll() is None:
             try:
                 await asyncio.wait_for(self._call("close"), timeout=10)
             except (EngineProcessDiedError, TimeoutError):
                 pass
         self._proc = None
-        if proc.stdin is not None:
-            proc.stdin.close()
+        if self._requests is not None:
+            self._requests.close()  # the child reads the end of its stdin and exits
         try:
-            await asyncio.wait_for(proc.wait(), timeout=10)
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout=10)
         except TimeoutError:
             proc.kill()
-            await proc.wait()
+            await asyncio.to_thread(proc.wait)
         if self._replies is not None:
-            await self._replies
+            await asyncio.to_thread(self._replies.join)
+        if self._requests is not None:
+            await asyncio.to_thread(self._requests.join)
 
     async def _call(self, op: str, *args: Any) -> Any:
         self.check()
-        proc = self._proc
-        assert proc is not None and proc.stdin is not None, "engine process not started"
+        assert self._requests is not None, "engine process not started"
         rid = next(self._ids)
         reply = asyncio.get_running_loop().create_future()
         self._pending[rid] = reply
-        data = pickle.dumps((rid, op, args), protocol=pickle.HIGHEST_PROTOCOL)
-        async with self._write_lock:  # frames of concurrent calls must not interleave
-            try:
-                proc.stdin.write(_FRAME.pack(len(data)))
-                proc.stdin.write(data)
-                await proc.stdin.drain()
-            except (ConnectionError, RuntimeError) as exc:
-                self._pending.pop(rid, None)
-                gone = EngineProcessDiedError(f"engine process unreachable: {exc}")
-                raise self._died or gone from exc
+        try:
+            self._requests.put(pickle.dumps((rid, op, args), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:
+            self._pending.pop(rid, None)
+            gone = EngineProcessDiedError(f"engine process unreachable: {exc}")
+            raise self._died or gone from exc
         return await reply
 
-    async def _read_replies(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        try:
-            while True:
-                (size,) = _FRAME.unpack(await proc.stdout.readexactly(_FRAME.size))
-                rid, ok, value, counts = pickle.loads(await proc.stdout.readexactly(size))
-                if counts:
-                    self.counts.update(counts)
-                reply = self._pending.pop(rid)
-                if reply.done():
-                    continue  # its caller was cancelled
-                if ok:
-                    reply.set_result(value)
+    def _read_replies(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        """The reply thread: each reply unpickled here and handed to the loop, then, at the
+        end of the child's stdout, its exit."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+
+        def deliver(frame: bytearray | None) -> None:
+            try:
+                if frame is None:
+                    code = proc.wait()
+                    loop.call_soon_threadsafe(self._gone, code)
                 else:
-                    failure: Failure = value
-                    reply.set_exception(
-                        EngineProcessError(
-                            f"engine process: {failure.class_name}: {failure.message}\n"
-                            f"{failure.stacktrace}"
-                        )
-                    )
-        except asyncio.IncompleteReadError:
-            pass
-        code = await proc.wait()
+                    loop.call_soon_threadsafe(self._deliver, *pickle.loads(frame))
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits for this any more
+
+        read_frames(fd, deliver)
+        proc.stdout.close()
+
+    def _deliver(self, rid: int, ok: bool, value: Any, counts: Counter[str] | None) -> None:
+        if counts:
+            self.counts.update(counts)
+        reply = self._pending.pop(rid)
+        if reply.done():
+            return  # its caller was cancelled
+        if ok:
+            reply.set_result(value)
+        else:
+            failure: Failure = value
+            reply.set_exception(
+                EngineProcessError(
+                    f"engine process: {failure.class_name}: {failure.message}\n{failure.stacktrace}"
+                )
+            )
+
+    def _gone(self, code: int) -> None:
         self._died = EngineProcessDiedError(f"the engine process exited (code {code})")
         self.partitions = set()
         for reply in self._pending.values():
@@ -223,14 +349,11 @@ class EnginePool:
 # --- the child ------------------------------------------------------------------------------
 
 
-async def _serve(requests: asyncio.StreamReader, replies: asyncio.StreamWriter) -> None:
+async def _serve(requests: asyncio.Queue[bytearray | None], replies: FrameWriter) -> None:
     path: RecordPath | None = None
-    while True:
-        try:
-            (size,) = _FRAME.unpack(await requests.readexactly(_FRAME.size))
-            rid, op, args = pickle.loads(await requests.readexactly(size))
-        except asyncio.IncompleteReadError:
-            break  # the driver is gone
+    while (frame := await requests.get()) is not None:
+        rid, op, args = pickle.loads(frame)
+        del frame
         ok = True
         value: Any = None
         try:
@@ -241,7 +364,8 @@ async def _serve(requests: asyncio.StreamReader, replies: asyncio.StreamWriter) 
             elif path is None:
                 raise RuntimeError(f"{op} before init")
             elif op == "handle":
-                value = await path.handle(*args)
+                partition, rows = args
+                value = await path.handle(partition, [Consumed._make(row) for row in rows])
             elif op == "restore":
                 await path.restore(*args)
                 value = path.partitions
@@ -255,10 +379,10 @@ async def _serve(requests: asyncio.StreamReader, replies: asyncio.StreamWriter) 
         if path is not None and path.counts:
             counts = Counter(path.counts)
             path.counts.clear()
-        data = pickle.dumps((rid, ok, value, counts), protocol=pickle.HIGHEST_PROTOCOL)
-        replies.write(_FRAME.pack(len(data)))
-        replies.write(data)
-        await replies.drain()
+        try:
+            replies.put(pickle.dumps((rid, ok, value, counts), protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            break  # the driver is gone
         if op == "close":
             break
     if path is not None:
@@ -270,22 +394,29 @@ async def _child_main(reply_fd: int) -> None:
 
     tune_for_streaming()
     loop = asyncio.get_running_loop()
-    requests = asyncio.StreamReader(limit=_LIMIT)
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(requests), os.fdopen(0, "rb", buffering=0)
-    )
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(reply_fd, "wb", buffering=0)
-    )
-    replies = asyncio.StreamWriter(transport, protocol, None, loop)
-    await _serve(requests, replies)
-    transport.close()
+    requests: asyncio.Queue[bytearray | None] = asyncio.Queue()
+
+    def deliver(frame: bytearray | None) -> None:
+        try:
+            loop.call_soon_threadsafe(requests.put_nowait, frame)
+        except RuntimeError:
+            pass  # the loop is closed: this process is ending
+
+    threading.Thread(target=read_frames, args=(0, deliver), name="requests", daemon=True).start()
+    replies = FrameWriter(reply_fd, "replies")
+    try:
+        await _serve(requests, replies)
+    finally:
+        replies.close()
+        await asyncio.to_thread(replies.join, 10)
 
 
 def main() -> None:
     # Frames alone on the reply pipe: whatever prints to stdout goes to stderr instead.
     reply_fd = os.dup(1)
     os.dup2(2, 1)
+    _widen(0)
+    _widen(reply_fd)
     # Ctrl-C reaches the whole process group; the driver decides when this process ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     asyncio.run(_child_main(reply_fd))
