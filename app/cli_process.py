@@ -75,10 +75,9 @@ def thread(algorithm: str, file: Path) -> None:
 @click.option(
     "--engine-processes",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
+    default=None,
     help="Processes the record path (decoding, threading, matching, encoding) runs in, beside "
-    "the Kafka work; 0 runs it in the same process.",
+    "the Kafka work; 0 runs it in the same process. Default: 1 on two cores or more, else 0.",
 )
 @click.option("--pause-in-transaction", type=float, default=0.0, hidden=True)
 @click.option("--session-timeout-ms", type=int, default=10_000, hidden=True)
@@ -99,7 +98,7 @@ def process(
     until_caught_up: bool,
     max_records: int,
     transaction_ms: int,
-    engine_processes: int,
+    engine_processes: int | None,
     pause_in_transaction: float,
     session_timeout_ms: int,
     metrics_port: int | None,

@@ -26,7 +26,8 @@ are then input records over the time from the first batch's start to the last on
 the JSON adds ``instances`` and ``partitions``.
 
 ``--engine-processes N`` runs each instance's record path in N engine processes
-(``ProcessorConfig.engine_processes``; 0, the default, in the driver's process);
+(``ProcessorConfig.engine_processes``; 0 in the driver's process; by default the processor's
+own default, one engine process on two cores or more);
 ``--in-process-too`` adds, in the same run, an exactly-once run with the record path in the
 driver's process, and ``eos_in_process_events_s`` to the JSON.
 
@@ -421,7 +422,7 @@ async def run(
     version: str,
     exactly_once: bool,
     instances: int = 1,
-    engine_processes: int = 0,
+    engine_processes: int | None = None,
 ) -> Run:
     config = ProcessorConfig(
         group_id=group,
@@ -501,7 +502,7 @@ async def main(
     instances: int = 1,
     partitions: int = 3,
     in_process_too: bool = False,
-    engine_processes: int = 0,
+    engine_processes: int | None = None,
 ) -> None:
     if instances > partitions:
         raise SystemExit(f"{instances} instances need at least as many partitions")
@@ -513,7 +514,7 @@ async def main(
 
 
 async def _measure(
-    where: Where, messages: int, instances: int, in_process_too: bool, engine_processes: int
+    where: Where, messages: int, instances: int, in_process_too: bool, engine_processes: int | None
 ) -> None:
     partitions = where.partitions
     settings = where.settings()
@@ -600,8 +601,9 @@ def _cli(argv: list[str]) -> None:
     parser.add_argument(
         "--engine-processes",
         type=int,
-        default=0,
-        help="engine processes per instance (0: the record path in the driver's process)",
+        default=None,
+        help="engine processes per instance (0: the record path in the driver's process; "
+        "default: the processor's, 1 on two cores or more)",
     )
     args = parser.parse_args(argv)
     if args.one_thread:

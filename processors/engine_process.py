@@ -93,7 +93,7 @@ def read_frame(fd: int) -> bytearray | None:
 
 def write_frame(fd: int, data: bytes) -> None:
     """Length and pickle, whole (``writev`` may take part of them at a time)."""
-    views = [memoryview(_FRAME.pack(len(data))), memoryview(data)]
+    views = [v for v in (memoryview(_FRAME.pack(len(data))), memoryview(data)) if len(v)]
     while views:
         n = os.writev(fd, views)
         while n:
