@@ -10,7 +10,7 @@ listed as failed.
 
 Kept apart so it can run in a process of its own (``processors.engine_process``) while the
 driver's loop fetches, sends and commits on the other core, or in the driver's process
-(``ProcessorConfig.engine_process=False``): the same code and the same outputs either way.
+(``ProcessorConfig.engine_processes=0``): the same code and the same outputs either way.
 """
 
 from __future__ import annotations
