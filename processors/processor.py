@@ -118,7 +118,7 @@ class ProcessorConfig:
     # many processes of their own, beside the driver's Kafka work (partition N's state in
     # process N mod their number); 0 runs it in the driver's process. None (the default):
     # one when this process may run on two cores or more, else 0. Measured on the 2-core box
-    # with the broker beside them, one engine process ran at 1.05-1.35x the driver's process
+    # with the broker beside them, one engine process ran at 1.02-1.35x the driver's process
     # alone once shares crossed on threads (README); on one core it only adds the pickling.
     engine_processes: int | None = None
 
