@@ -62,7 +62,7 @@ BODY_READ_RECORDS = 500
 
 class Incoming(Protocol):
     """What the record path reads of a consumed record (an aiokafka ``ConsumerRecord``, or
-    the ``Consumed`` tuple it crosses to the engine process as)."""
+    the ``Consumed`` tuple the engine process rebuilds it as)."""
 
     @property
     def topic(self) -> str: ...
@@ -77,17 +77,14 @@ class Incoming(Protocol):
 
 
 class Consumed(NamedTuple):
-    """A consumed record as it crosses a process boundary: a tuple pickles fast."""
+    """A consumed record in the engine process (it crosses the pipe as a plain tuple: see
+    ``EngineProcess.handle``)."""
 
     topic: str
     partition: int
     offset: int
     value: bytes | None
     headers: Headers
-
-    @classmethod
-    def of(cls, rec: Incoming) -> Consumed:
-        return cls(rec.topic, rec.partition, rec.offset, rec.value, rec.headers)
 
 
 class ShareOut(NamedTuple):

@@ -32,7 +32,6 @@ from inboxstream.processors.state import PartitionState
 from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.schemas.models import (
     Address,
-    BodyEvent,
     EngagementEvent,
     Event,
     MessageEvent,
@@ -40,6 +39,7 @@ from inboxstream.schemas.models import (
 )
 from inboxstream.schemas.serde import serde_for
 from tests.helpers.engine import Harness
+from tests.helpers.samples import body_event
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 INBOXES = ("a@owner.test", "b@owner.test")
@@ -53,20 +53,6 @@ SUBJECTS = (
     "",
     None,
 )
-
-
-def _body(n: int, inbox: str, mid: str, text: str, at: datetime) -> BodyEvent:
-    return BodyEvent(
-        event_id=f"e{n}",
-        inbox_id=inbox,
-        folder="INBOX",
-        uidvalidity=1,
-        uid=n,
-        message_id=mid,
-        text=text,
-        size=len(text),
-        observed_at=at,
-    )
 
 
 def _message(n: int, inbox: str, rng: random.Random, mids: list[str], at: datetime) -> Event:
@@ -114,7 +100,8 @@ def scenario(seed: int = 7, steps: int = 1200) -> list[Event]:
             mids[inbox].append(event.message_id)  # type: ignore[attr-defined]
         elif kind < 0.75 and n:
             k = rng.randint(max(0, n - 40), n + 5)  # its message before, or yet to come
-            event = _body(k, inbox, f"m{k}@x.test", rng.choice(["the answer", "", "x" * 300]), at)
+            text = rng.choice(["the answer", "", "x" * 300])
+            event = body_event(k, text, inbox=inbox, message_id=f"m{k}@x.test", at=at)
         elif kind < 0.9 and mids[inbox]:
             mid = rng.choice(mids[inbox][-30:])
             event = OutboundEvent(
@@ -196,7 +183,7 @@ def _conversations(
                     ),
                 )
             )
-            body = _body(n, inbox, mid, f"reply {n} " * 20, at)
+            body = body_event(n, f"reply {n} " * 20, inbox=inbox, message_id=mid, at=at)
             by_topic.setdefault(topics.bodies, []).append((inbox, body))
             chain.append(mid)
             n += 1

@@ -50,6 +50,21 @@ def sample_message(**kw: Any) -> MessageEvent:
     return MessageEvent(**base)
 
 
+def body_event(n: int, text: str, *, inbox: str, message_id: str, at: datetime) -> BodyEvent:
+    """The body of message ``n`` (event id ``e<n>``, INBOX, uid ``n``) as the producer sends it."""
+    return BodyEvent(
+        event_id=f"e{n}",
+        inbox_id=inbox,
+        folder="INBOX",
+        uidvalidity=1,
+        uid=n,
+        message_id=message_id,
+        text=text,
+        size=len(text),
+        observed_at=at,
+    )
+
+
 SAMPLES: list[Event] = [
     sample_message(),
     BodyEvent(

@@ -24,6 +24,7 @@ from inboxstream.schemas.models import (
     OutboundEvent,
 )
 from tests.helpers.engine import Harness
+from tests.helpers.samples import body_event
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 INBOX = "owner@example.com"
@@ -59,17 +60,7 @@ def message(
 
 
 def body_of(n: int, text: str, at: datetime = T0) -> BodyEvent:
-    return BodyEvent(
-        event_id=f"e{n}",
-        inbox_id=INBOX,
-        folder="INBOX",
-        uidvalidity=1,
-        uid=n,
-        message_id=f"m{n}@example.com",
-        text=text,
-        size=len(text),
-        observed_at=at,
-    )
+    return body_event(n, text, inbox=INBOX, message_id=f"m{n}@example.com", at=at)
 
 
 def crm(mid: str, at: datetime = T0) -> OutboundEvent:
