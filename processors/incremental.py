@@ -219,6 +219,12 @@ class InboxThreads:
         self._by_mid: dict[str, set[str]] = {}
         self._by_ref: dict[str, set[str]] = {}
         self._by_base: dict[str, set[str]] = {}
+        # The three lookups above serve only ``_component`` (the member-by-member path, rare),
+        # so they are built lazily, as the processor's pending-reply index is: the event ids
+        # added since the last walk wait here (an ordered set) and are indexed when one comes.
+        # Indexing every reference on arrival cost ~1.5 us an event of a long conversation
+        # (20 references a message) for lookups most inboxes never make.
+        self._unindexed: dict[str, None] = {}
         self._stale = False
         self.reassigned = 0  # adds that took the member-by-member path (module docstring)
         self.joined = 0  # adds that took the reply shortcut (``_reply_joins``)
@@ -426,7 +432,7 @@ class InboxThreads:
             events, changed = self._merge(entry, before, with_members, targets)
         else:
             events, changed = self._reassign(entry, before, with_members, old_groups)
-        self._index(entry, True, ref_ids)
+        self._index(entry, True)
         return events, changed
 
     def _reply_joins(
@@ -505,7 +511,7 @@ class InboxThreads:
         assert group.tid is not None
         entry.thread_id = group.tid
         self._index_tid(entry, old)
-        self._index(entry, True, ref_ids)
+        self._index(entry, True)
         named = group.as_group([])
         return [assigned_event(self.inbox_id, entry, group.tid, named, self.algorithm)], [entry]
 
@@ -646,30 +652,41 @@ class InboxThreads:
 
     # --- the slow path: member by member ---------------------------------------------------
 
-    def _index(self, entry: MessageEntry, add: bool, ref_ids: list[str] | None = None) -> None:
-        """The lookups ``_component`` walks: by Message-ID, by reference, by base subject."""
+    def _index(self, entry: MessageEntry, add: bool) -> None:
+        """Keep the lookups ``_component`` walks in step: an added entry waits to be indexed
+        (``_index_pending``); a removed one leaves the queue or the lookups."""
         eid = entry.event_id
-        if ref_ids is None:
-            ref_ids = reference_ids(entry.references, entry.in_reply_to)
-        subject = base_subject(entry.subject) if self.algorithm == "rfc5256" else ""
-        if add:  # once for every message: the plain loop, no list of keys
-            add_to(self._by_mid, entry.message_id, eid)
-            by_ref = self._by_ref
-            for ref in ref_ids:
-                add_to(by_ref, ref, eid)
-            if subject:
-                add_to(self._by_base, subject, eid)
+        if add:
+            self._unindexed[eid] = None
+            return
+        if self._unindexed.pop(eid, 0) is None:  # queued (the value is None), never indexed
             return
         keys = [(self._by_mid, entry.message_id)]
-        keys += [(self._by_ref, r) for r in ref_ids]
-        if subject:
+        keys += [(self._by_ref, r) for r in reference_ids(entry.references, entry.in_reply_to)]
+        if subject := self._base_of(entry):
             keys.append((self._by_base, subject))
         for index, key in keys:
             discard_from(index, key, eid)
 
+    def _base_of(self, entry: MessageEntry) -> str:
+        return base_subject(entry.subject) if self.algorithm == "rfc5256" else ""
+
+    def _index_pending(self) -> None:
+        """Index the entries added since the last walk: by Message-ID, reference, subject."""
+        by_mid, by_ref, by_base = self._by_mid, self._by_ref, self._by_base
+        for eid in self._unindexed:
+            entry = self.entries[eid]
+            add_to(by_mid, entry.message_id, eid)
+            for ref in reference_ids(entry.references, entry.in_reply_to):
+                add_to(by_ref, ref, eid)
+            if subject := self._base_of(entry):
+                add_to(by_base, subject, eid)
+        self._unindexed.clear()
+
     def _component(self, entry: MessageEntry) -> set[str]:
         """``entry`` and every indexed message whose thread it could change, whole threads
         (the closure ``tests.helpers.component_threads`` re-threads)."""
+        self._index_pending()
         empty: set[str] = set()
         seen: set[str] = set()
         todo = [entry]

@@ -269,3 +269,27 @@ def test_an_id_a_mixed_thread_still_carries_is_not_handed_to_another() -> None:
     index.add(late := entry(15, reply=["m0@t"]))
     holders = [e.event_id for e in index.entries.values() if e.thread_id == late.thread_id]
     assert sorted(holders) == ["ev12", "ev15"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(hostile_entries(), st.data())
+def test_the_lazy_lookups_equal_lookups_built_from_the_entries_left(
+    entries: list[MessageEntry], data: st.DataObject
+) -> None:
+    """The Message-ID, reference and subject lookups are built when a walk needs them: entries
+    removed before that (queued) or after (indexed) leave exactly the lookups a fresh index
+    of the entries still held would have."""
+    index = InboxThreads("inbox")
+    for e in copies(entries):
+        index.add(e)
+        if data.draw(st.booleans()):
+            index._index_pending()  # a walk came
+        if index.entries and data.draw(st.booleans()):
+            index.remove(data.draw(st.sampled_from(sorted(index.entries))))
+    index._index_pending()
+    fresh = InboxThreads("inbox")
+    fresh.entries = dict(index.entries)
+    fresh._unindexed = dict.fromkeys(index.entries)
+    fresh._index_pending()
+    for name in ("_by_mid", "_by_ref", "_by_base"):
+        assert getattr(index, name) == getattr(fresh, name), name
