@@ -73,6 +73,13 @@ def thread(algorithm: str, file: Path) -> None:
     help="...or this long after the fetch that opened it, whichever comes first.",
 )
 @click.option(
+    "--batches-in-flight",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Batches under way at once: the next fetch waits until the oldest has committed.",
+)
+@click.option(
     "--engine-processes",
     type=click.IntRange(min=0),
     default=None,
@@ -98,6 +105,7 @@ def process(
     until_caught_up: bool,
     max_records: int,
     transaction_ms: int,
+    batches_in_flight: int,
     engine_processes: int | None,
     pause_in_transaction: float,
     session_timeout_ms: int,
@@ -118,6 +126,7 @@ def process(
         algorithm=_algorithm(algorithm),
         max_records=max_records,
         transaction_ms=transaction_ms,
+        batches_in_flight=batches_in_flight,
         engine_processes=engine_processes,
         pause_in_transaction_s=pause_in_transaction,
         session_timeout_ms=session_timeout_ms,

@@ -43,7 +43,7 @@ import asyncio
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias
@@ -103,6 +103,14 @@ class ProcessorConfig:
     max_records: int = 5000
     transaction_ms: int = 100
     fetch_timeout_ms: int = 200
+    # Batches dispatched and not yet committed: the loop fetches the next batch once the
+    # oldest of them has committed, so the record path works on the newer ones while a
+    # transaction commits and the next batch is fetched. With two, the engine process sat
+    # idle 10-25% of a one-partition run waiting for fetch and commit round trips;
+    # bench/processor.py 50000 went from 0.47-0.56 of the bare loop to 0.56-0.71 with three
+    # (four measured the same). Every share is computed ahead of its commit either way; an
+    # abort drops what was computed after it and restores (``_after``).
+    batches_in_flight: int = 3
     # False only for the benchmark's baseline: the same loop with at-least-once commits
     # (outputs flushed, then offsets committed; a crash in between duplicates output).
     exactly_once: bool = True
@@ -204,6 +212,8 @@ class StreamProcessor:
         # after an abort, and an epoch per partition that an abort or a fencing moves on, so
         # shares handed over before it are dropped (``_after``).
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        # each dispatched batch's transactions, oldest first (back pressure, ``_process_batch``)
+        self._dispatched: deque[list[asyncio.Task[None]]] = deque()
         self._needs_rewind: set[int] = set()
         self._epoch: dict[int, int] = {}
         self._active = 0
@@ -398,14 +408,17 @@ class StreamProcessor:
                 for p in sorted(by_partition):
                     await self._timed(self._process_at_least_once(by_partition[p]))
                 return
-            previous = list(self._inflight.values())
+            tasks = []
             for p in sorted(by_partition):
                 after = self._inflight.get(p)
-                self._inflight[p] = asyncio.create_task(
+                self._inflight[p] = task = asyncio.create_task(
                     self._timed(self._after(after, p, self._epoch.get(p, 0), by_partition[p]))
                 )
-        # back pressure: the previous batch's transactions are done before the next fetch
-        await _settle(previous)
+                tasks.append(task)
+            self._dispatched.append(tasks)
+        # back pressure: the oldest batches' transactions are done before the next fetch
+        while len(self._dispatched) >= max(1, self.config.batches_in_flight):
+            await _settle(self._dispatched.popleft())
 
     async def _after(
         self,

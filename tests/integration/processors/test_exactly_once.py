@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import psutil
+import pytest
 
 from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, run_processor
@@ -77,17 +78,22 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     assert engagements == ref_engagements
 
 
+@pytest.mark.parametrize("in_flight", [3, 5])
 async def test_failure_inside_a_batch_aborts_restores_and_retries(
-    settings: Settings, unique: str
+    settings: Settings, unique: str, in_flight: int
 ) -> None:
     """An exception with the transaction open: the batch is aborted, state is restored from
-    the changelogs, the consumer rewinds, and the retry produces each output exactly once."""
+    the changelogs, the consumer rewinds, and the retry produces each output exactly once;
+    also with more batches computed ahead of the failed one (dropped, then recomputed)."""
     await load_inputs(settings, unique, inboxes=2)
     reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=60)
     await run_processor(settings, reference, until_end=True)
 
     config = ProcessorConfig(
-        group_id=f"flaky-{unique}", max_records=60, pause_in_transaction_s=0.01
+        group_id=f"flaky-{unique}",
+        max_records=60,
+        pause_in_transaction_s=0.01,
+        batches_in_flight=in_flight,
     )
     processor = StreamProcessor(settings, config)
     calls = 0
