@@ -448,20 +448,37 @@ class InboxThreads:
         ``thread.assigned``, exactly what ``add`` then ``_join`` give (the tests hold the two
         to the batch algorithm)."""
         table = self._table
+        parent = table.get(ref_ids[-1])
+        if parent is None or parent.entry is None:
+            return None
+        # The usual reply repeats its parent's path: each reference the parent of the next.
+        # That is read off the parent pointers, not by looking every reference up (a long
+        # conversation's 20 references were 20 hash lookups into a table of every id, most of
+        # them cache misses): a node reached that way is the table's node for its id, since
+        # every node is created under its id and the table never replaces one.
+        node = parent
+        for i in range(len(ref_ids) - 2, -1, -1):
+            up = node.parent
+            if up is None or up.mid != ref_ids[i]:
+                break
+            node = up
+        else:
+            return self._join_leaf(entry, mid, parent, _root(node), ref_ids)
         nodes: list[_Node] = []
-        chained = True  # each reference the child of the one before: one tree, no walks
         for i, ref in enumerate(ref_ids):
-            node = table.get(ref)
-            if node is None or (i and node.parent is None):
+            found = table.get(ref)
+            if found is None or (i and found.parent is None):
                 return None
-            chained = chained and (not i or node.parent is nodes[-1])
-            nodes.append(node)
-        parent = nodes[-1]
-        if parent.entry is None:
-            return None
+            nodes.append(found)
         root = _root(parent)
-        if not chained and any(_root(node) is not root for node in nodes[:-1]):
+        if any(_root(node) is not root for node in nodes[:-1]):
             return None
+        return self._join_leaf(entry, mid, parent, root, ref_ids)
+
+    def _join_leaf(
+        self, entry: MessageEntry, mid: str, parent: _Node, root: _Node, ref_ids: list[str]
+    ) -> tuple[list[ThreadRecord], list[MessageEntry]] | None:
+        """``_reply_joins`` once every reference is known to sit in ``root``'s tree."""
         group = root.group
         if group is None or group.tid is None:
             return None
