@@ -377,10 +377,10 @@ class StreamProcessor:
 
         With exactly once the transactions run as tasks, side by side, and the loop goes on
         fetching while they commit: partition N's next transaction starts when its previous
-        one has committed (one open transaction per producer), and the loop waits for the
-        previous batch's transactions before it fetches the one after this (two batches in
-        flight at most). So one partition's commit round trips overlap the others'
-        processing, also across batches."""
+        one has committed (one open transaction per producer), and once
+        ``batches_in_flight`` batches are under way the loop waits for the oldest one's
+        transactions before it fetches again. So one partition's commit round trips overlap
+        the others' processing and the record path's work on the batches after it."""
         async with self.lock:
             if revocations != self.revocations:
                 # A rebalance came while the batch was gathered (over several fetches, or
