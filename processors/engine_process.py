@@ -141,6 +141,15 @@ class FrameWriter:
             pass
 
 
+def _to_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Run ``callback(*args)`` on ``loop`` from a frame thread; dropped once the loop is
+    closed (nobody waits for it any more: the process is ending)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
+
+
 def read_frames(fd: int, deliver: Callable[[bytearray | None], None]) -> None:
     """Hand each frame read from ``fd`` to ``deliver``, then None at the end (a thread's
     target: ``deliver`` must be safe to call from it)."""
@@ -258,14 +267,10 @@ class EngineProcess:
         fd = proc.stdout.fileno()
 
         def deliver(frame: bytearray | None) -> None:
-            try:
-                if frame is None:
-                    code = proc.wait()
-                    loop.call_soon_threadsafe(self._gone, code)
-                else:
-                    loop.call_soon_threadsafe(self._deliver, *pickle.loads(frame))
-            except RuntimeError:
-                pass  # the loop is closed: nobody waits for this any more
+            if frame is None:
+                _to_loop(loop, self._gone, proc.wait())
+            else:
+                _to_loop(loop, self._deliver, *pickle.loads(frame))
 
         read_frames(fd, deliver)
         proc.stdout.close()
@@ -396,13 +401,12 @@ async def _child_main(reply_fd: int) -> None:
     loop = asyncio.get_running_loop()
     requests: asyncio.Queue[bytearray | None] = asyncio.Queue()
 
-    def deliver(frame: bytearray | None) -> None:
-        try:
-            loop.call_soon_threadsafe(requests.put_nowait, frame)
-        except RuntimeError:
-            pass  # the loop is closed: this process is ending
-
-    threading.Thread(target=read_frames, args=(0, deliver), name="requests", daemon=True).start()
+    threading.Thread(
+        target=read_frames,
+        args=(0, lambda frame: _to_loop(loop, requests.put_nowait, frame)),
+        name="requests",
+        daemon=True,
+    ).start()
     replies = FrameWriter(reply_fd, "replies")
     try:
         await _serve(requests, replies)
