@@ -140,6 +140,16 @@ class Reply:
         return cls(**(data | lists))
 
 
+#: The key by which a ``pending`` record says its reply's ids are in the ``threads`` store.
+REFS_IN_THREADS = "refs_in_threads"
+
+
+def refs_in_threads_of(data: Json) -> bool:
+    """Whether a decoded ``pending`` record needs its threads entry's ids (``Held.from_json``)."""
+    reply = data.get("reply")
+    return bool(reply and reply.get(REFS_IN_THREADS))
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     """One entry of the ``pending`` store (key ``inbox\\0event id``), held at most
@@ -164,7 +174,11 @@ class Held:
         object.__setattr__(self, "match", match)
         object.__setattr__(self, "body_at", body_at)
 
-    def to_json(self) -> Json:
+    def to_json(self, refs_in_threads: bool = False) -> Json:
+        """The record; with ``refs_in_threads`` the reply's In-Reply-To and References are
+        left out and named as those of the ``threads`` entry under the same key (see
+        ``PartitionState.take_changes``): a reply in a long conversation carries 20 ids, and
+        writing them twice per message was most of the state a long thread wrote."""
         if self.reply is None:
             return {"body_at": self.body_at, "since_ms": self.since_ms}
         match = None
@@ -173,18 +187,29 @@ class Held:
                 "crm_message_id": self.match.crm_message_id,
                 "matched_by": self.match.matched_by,
             }
+        reply = self.reply.to_json()
+        if refs_in_threads:
+            del reply["in_reply_to"], reply["references"]
+            reply[REFS_IN_THREADS] = True
         return {
-            "reply": self.reply.to_json(),
+            "reply": reply,
             "since_ms": self.since_ms,
             "match": match,
             "body_at": self.body_at,
         }
 
     @classmethod
-    def from_json(cls, data: Json) -> Self:
+    def from_json(cls, data: Json, refs: tuple[list[str], list[str]] | None = None) -> Self:
+        """The record ``to_json`` wrote; ``refs`` (In-Reply-To, References) are the threads
+        entry's, for a record written with ``refs_in_threads`` (``refs_in_threads_of``)."""
         reply = data.get("reply")
         match = data.get("match")
         matched_by: MatchedBy | None = match["matched_by"] if match else None
+        if reply and reply.get(REFS_IN_THREADS):
+            if refs is None:
+                raise ValueError("a held reply whose ids are its threads entry's, without them")
+            reply = {k: v for k, v in reply.items() if k != REFS_IN_THREADS}
+            reply |= {"in_reply_to": refs[0], "references": refs[1]}
         return cls(
             since_ms=int(data["since_ms"]),
             reply=Reply.from_json(reply) if reply else None,

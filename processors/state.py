@@ -36,7 +36,13 @@ from inboxstream.processors.exceptions import StateRestoreError
 from inboxstream.processors.incremental import InboxThreads
 from inboxstream.processors.indexes import add_to, discard_from
 from inboxstream.processors.jwz import Algorithm
-from inboxstream.processors.records import CrmRecord, EngagementRecord, Held, Reply
+from inboxstream.processors.records import (
+    CrmRecord,
+    EngagementRecord,
+    Held,
+    Reply,
+    refs_in_threads_of,
+)
 from inboxstream.processors.retention import BODY_TTL_MS, DELETED_PURGE_MS, REPLY_HOLD_MS
 
 log = logging.getLogger(__name__)
@@ -125,6 +131,9 @@ class PartitionState:
     # and encoded when taken, so a key written twice in one transaction (a held reply, then
     # its body's offset) is encoded once; mutable entries are encoded when written.
     changes: dict[tuple[str, str], bytes | _Frozen | None] = field(default_factory=dict)
+    # Restore only: held replies whose ids are in a threads entry not read yet (the stores'
+    # changelogs are read side by side, in no order between them), by key.
+    _awaiting_entry: dict[str, Json] = field(default_factory=dict)
 
     # --- threads ------------------------------------------------------------------------
 
@@ -144,7 +153,18 @@ class PartitionState:
 
     def drop_message(self, inbox_id: str, event_id: str) -> None:
         self.inbox(inbox_id).remove(event_id)
-        self.changes[("threads", message_key(inbox_id, event_id))] = None
+        key = message_key(inbox_id, event_id)
+        self.changes[("threads", key)] = None
+        held = self.pending.get(key)
+        if held is not None and held.reply is not None:
+            # Its pending record may name this entry for its ids: written again, in full.
+            # (A reply is held a day and metadata kept 60, so this is for other settings.)
+            self.changes[("pending", key)] = held
+
+    def _entry_at(self, key: str) -> MessageEntry | None:
+        inbox_id, event_id = _split(key)
+        index = self.threads.get(inbox_id)
+        return None if index is None else index.entries.get(event_id)
 
     # --- crm, pending, engagements --------------------------------------------------------
 
@@ -226,11 +246,42 @@ class PartitionState:
     def take_changes(self) -> dict[tuple[str, str], bytes | None]:
         changes, self.changes = self.changes, {}
         return {
-            key: value if value is None or isinstance(value, bytes) else _encode(value.to_json())
+            key: value
+            if value is None or isinstance(value, bytes)
+            else _encode(self._held_json(key[1], value))
+            if isinstance(value, Held)
+            else _encode(value.to_json())
             for key, value in changes.items()
         }
 
+    def _held_json(self, key: str, held: Held) -> Json:
+        """A held reply's ids are written once, in its threads entry (same key), when that
+        entry has the same ids: it always has (both are the message's, capped alike), and the
+        entry outlives the hold (``drop_message`` writes the reply again in full if not)."""
+        reply = held.reply
+        if reply is None:
+            return held.to_json()
+        entry = self._entry_at(key)
+        same = (
+            entry is not None
+            and _same_ids(entry.references, reply.references)
+            and _same_ids(entry.in_reply_to, reply.in_reply_to)
+        )
+        return held.to_json(refs_in_threads=same)
+
     # --- restore --------------------------------------------------------------------------
+
+    def settle(self) -> int:
+        """After a restore's last record: a held reply whose threads entry never came (which
+        ``drop_message`` prevents) keeps what it has, without ids to be matched by. How many."""
+        for key, data in self._awaiting_entry.items():
+            self._set_pending(key, Held.from_json(data, ([], [])))
+        lost, self._awaiting_entry = len(self._awaiting_entry), {}
+        if lost:
+            log.warning(
+                "partition %d: %d held replies restored without their ids", self.partition, lost
+            )
+        return lost
 
     def apply(self, store: str, key: str, value: bytes | None) -> None:
         """Replay one changelog record into memory (no new change is recorded)."""
@@ -240,7 +291,12 @@ class PartitionState:
             if data is None:
                 self.inbox(inbox).remove(event_id)
             else:
-                self.inbox(inbox).load(MessageEntry(**data))
+                entry = MessageEntry(**data)
+                self.inbox(inbox).load(entry)
+                waiting = self._awaiting_entry.pop(key, None)
+                if waiting is not None:
+                    refs = (entry.in_reply_to, entry.references)
+                    self._set_pending(key, Held.from_json(waiting, refs))
         elif store == "meta":
             self.watermark_ms = int(data["ms"]) if data else 0
         elif store == "crm":
@@ -249,7 +305,17 @@ class PartitionState:
             else:
                 self.crm[key] = CrmRecord.from_json(data)
         elif store == "pending":
-            self._set_pending(key, Held.from_json(data) if data is not None else None)
+            self._awaiting_entry.pop(key, None)
+            if data is not None and refs_in_threads_of(data):
+                known = self._entry_at(key)
+                if known is None:  # its threads entry comes later in the restore
+                    self._set_pending(key, None)
+                    self._awaiting_entry[key] = data
+                    return
+                refs = (known.in_reply_to, known.references)
+                self._set_pending(key, Held.from_json(data, refs))
+            else:
+                self._set_pending(key, Held.from_json(data) if data is not None else None)
         elif store == "engagements":
             self._set_engagement(key, EngagementRecord.from_json(data) if data else None)
 
@@ -280,6 +346,8 @@ async def restore(
             raise StateRestoreError(f"changelog restore: {exc}") from exc
     finally:
         await consumer.stop()
+    for state in states.values():
+        state.settle()
     log.info(
         "restored partitions %s: %d messages, %d CRM ids, %d pending, %d engagements",
         sorted(states),
@@ -289,6 +357,15 @@ async def restore(
         sum(len(s.engagements) for s in states.values()),
     )
     return states
+
+
+def _same_ids(entry_ids: list[str], reply_ids: tuple[str, ...]) -> bool:
+    if len(entry_ids) != len(reply_ids):
+        return False
+    for a, b in zip(entry_ids, reply_ids, strict=True):
+        if a != b:
+            return False
+    return True
 
 
 def _refs_of(reply: Reply) -> set[str]:

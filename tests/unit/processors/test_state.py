@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -114,3 +116,128 @@ def test_pending_index_names_exactly_the_held_replies_that_mention_an_id(
         assert state.pending_mentioning(message_id) == scan(message_id)
     # nothing stale stays behind in the index
     assert all(state.pending_refs.values())
+
+
+def _entry(event_id: str, refs: list[str]) -> MessageEntry:
+    return MessageEntry(1, event_id, f"own-{event_id}@x", refs, refs[-1:], "Re: hi", None, 1000)
+
+
+def test_a_held_reply_writes_its_ids_once_in_its_threads_entry() -> None:
+    """The pending record of a reply names its threads entry for its ids; a reply whose ids
+    differ from its entry's (or that has none) is written in full."""
+    state = PartitionState(0)
+    refs = ["a@x", "b@x", "crm@x"]
+    for event_id in ("e1", "e2"):
+        state.inbox("i").add(entry := _entry(event_id, refs))
+        state.record_message("i", entry)
+    same = Reply("i", "e1", "own-e1@x", ("crm@x",), tuple(refs), "Re: hi", "c@x", "C", 5)
+    other = Reply("i", "e2", "own-e2@x", ("crm@x",), ("crm@x",), "Re: hi", "c@x", "C", 5)
+    state.put_pending("i\x00e1", Held(since_ms=5, reply=same, body_at=4))
+    state.put_pending("i\x00e2", Held(since_ms=5, reply=other))
+    state.put_pending("i\x00e3", Held(since_ms=5, reply=same))  # no entry under its key
+    changes = state.take_changes()
+    assert changes[("pending", "i\x00e1")] == (
+        b'{"reply":{"inbox_id":"i","event_id":"e1","message_id":"own-e1@x","subject":"Re: hi",'
+        b'"from_email":"c@x","from_name":"C","observed_ms":5,"refs_in_threads":true},'
+        b'"since_ms":5,"match":null,"body_at":4}'
+    )
+    assert b'"references":["crm@x"]' in (changes[("pending", "i\x00e2")] or b"")
+    assert b'"references":["a@x","b@x","crm@x"]' in (changes[("pending", "i\x00e3")] or b"")
+    for order in (sorted(changes.items()), sorted(changes.items(), reverse=True)):
+        restored = PartitionState(0)
+        for (store, key), value in order:  # the entry before the reply, and after it
+            restored.apply(store, key, value)
+        assert restored.settle() == 0
+        assert restored.pending == state.pending
+        assert restored.pending_mentioning("b@x") == ["i\x00e1", "i\x00e3"]
+
+
+def test_a_dropped_entry_has_its_held_reply_written_again_in_full() -> None:
+    state = PartitionState(0)
+    state.inbox("i").add(entry := _entry("e1", ["a@x", "crm@x"]))
+    state.record_message("i", entry)
+    reply = Reply("i", "e1", "own-e1@x", ("crm@x",), ("a@x", "crm@x"), None, None, None, 5)
+    state.put_pending("i\x00e1", Held(since_ms=5, reply=reply))
+    log = list(state.take_changes().items())
+    state.drop_message("i", "e1")
+    later = state.take_changes()
+    assert b'"references":["a@x","crm@x"]' in (later[("pending", "i\x00e1")] or b"")
+    compacted = dict(log) | later  # what compaction leaves: the last record of each key
+    for records in (log + list(later.items()), list(compacted.items())):
+        restored = PartitionState(0)
+        for (store, key), value in records:
+            restored.apply(store, key, value)
+        assert restored.settle() == 0
+        assert restored.pending == state.pending and not restored.knows("i", "e1")
+
+
+def test_a_held_reply_whose_entry_never_comes_is_kept_without_ids() -> None:
+    state = PartitionState(0)
+    state.inbox("i").add(entry := _entry("e1", ["crm@x"]))
+    state.record_message("i", entry)
+    reply = Reply("i", "e1", "own-e1@x", ("crm@x",), ("crm@x",), None, None, None, 5)
+    state.put_pending("i\x00e1", Held(since_ms=5, reply=reply, body_at=2))
+    restored = PartitionState(0)
+    restored.apply("pending", "i\x00e1", state.take_changes()[("pending", "i\x00e1")])
+    assert restored.pending == {}  # waits for its entry
+    assert restored.settle() == 1
+    kept = restored.pending["i\x00e1"]
+    assert kept.body_at == 2 and kept.reply is not None and kept.reply.references == ()
+
+
+_log_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["message", "hold", "hold-other", "offset", "release", "drop"]),
+        st.sampled_from(["e1", "e2", "e3"]),
+        st.lists(st.sampled_from(IDS), min_size=1, max_size=3, unique=True),
+        st.booleans(),  # the transaction ends after this step
+    ),
+    max_size=30,
+)
+
+
+@given(_log_steps, st.randoms(use_true_random=False))
+def test_the_changelog_restores_held_replies_read_in_any_order_between_stores(
+    steps: list[tuple[str, str, list[str], bool]], rnd: Any
+) -> None:
+    """Any mix of messages, held replies (with their entry's ids or others), body offsets,
+    releases and dropped entries, in transactions; restored from the whole log and from the
+    compacted log, the stores' records interleaved at random (each store's in its order)."""
+    state = PartitionState(0)
+    log: list[tuple[tuple[str, str], bytes | None]] = []
+    for step, event_id, refs, commit in steps:
+        key = "i\x00" + event_id
+        entry = state.inbox("i").entries.get(event_id)
+        if step == "message" and entry is None:
+            state.inbox("i").add(entry := _entry(event_id, refs))
+            state.record_message("i", entry)
+        elif step in ("hold", "hold-other"):
+            ids = entry.references if entry is not None and step == "hold" else refs
+            reply = Reply("i", event_id, f"own-{event_id}@x", tuple(ids[-1:]), tuple(ids),
+                          None, None, None, 5)  # fmt: skip
+            state.put_pending(key, Held(since_ms=5, reply=reply))
+        elif step == "offset" and key in state.pending:
+            state.put_pending(key, state.pending[key].with_body_at(7))
+        elif step == "release":
+            state.put_pending(key, None)
+        elif step == "drop" and entry is not None:
+            state.drop_message("i", event_id)
+        if commit:
+            log += state.take_changes().items()
+    log += state.take_changes().items()
+    for records in (log, list(dict(log).items())):
+        by_store: dict[str, list[tuple[tuple[str, str], bytes | None]]] = {}
+        for record in records:
+            by_store.setdefault(record[0][0], []).append(record)
+        restored = PartitionState(0)
+        while by_store:
+            store = rnd.choice(sorted(by_store))
+            (name, key), value = by_store[store].pop(0)
+            restored.apply(name, key, value)
+            if not by_store[store]:
+                del by_store[store]
+        assert restored.settle() == 0
+        assert restored.pending == state.pending
+        assert restored.inbox("i").entries.keys() == state.inbox("i").entries.keys()
+        for message_id in IDS:
+            assert restored.pending_mentioning(message_id) == state.pending_mentioning(message_id)
