@@ -181,9 +181,7 @@ class Engine:
             if orphan is not None:
                 state.put_pending(key, None)
             return out
-        match = find_match(
-            ev.message_id, entry.in_reply_to, entry.references, state.crm.__contains__
-        )
+        match = find_match(ev.message_id, entry.in_reply_to, entry.references, state.crm)
         state.put_pending(
             key, Held(since_ms=observed, reply=Reply.of(ev), match=match, body_at=body_at)
         )
@@ -235,9 +233,7 @@ class Engine:
             if held.reply is None or held.match is not None:
                 continue
             reply = held.reply
-            match = find_match(
-                reply.message_id, reply.in_reply_to, reply.references, state.crm.__contains__
-            )
+            match = find_match(reply.message_id, reply.in_reply_to, reply.references, state.crm)
             state.put_pending(key, held.with_match(match))
             if held.body_at is not None:
                 self._engagement(state, key, None, out)

