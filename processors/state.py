@@ -264,10 +264,10 @@ class PartitionState:
         entry = self._entry_at(key)
         same = (
             entry is not None
-            and _same_ids(entry.references, reply.references)
-            and _same_ids(entry.in_reply_to, reply.in_reply_to)
+            and tuple(entry.references) == reply.references
+            and tuple(entry.in_reply_to) == reply.in_reply_to
         )
-        return held.to_json(refs_in_threads=same)
+        return held.to_json(same)
 
     # --- restore --------------------------------------------------------------------------
 
@@ -357,15 +357,6 @@ async def restore(
         sum(len(s.engagements) for s in states.values()),
     )
     return states
-
-
-def _same_ids(entry_ids: list[str], reply_ids: tuple[str, ...]) -> bool:
-    if len(entry_ids) != len(reply_ids):
-        return False
-    for a, b in zip(entry_ids, reply_ids, strict=True):
-        if a != b:
-            return False
-    return True
 
 
 def _refs_of(reply: Reply) -> set[str]:
