@@ -13,6 +13,8 @@ Stores:
 * ``crm``: the CRM Message-IDs that reach this partition (see ``processors.processor``);
 * ``pending``: reply candidates held until their crm.outbound record comes (bounded by
   ``retention.REPLY_HOLD_MS``): metadata and the inbox.bodies offset of the body, never a body;
+  a reply's In-Reply-To and References are written once, in its ``threads`` entry (same key),
+  and the pending record says ``"refs_in_threads": true`` (``_held_json``, ``apply``);
 * ``engagements``: emitted engagements (no body), for copies, body expiry and deletion;
 * ``meta``: the partition's event-time watermark.
 """
