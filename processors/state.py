@@ -133,9 +133,12 @@ class PartitionState:
     # and encoded when taken, so a key written twice in one transaction (a held reply, then
     # its body's offset) is encoded once; mutable entries are encoded when written.
     changes: dict[tuple[str, str], bytes | _Frozen | None] = field(default_factory=dict)
-    # Restore only: held replies whose ids are in a threads entry not read yet (the stores'
-    # changelogs are read side by side, in no order between them), by key.
-    _awaiting_entry: dict[str, Json] = field(default_factory=dict)
+    # Restore only: the last pending record of each key that names its threads entry for its
+    # ids. The stores' changelogs are read side by side, in no order between them, so the
+    # reply takes the ids of the entry last read under its key, again whenever another comes:
+    # when the restore ends that is the entry the record was written beside (an entry that
+    # goes later has its reply written again in full, ``drop_message``).
+    _compact: dict[str, Json] = field(default_factory=dict)
 
     # --- threads ------------------------------------------------------------------------
 
@@ -276,9 +279,10 @@ class PartitionState:
     def settle(self) -> int:
         """After a restore's last record: a held reply whose threads entry never came (which
         ``drop_message`` prevents) keeps what it has, without ids to be matched by. How many."""
-        for key, data in self._awaiting_entry.items():
+        waiting = {k: d for k, d in self._compact.items() if k not in self.pending}
+        for key, data in waiting.items():
             self._set_pending(key, Held.from_json(data, ([], [])))
-        lost, self._awaiting_entry = len(self._awaiting_entry), {}
+        lost, self._compact = len(waiting), {}
         if lost:
             log.warning(
                 "partition %d: %d held replies restored without their ids", self.partition, lost
@@ -295,10 +299,10 @@ class PartitionState:
             else:
                 entry = MessageEntry(**data)
                 self.inbox(inbox).load(entry)
-                waiting = self._awaiting_entry.pop(key, None)
-                if waiting is not None:
+                compact = self._compact.get(key)
+                if compact is not None:
                     refs = (entry.in_reply_to, entry.references)
-                    self._set_pending(key, Held.from_json(waiting, refs))
+                    self._set_pending(key, Held.from_json(compact, refs))
         elif store == "meta":
             self.watermark_ms = int(data["ms"]) if data else 0
         elif store == "crm":
@@ -307,12 +311,12 @@ class PartitionState:
             else:
                 self.crm[key] = CrmRecord.from_json(data)
         elif store == "pending":
-            self._awaiting_entry.pop(key, None)
+            self._compact.pop(key, None)
             if data is not None and refs_in_threads_of(data):
+                self._compact[key] = data
                 known = self._entry_at(key)
                 if known is None:  # its threads entry comes later in the restore
                     self._set_pending(key, None)
-                    self._awaiting_entry[key] = data
                     return
                 refs = (known.in_reply_to, known.references)
                 self._set_pending(key, Held.from_json(data, refs))

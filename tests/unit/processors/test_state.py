@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from inboxstream.processors.assign import MessageEntry
@@ -197,6 +198,16 @@ _log_steps = st.lists(
 
 
 @given(_log_steps, st.randoms(use_true_random=False))
+@example(  # an entry dropped and written again with other ids, then a reply held beside it
+    [
+        ("message", "e1", ["m0@x"], True),
+        ("drop", "e1", ["m0@x"], False),
+        ("message", "e1", ["m1@x"], False),
+        ("hold", "e1", ["m0@x"], False),
+    ],
+    random.Random(1),
+)
+@settings(max_examples=500)
 def test_the_changelog_restores_held_replies_read_in_any_order_between_stores(
     steps: list[tuple[str, str, list[str], bool]], rnd: Any
 ) -> None:
