@@ -7,6 +7,12 @@ path - decode, engine, body read from the batch, sweep, output and changelog enc
 sender that only counts, so what it prints is the processing floor the driver adds to Kafka's
 cost, steady enough to compare one change with the next. Last line: ``{"events",
 "cpu_events_s", "us_per_event"}``. Run: ``.venv/bin/python -m bench.engine_cpu [MESSAGES]``.
+
+``--one-thread N`` runs bench/processor.py --one-thread's two workloads (N messages of one
+conversation, N in two-message threads) the same way, taking turns, and prints each one's CPU
+per event and the ratio of their rates, the part of that benchmark's ratio that is the
+record path's own: ``{"events", "one_thread_us_per_event", "small_threads_us_per_event",
+"cpu_ratio"}``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench.processor import PER_THREAD, T0, raw_mail
+from bench.processor import ONE_THREAD_INBOX, PER_THREAD, T0, one_thread_events, raw_mail
 from inboxstream.core.gc_tuning import tune_for_streaming
 from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, _Txn
@@ -79,7 +85,7 @@ class CountingProducer:
 def workload(processor: StreamProcessor, messages: int) -> list[FakeRecord]:
     """The bench/processor.py workload as records of one partition, in topic order."""
     topics = processor.topics
-    by_topic: dict[str, list[tuple[str, Event]]] = {}
+    items: list[tuple[str, str, Event]] = []
     threads = max(1, messages // PER_THREAD)
     inboxes = max(1, threads // 50)
     n = 0
@@ -94,20 +100,38 @@ def workload(processor: StreamProcessor, messages: int) -> list[FakeRecord]:
                 contact_email="carla@example.test",
                 sent_at=T0,
             )
-            by_topic.setdefault(topics.crm_by_inbox, []).append((inbox, crm))
+            items.append((topics.crm_by_inbox, inbox, crm))
         chain: list[str] = []
         for i in range(PER_THREAD):
             mid = f"b{t}-{i}.{inbox}"
             raw = raw_mail(mid, chain[-1] if chain else None, chain, f"Topic {t}", n)
             fetched = FetchedMessage(inbox, "INBOX", "inbox", 1, n + 1, raw)
             message, body = parse_message(fetched, now=T0 + timedelta(seconds=n))
-            by_topic.setdefault(topics.messages, []).append((inbox, message))
-            by_topic.setdefault(topics.bodies, []).append((inbox, body))
+            items += [(topics.messages, inbox, message), (topics.bodies, inbox, body)]
             chain.append(mid)
             n += 1
+    return _records(items)
+
+
+def one_thread_workload(
+    processor: StreamProcessor, messages: int, *, one: bool
+) -> list[FakeRecord]:
+    """bench/processor.py --one-thread's workload (one conversation, or N/2 two-message
+    threads) as records of one partition, in topic order."""
+    topic = {"messages": processor.topics.messages, "bodies": processor.topics.bodies}
+    return _records(
+        [(topic[kind], ONE_THREAD_INBOX, e) for kind, e in one_thread_events(messages, one=one)]
+    )
+
+
+def _records(items: list[tuple[str, str, Event]]) -> list[FakeRecord]:
+    """Events encoded as the producer encodes them, grouped by topic (offsets per topic)."""
+    by_topic: dict[str, list[tuple[str, Event]]] = {}
+    for topic, key, event in items:
+        by_topic.setdefault(topic, []).append((key, event))
     records = []
-    for topic, items in by_topic.items():
-        for offset, (key, event) in enumerate(items):
+    for topic, keyed in by_topic.items():
+        for offset, (key, event) in enumerate(keyed):
             serde = serde_for(type(event))
             value = serde.encode(event)
             headers = serde.headers(getattr(event, "event_type", None))
@@ -115,15 +139,9 @@ def workload(processor: StreamProcessor, messages: int) -> list[FakeRecord]:
     return records
 
 
-async def run(messages: int, batch: int = 5000, repeat: int = 3) -> dict[str, float]:
-    """The best of ``repeat`` passes, each from an empty state (the box's noise is one-sided:
-    the fastest pass is the closest to the code's own cost)."""
-    settings = Settings()
-    # in this process: the record path's own cost, no engine process to hand shares to
-    processor = StreamProcessor(settings, ProcessorConfig(engine_processes=0))
-    assert isinstance(processor.work, RecordPath)
-    records = workload(processor, messages)
-    # the driver's order within a transaction: messages, then crm-by-inbox, then the rest
+def _shares(records: list[FakeRecord], messages: int, batch: int) -> list[dict[Any, list[Any]]]:
+    """The records cut into transactions of ``batch`` input records (half messages, half
+    bodies), in the driver's order within one: messages, then crm-by-inbox, then the rest."""
     shares: list[dict[Any, list[Any]]] = []
     for start in range(0, messages, batch // 2):
         share: dict[Any, list[Any]] = {}
@@ -131,24 +149,72 @@ async def run(messages: int, batch: int = 5000, repeat: int = 3) -> dict[str, fl
             if start <= rec.offset < start + batch // 2:
                 share.setdefault((rec.topic, 0), []).append(rec)
         shares.append(share)
+    return shares
+
+
+async def _pass(
+    processor: StreamProcessor, shares: list[dict[Any, list[Any]]]
+) -> tuple[float, int]:
+    """One pass over ``shares`` from an empty state: (seconds, records out)."""
+    assert isinstance(processor.work, RecordPath)
+    state = PartitionState(0)
+    producer = CountingProducer()
+    processor.work.states[0] = state
+    started = time.perf_counter()
+    for share in shares:
+        txn = _Txn(producer, 0, {})  # type: ignore[arg-type]
+        await processor._send_share(txn, await processor._compute(0, _as_tp(share)))
+    elapsed = time.perf_counter() - started
+    await producer.close()
+    return elapsed, producer.records
+
+
+def _processor() -> StreamProcessor:
+    # in this process: the record path's own cost, no engine process to hand shares to
+    processor = StreamProcessor(Settings(), ProcessorConfig(engine_processes=0))
+    assert isinstance(processor.work, RecordPath)
+    return processor
+
+
+async def run(messages: int, batch: int = 5000, repeat: int = 3) -> dict[str, float]:
+    """The best of ``repeat`` passes, each from an empty state (the box's noise is one-sided:
+    the fastest pass is the closest to the code's own cost)."""
+    processor = _processor()
+    records = workload(processor, messages)
+    shares = _shares(records, messages, batch)
     tune_for_streaming()
     elapsed = float("inf")
     for _ in range(repeat):
-        state = PartitionState(0)
-        producer = CountingProducer()
-        processor.work.states[0] = state
-        started = time.perf_counter()
-        for share in shares:
-            txn = _Txn(producer, 0, {})  # type: ignore[arg-type]
-            await processor._send_share(txn, await processor._compute(0, _as_tp(share)))
-        elapsed = min(elapsed, time.perf_counter() - started)
-        await producer.close()
+        seconds, records_out = await _pass(processor, shares)
+        elapsed = min(elapsed, seconds)
     events = len(records)
     return {
         "events": events,
         "cpu_events_s": round(events / elapsed),
         "us_per_event": round(elapsed / events * 1e6, 1),
-        "records_out": producer.records,
+        "records_out": records_out,
+    }
+
+
+async def run_one_thread(messages: int, batch: int = 5000, repeat: int = 3) -> dict[str, float]:
+    """Both --one-thread workloads through the record path, ``repeat`` passes each taking
+    turns, the best pass of each side."""
+    processor = _processor()
+    shares = {
+        one: _shares(one_thread_workload(processor, messages, one=one), messages, batch)
+        for one in (True, False)
+    }
+    tune_for_streaming()
+    best = {True: float("inf"), False: float("inf")}
+    for n in range(repeat):
+        for one in (True, False) if n % 2 == 0 else (False, True):
+            best[one] = min(best[one], (await _pass(processor, shares[one]))[0])
+    events = 2 * messages
+    return {
+        "events": events,
+        "one_thread_us_per_event": round(best[True] / events * 1e6, 2),
+        "small_threads_us_per_event": round(best[False] / events * 1e6, 2),
+        "cpu_ratio": round(best[False] / best[True], 3),
     }
 
 
@@ -159,7 +225,18 @@ def _as_tp(share: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
 
 
 def main() -> None:
-    messages = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+    args = sys.argv[1:]
+    if args and args[0] == "--one-thread":
+        messages = int(args[1]) if len(args) > 1 else 20_000
+        f = asyncio.run(run_one_thread(messages))
+        print(
+            f"{messages} messages of one conversation: {f['one_thread_us_per_event']} us an "
+            f"event; in two-message threads: {f['small_threads_us_per_event']} us; "
+            f"ratio of rates {f['cpu_ratio']}"
+        )
+        print(json.dumps(f))
+        return
+    messages = int(args[0]) if args else 20_000
     figures = asyncio.run(run(messages))
     print(
         f"{figures['events']} events through the record path in one process, no Kafka: "
