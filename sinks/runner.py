@@ -23,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
+from inboxstream.core.gc_tuning import SurvivorFreezer
 from inboxstream.core.kafka import send_to_dead_letter
 from inboxstream.core.metrics import (
     BATCH_RECORDS,
@@ -107,6 +108,11 @@ class BatchingSink:
     insert_error: str | None = None
     #: The offsets this sink last committed, per partition.
     _committed: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Keeps what a batch allocates out of the collector's passes (``core.gc_tuning``): a
+    #: batch holds ~20 objects a record until its insert is done, and young collections
+    #: every 50,000 allocations walked it for nothing (bench/sink.py: 15 collections, 0.12 s
+    #: of a 1.9 s run, 44 objects freed).
+    _freezer: SurvivorFreezer = field(default_factory=SurvivorFreezer, repr=False)
 
     def readiness(self) -> str | None:
         """None while the sink takes records into ClickHouse; else why not."""
@@ -183,7 +189,9 @@ class BatchingSink:
             mapped = await self._map(sink, record)
             if mapped:
                 rows.setdefault(sink.table, []).extend(mapped)
-        return _Batch(rows, await self._moved_positions(), len(records), avro)
+        batch = _Batch(rows, await self._moved_positions(), len(records), avro)
+        self._freezer.work_done()
+        return batch
 
     async def _moved_positions(self) -> dict[TopicPartition, int]:
         """Every assigned partition whose position moved past this sink's last commit.
