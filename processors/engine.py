@@ -176,7 +176,7 @@ class Engine:
             # Replies are incoming mail (the FAQ: "monitor incoming mail for replies"); the
             # owner's own follow-ups filed in the sent folder are threaded, never engagements.
             or ev.folder_role == "sent"
-            or engagement_id(inbox, ev.message_id) in state.engagements  # a copy, logged
+            or state.engaged(inbox, ev.message_id)  # a copy, logged
         ):
             if orphan is not None:
                 state.put_pending(key, None)

@@ -129,6 +129,10 @@ class PartitionState:
     # whose record changed since is stale; the sweep checks the record itself and skips it.
     pending_due: list[tuple[int, str]] = field(default_factory=list)
     engagements_due: list[tuple[int, str]] = field(default_factory=list)
+    # In memory only: ``inbox\0Message-ID`` of every engagement, so that asking whether a
+    # reply already made one (every reply candidate asks: a copy in another folder) is a
+    # set lookup, not its engagement id (a SHA-256, 0.5 µs) looked up in ``engagements``.
+    _engaged: set[str] = field(default_factory=set)
     # The changelog writes since the last ``take_changes``: a frozen record is kept as it is
     # and encoded when taken, so a key written twice in one transaction (a held reply, then
     # its body's offset) is encoded once; mutable entries are encoded when written.
@@ -185,11 +189,19 @@ class PartitionState:
         self._set_engagement(eng_id, record)
         self.changes[("engagements", eng_id)] = record
 
+    def engaged(self, inbox_id: str, message_id: str) -> bool:
+        """Whether the reply ``message_id`` of ``inbox_id`` has its engagement (the same as
+        ``engagement_id(inbox_id, message_id) in engagements``)."""
+        return f"{inbox_id}\x00{message_id}" in self._engaged
+
     def _set_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
         if record is None:
-            self.engagements.pop(eng_id, None)
+            old = self.engagements.pop(eng_id, None)
+            if old is not None:
+                self._engaged.discard(f"{old.inbox_id}\x00{old.message_id}")
             return
         self.engagements[eng_id] = record
+        self._engaged.add(f"{record.inbox_id}\x00{record.message_id}")
         if record.deleted_ms is not None:
             heapq.heappush(self.engagements_due, (record.deleted_ms + DELETED_PURGE_MS, eng_id))
         if not record.body_expired:  # a deleted engagement's body still expires before purge

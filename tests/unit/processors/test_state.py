@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from inboxstream.processors.assign import MessageEntry
-from inboxstream.processors.matcher import Match
+from inboxstream.processors.matcher import Match, engagement_id
 from inboxstream.processors.records import CrmRecord, EngagementRecord, Held, Reply
 from inboxstream.processors.state import PartitionState
 
@@ -252,3 +252,40 @@ def test_the_changelog_restores_held_replies_read_in_any_order_between_stores(
         assert restored.inbox("i").entries.keys() == state.inbox("i").entries.keys()
         for message_id in IDS:
             assert restored.pending_mentioning(message_id) == state.pending_mentioning(message_id)
+
+
+_engagement_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["i", "j"]),
+        st.sampled_from(["m1@x", "m2@x", "m3@x"]),
+        st.sampled_from(["put", "deleted", "body_gone", "drop"]),
+    ),
+    max_size=30,
+)
+
+
+@given(_engagement_steps)
+def test_engaged_answers_as_the_engagement_id_lookup_it_replaces(
+    steps: list[tuple[str, str, str]],
+) -> None:
+    """``engaged`` (a set of inbox and Message-ID) says what ``engagement_id(...) in
+    engagements`` said, after any puts, lifecycle changes and drops, live and restored."""
+    live = PartitionState(0)
+    for inbox, mid, what in steps:
+        eng_id = engagement_id(inbox, mid)
+        record = live.engagements.get(eng_id)
+        if what == "put":
+            live.put_engagement(eng_id, EngagementRecord(inbox, mid, "crm@x", "sent", 5, False))
+        elif what == "drop":
+            live.put_engagement(eng_id, None)
+        elif record is not None:
+            changed = record.deleted_at(9) if what == "deleted" else record.body_gone()
+            live.put_engagement(eng_id, changed)
+    restored = PartitionState(0)
+    for (store, key), value in live.take_changes().items():
+        restored.apply(store, key, value)
+    for state in (live, restored):
+        for inbox in ("i", "j"):
+            for mid in ("m1@x", "m2@x", "m3@x"):
+                expected = engagement_id(inbox, mid) in state.engagements
+                assert state.engaged(inbox, mid) is expected, (inbox, mid)
