@@ -183,7 +183,7 @@ class Engine:
             return out
         match = find_match(ev.message_id, entry.in_reply_to, entry.references, state.crm)
         state.put_pending(
-            key, Held(since_ms=observed, reply=Reply.of(ev), match=match, body_at=body_at)
+            key, Held(since_ms=observed, reply=Reply.of(ev, entry), match=match, body_at=body_at)
         )
         if match is not None and body_at is not None:
             self._engagement(state, key, None, out)

@@ -21,6 +21,7 @@ from inboxstream.schemas.models import (
 )
 
 if TYPE_CHECKING:
+    from inboxstream.processors.assign import MessageEntry
     from inboxstream.processors.inputs import MessageIn
 
 Json = dict[str, Any]
@@ -121,8 +122,23 @@ class Reply:
         object.__setattr__(self, "observed_ms", observed_ms)
 
     @classmethod
-    def of(cls, ev: MessageIn) -> Reply:
+    def of(cls, ev: MessageIn, entry: MessageEntry | None = None) -> Reply:
+        """The reply candidate ``ev``; ``entry``, its threads entry, when the caller has it:
+        its ids and subject are ``ev``'s, capped and clipped as here, so they are not
+        computed twice."""
         # by name and position: a direct call compiled (``cls(name=...)`` parsed keywords)
+        if entry is not None:
+            return Reply(
+                ev.inbox_id,
+                ev.event_id,
+                ev.message_id,
+                tuple(entry.in_reply_to),
+                tuple(entry.references),
+                entry.subject,
+                ev.from_email,
+                ev.from_name,
+                ev.observed_ms,
+            )
         return Reply(
             ev.inbox_id,
             ev.event_id,
