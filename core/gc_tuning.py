@@ -42,6 +42,7 @@ class SurvivorFreezer:
     unfrozen, collected once and frozen again: the same amortised cost per object as the
     interpreter's own policy, four times less often, and garbage in cycles bounded by the
     live heap. The frozen set is counted every ``check_every`` calls (counting walks it).
+    The sink uses it too, a unit being one batch (``sinks.runner``).
 
     Young collections go too, up to ``young_threshold`` objects a unit: the young generation
     only ever holds what the current unit allocated, and what it keeps is frozen at its end
