@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Self
 
-from inboxstream.mail.limits import MAX_REFERENCES, cap_references, clip_text
 from inboxstream.processors.matcher import Match, MatchedBy, engagement_id, lifecycle_event_id
 from inboxstream.schemas.models import (
     BodyEvent,
@@ -122,30 +121,17 @@ class Reply:
         object.__setattr__(self, "observed_ms", observed_ms)
 
     @classmethod
-    def of(cls, ev: MessageIn, entry: MessageEntry | None = None) -> Reply:
-        """The reply candidate ``ev``; ``entry``, its threads entry, when the caller has it:
-        its ids and subject are ``ev``'s, capped and clipped as here, so they are not
-        computed twice."""
+    def of(cls, ev: MessageIn, entry: MessageEntry) -> Reply:
+        """The reply candidate ``ev``, with the ids and subject of ``entry``, its threads
+        entry: ``ev``'s, capped and clipped there once."""
         # by name and position: a direct call compiled (``cls(name=...)`` parsed keywords)
-        if entry is not None:
-            return Reply(
-                ev.inbox_id,
-                ev.event_id,
-                ev.message_id,
-                tuple(entry.in_reply_to),
-                tuple(entry.references),
-                entry.subject,
-                ev.from_email,
-                ev.from_name,
-                ev.observed_ms,
-            )
         return Reply(
             ev.inbox_id,
             ev.event_id,
             ev.message_id,
-            tuple(ev.in_reply_to[:MAX_REFERENCES]),
-            tuple(cap_references(ev.references)[0]),
-            clip_text(ev.subject)[0] if ev.subject else ev.subject,
+            tuple(entry.in_reply_to),
+            tuple(entry.references),
+            entry.subject,
             ev.from_email,
             ev.from_name,
             ev.observed_ms,

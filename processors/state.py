@@ -58,6 +58,11 @@ def message_key(inbox_id: str, event_id: str) -> str:
     return f"{inbox_id}\x00{event_id}"
 
 
+def _reply_key(inbox_id: str, message_id: str) -> str:
+    """A reply by its Message-ID, as ``PartitionState.engaged`` asks for it."""
+    return f"{inbox_id}\x00{message_id}"
+
+
 def _split(key: str) -> tuple[str, str]:
     inbox, _, rest = key.partition("\x00")
     return inbox, rest
@@ -192,16 +197,16 @@ class PartitionState:
     def engaged(self, inbox_id: str, message_id: str) -> bool:
         """Whether the reply ``message_id`` of ``inbox_id`` has its engagement (the same as
         ``engagement_id(inbox_id, message_id) in engagements``)."""
-        return f"{inbox_id}\x00{message_id}" in self._engaged
+        return _reply_key(inbox_id, message_id) in self._engaged
 
     def _set_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
         if record is None:
             old = self.engagements.pop(eng_id, None)
             if old is not None:
-                self._engaged.discard(f"{old.inbox_id}\x00{old.message_id}")
+                self._engaged.discard(_reply_key(old.inbox_id, old.message_id))
             return
         self.engagements[eng_id] = record
-        self._engaged.add(f"{record.inbox_id}\x00{record.message_id}")
+        self._engaged.add(_reply_key(record.inbox_id, record.message_id))
         if record.deleted_ms is not None:
             heapq.heappush(self.engagements_due, (record.deleted_ms + DELETED_PURGE_MS, eng_id))
         if not record.body_expired:  # a deleted engagement's body still expires before purge
