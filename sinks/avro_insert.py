@@ -44,11 +44,46 @@ def _bytes(data: bytes) -> bytes:
     return _long(len(data)) + data
 
 
-def container(writer: SchemaVersion, values: Sequence[bytes | memoryview]) -> bytes:
-    """One Object Container File holding ``values`` (bare datums of ``writer``) as one block."""
+Buffer = bytes | memoryview
+
+
+def container(writer: SchemaVersion, values: Sequence[Buffer]) -> list[Buffer]:
+    """One Object Container File holding ``values`` (bare datums of ``writer``) as one block,
+    in pieces: the header with the block's count and size, the values as they are, the sync
+    marker. ``write_pieces`` writes them where they lie: a sink batch's container is ~17 MB,
+    and joining it into one bytes object (twice) took ~38 ms of the event loop a batch of
+    20,000 records, while the next batch was being fetched (bench/sink.py)."""
     header, sync = _header(writer)
-    body = b"".join(values)
-    return header + _long(len(values)) + _long(len(body)) + body + sync
+    size = sum(map(len, values))
+    return [header + _long(len(values)) + _long(size), *values, sync]
+
+
+def _iov_max() -> int:
+    try:
+        return max(16, os.sysconf("SC_IOV_MAX"))
+    except (AttributeError, ValueError, OSError):
+        return 1024  # POSIX's minimum is 16; Linux has 1024
+
+
+#: Pieces per ``writev`` call: the kernel takes at most this many.
+_IOV_MAX = _iov_max()
+
+
+def write_pieces(fd: int, pieces: Sequence[Buffer]) -> int:
+    """Write ``pieces`` in order to ``fd`` with one ``writev`` per ``_IOV_MAX`` of them (no
+    copy in Python, and the GIL released while the kernel copies); return the bytes written.
+    A short write (a signal, a full disk) is finished piece by piece, or raises its OSError."""
+    written = 0
+    for i in range(0, len(pieces), _IOV_MAX):
+        chunk = pieces[i : i + _IOV_MAX]
+        want = sum(map(len, chunk))
+        done = os.writev(fd, chunk)
+        if done < want:
+            rest = memoryview(b"".join(chunk))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        written += want
+    return written
 
 
 #: Container header and sync marker per writer fingerprint (a sink sees a handful of schemas).

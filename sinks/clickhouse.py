@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
 from inboxstream.core.settings import ClickHouseSettings
-from inboxstream.sinks.avro_insert import AvroProjection
+from inboxstream.sinks.avro_insert import AvroProjection, Buffer, write_pieces
 from inboxstream.sinks.columns import ColumnType, arrow_table, column_type, columns_of
 from inboxstream.sinks.exceptions import BadRowError, ClickHouseError, PathLockedError
 
@@ -74,7 +74,7 @@ def insert_error(backend: str, exc: Exception) -> ClickHouseError:
 class AvroInserter(Protocol):
     """A backend that reads Avro containers itself (the embedded engine)."""
 
-    def insert_avro(self, projection: AvroProjection, data: bytes) -> list[int]: ...
+    def insert_avro(self, projection: AvroProjection, data: Sequence[Buffer]) -> list[int]: ...
 
 
 class ClickHouse(Protocol):
@@ -262,17 +262,17 @@ class EmbeddedClickHouse:
             self._types.pop(table, None)  # a migration may have changed the table: re-read
             raise
 
-    def insert_avro(self, projection: AvroProjection, data: bytes) -> list[int]:
-        """Insert an Avro container's records through the projection's SQL; return the
-        positions of the records it leaves to the Python mapping. The engine reads the
-        container from a scratch file in memory (/dev/shm where there is one).
+    def insert_avro(self, projection: AvroProjection, data: Sequence[Buffer]) -> list[int]:
+        """Insert an Avro container's records (in pieces, ``avro_insert.container``) through
+        the projection's SQL; return the positions of the records it leaves to the Python
+        mapping. The engine reads the container from a scratch file in memory (/dev/shm
+        where there is one).
 
         The file has no name where /proc is mounted: the engine runs in this process and
         reads it as ``/proc/self/fd/N``. A named file outlived a sink killed mid-insert
         (kill -9, the OOM killer), and in /dev/shm that is memory nobody frees."""
         with _scratch_file() as (f, path):
-            f.write(data)
-            f.flush()
+            write_pieces(f.fileno(), data)  # unbuffered: the engine opens its own descriptor
             source = f"file('{path}', 'Avro')"
             check = projection.left_to_python_sql(source)
             left = [int(r["i"]) for r in self.query(check)] if check else []

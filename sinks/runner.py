@@ -35,7 +35,7 @@ from inboxstream.core.metrics import (
 )
 from inboxstream.schemas.models import Event
 from inboxstream.schemas.serde import AvroSerde, SchemaVersion
-from inboxstream.sinks.avro_insert import PROJECTIONS, container
+from inboxstream.sinks.avro_insert import PROJECTIONS, Buffer, container
 from inboxstream.sinks.clickhouse import AvroInserter, ClickHouse
 from inboxstream.sinks.exceptions import BadRowError, ClickHouseError
 
@@ -244,13 +244,14 @@ class BatchingSink:
         """
         assert isinstance(self.clickhouse, AvroInserter)
         groups: dict[
-            str, tuple[SchemaVersion, list[ConsumerRecord[bytes, bytes]], list[memoryview]]
+            str, tuple[SchemaVersion, list[ConsumerRecord[bytes, bytes]], list[Buffer]]
         ] = {}
         for record, writer, start in items:
             group = groups.setdefault(writer.fingerprint, (writer, [], []))
             group[1].append(record)
             # the bare datum: after the wire-format prefix (magic byte and schema id), if any
-            group[2].append(memoryview(record.value or b"")[start:])
+            value = record.value or b""
+            group[2].append(memoryview(value)[start:] if start else value)
         sink = next(s for s in self.tables.values() if s.table == table)
         for writer, records, datums in groups.values():
             data = container(writer, datums)
