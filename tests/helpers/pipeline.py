@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
@@ -13,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, make_producer
@@ -93,10 +94,45 @@ async def publish_inbox(
     await publish(settings, items)
 
 
+#: How long a read_committed read waits for the last transactions' markers (see below).
+SETTLE_S = 30.0
+
+
+async def _settled_ends(
+    settings: Settings,
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    settle_s: float,
+) -> dict[TopicPartition, int]:
+    """The read_committed end offsets once no transaction is left open on ``tps``, or after
+    ``settle_s``. A commit returns to the producer when the coordinator has logged it; the
+    coordinator writes the markers into the partitions after that. So just after a writer
+    stops, the last stable offset can still sit at the start of its last transaction and a
+    read would miss what it committed (a slow box did: a test read none of a partition's
+    output). Settled means the last stable offset has reached the high watermark."""
+    deadline = time.monotonic() + settle_s
+    probe = make_consumer(settings.kafka, group_id=None, isolation_level="read_uncommitted")
+    await probe.start()
+    try:
+        while True:
+            stable = await consumer.end_offsets(tps)
+            high = await probe.end_offsets(tps)
+            if stable == high or time.monotonic() >= deadline:
+                return stable
+            await asyncio.sleep(0.05)
+    finally:
+        await probe.stop()
+
+
 async def read_records(
-    settings: Settings, topic: str, isolation: str = "read_committed"
+    settings: Settings,
+    topic: str,
+    isolation: str = "read_committed",
+    *,
+    settle_s: float = SETTLE_S,
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every committed record of ``topic`` (read_committed), in partition order."""
+    """Every committed record of ``topic`` (read_committed), in partition order. A caller
+    reading while a transaction is deliberately left open passes ``settle_s=0``."""
     consumer = make_consumer(settings.kafka, group_id=None, isolation_level=isolation)
     await consumer.start()
     try:
@@ -108,7 +144,10 @@ async def read_records(
         if not tps:
             return []
         consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
+        if isolation == "read_committed" and settle_s > 0:
+            end = await _settled_ends(settings, consumer, tps, settle_s)
+        else:
+            end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[ConsumerRecord[bytes, bytes]] = []
         remaining = {tp for tp in tps if end[tp] > 0}
@@ -123,13 +162,17 @@ async def read_records(
 
 
 async def read_all(
-    settings: Settings, topic: str, model: type[E], isolation: str = "read_committed"
+    settings: Settings,
+    topic: str,
+    model: type[E],
+    isolation: str = "read_committed",
+    *,
+    settle_s: float = SETTLE_S,
 ) -> list[E]:
     """Every committed record of ``topic`` (read_committed), decoded, in partition order."""
     serde = serde_for(model)
-    return [
-        serde.decode(r.value, r.headers) for r in await read_records(settings, topic, isolation)
-    ]
+    records = await read_records(settings, topic, isolation, settle_s=settle_s)
+    return [serde.decode(r.value, r.headers) for r in records]
 
 
 def reply_raw(
@@ -224,10 +267,12 @@ def event_ids(events: list[ThreadEvent] | list[EngagementEvent]) -> Counter[str]
     return Counter(e.event_id for e in events)
 
 
-async def outputs(settings: Settings, version: str) -> tuple[Counter[str], Counter[str]]:
+async def outputs(
+    settings: Settings, version: str, *, settle_s: float = SETTLE_S
+) -> tuple[Counter[str], Counter[str]]:
     topics = ProcessorTopics.build(settings.topics, version)
-    threads = await read_all(settings, topics.threads, ThreadEvent)
-    engagements = await read_all(settings, topics.engagements, EngagementEvent)
+    threads = await read_all(settings, topics.threads, ThreadEvent, settle_s=settle_s)
+    engagements = await read_all(settings, topics.engagements, EngagementEvent, settle_s=settle_s)
     return event_ids(threads), event_ids(engagements)
 
 

@@ -62,7 +62,7 @@ async def test_kill_9_mid_batch_then_restart_equals_uninterrupted_run(
     assert not alive
 
     topics = ProcessorTopics.build(settings.topics)
-    partial_threads, _ = await outputs(settings, "")
+    partial_threads, _ = await outputs(settings, "", settle_s=0)
     # the killed transaction's records are in the log but not committed
     assert await count_uncommitted(settings, topics.threads) > sum(partial_threads.values())
     assert 0 < sum(partial_threads.values()) < sum(ref_threads.values())

@@ -54,7 +54,7 @@ async def test_frozen_instance_is_fenced_and_commits_nothing(
         os.kill(zombie.pid, signal.SIGSTOP)
 
         topics = ProcessorTopics.build(settings.topics)
-        partial_threads, _ = await outputs(settings, "")
+        partial_threads, _ = await outputs(settings, "", settle_s=0)
         open_txn = await count_uncommitted(settings, topics.threads)
         assert open_txn > sum(partial_threads.values())  # A's open transaction is in the log
         assert 0 < sum(partial_threads.values()) < sum(ref_threads.values())
