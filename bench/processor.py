@@ -33,9 +33,9 @@ driver's process, and ``eos_in_process_events_s`` to the JSON.
 
 ``.venv/bin/python -m bench.processor --one-thread N`` instead threads N messages of one
 conversation (one base subject, each replying to a random earlier message) and N messages in
-N/2 two-message threads, same run, exactly once, ``--passes K`` times each (default 3, the two
-taking turns to go first, after one uncounted warm-up pass of each of up to 10,000 messages;
-each figure is the median of its side's passes); last line
+N/2 two-message threads, same run, exactly once, ``--passes K`` times each (default 4, in the
+order A B, B A, ..., after one uncounted warm-up pass of each at full size; each figure is the
+median of its side's passes); last line
 ``{"one_thread_events_s", "small_threads_events_s", "ratio", "passes", "pass_ratios"}``.
 """
 
@@ -80,7 +80,6 @@ from inboxstream.schemas.serde import serde_for
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PER_THREAD = 5
 ONE_THREAD_INBOX = "onethread@inboxstream.test"
-WARM_UP_MESSAGES = 10_000  # --one-thread: each workload once, before the counted passes
 IDLE_S = 3.0
 
 
@@ -580,11 +579,17 @@ async def _measure(
 
 async def one_thread(messages: int, passes: int = 3) -> None:
     """``passes`` pairs of passes, the two workloads taking turns to go first; each side's
-    figure is the median of its passes, after one uncounted warm-up pass of each
-    (``WARM_UP_MESSAGES``). One pass of 100,000 events is about 2.5 s on two
-    cores shared with the broker, and a pass's rate moved by 10-15% from one to the next on
-    the same code (both workloads alike): the median of three is the same measure with less
-    of the box's noise in it. Every pass is printed."""
+    figure is the median of its passes, after one uncounted warm-up pass of each, as large
+    as the counted ones. One pass of 100,000 events is about 2.5 s on two cores shared with
+    the broker, and a pass's rate moved by 10-15% from one to the next on the same code (both
+    workloads alike): the median is the same measure with less of the box's noise in it.
+    Every pass is printed.
+
+    The order is A B, B A, A B, B A...: with an even number of passes each workload's
+    passes sit at the same mean position in the run, so a broker still speeding up (its JIT
+    compiling, seen for minutes after a start: every pass faster than the one before) or a
+    box slowing down weighs on both alike. With three, the one thread went first in two of
+    the three pairs and paid for most of the warming."""
     rates: dict[str, list[float]] = {"one_thread": [], "small_threads": []}
     pairs: list[float] = []
     order = [("one_thread", True), ("small_threads", False)]
@@ -599,10 +604,10 @@ async def one_thread(messages: int, passes: int = 3) -> None:
         return report(f"{name}, {label.replace('_', ' ')} ({n} messages)", result)
 
     # Not counted: a broker started minutes ago ran the first pass 25-30% slower than the
-    # next ones (its JIT still compiling the produce and transaction paths), and the first
-    # pass is always the one thread's.
+    # next ones (its JIT still compiling the produce and transaction paths). A warm-up of
+    # 10,000 messages was not enough: after it, the rates still rose pass after pass.
     for label, one in order:
-        await one_pass(label, one, min(messages, WARM_UP_MESSAGES), "warm-up, not counted")
+        await one_pass(label, one, messages, "warm-up, not counted")
     for n in range(passes):
         for label, one in order if n % 2 == 0 else order[::-1]:
             rates[label].append(await one_pass(label, one, messages, f"pass {n + 1}"))
@@ -643,9 +648,9 @@ def _cli(argv: list[str]) -> None:
     parser.add_argument(
         "--passes",
         type=int,
-        default=3,
-        help="--one-thread: passes of each workload, taking turns; each side's median is its "
-        "figure (default 3)",
+        default=4,
+        help="--one-thread: passes of each workload, taking turns (A B, B A, ...); each side's "
+        "median is its figure (default 4; keep it even, so neither goes first more often)",
     )
     parser.add_argument(
         "--in-process-too",
