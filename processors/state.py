@@ -142,6 +142,12 @@ class PartitionState:
     # and encoded when taken, so a key written twice in one transaction (a held reply, then
     # its body's offset) is encoded once; mutable entries are encoded when written.
     changes: dict[tuple[str, str], bytes | _Frozen | None] = field(default_factory=dict)
+    # Pending keys with no live record when first written since the last ``take_changes``:
+    # if one goes again before the changes are taken, nothing is written for it. A body that
+    # comes before its message and the message in the same batch (two topics read side by
+    # side: often) was a hold and its release, one tombstone a message for a key the log
+    # never held.
+    _fresh: set[str] = field(default_factory=set)
     # Restore only: the last pending record of each key that names its threads entry for its
     # ids. The stores' changelogs are read side by side, in no order between them, so the
     # reply takes the ids of the entry last read under its key, again whenever another comes:
@@ -187,8 +193,16 @@ class PartitionState:
         self.changes[("crm", message_id)] = record
 
     def put_pending(self, key: str, held: Held | None) -> None:
+        change = ("pending", key)
+        if change not in self.changes and key not in self.pending:
+            # nothing live under it: the store in memory is what the log holds, plus
+            # ``changes`` (a restore ends with the two the same)
+            self._fresh.add(key)
         self._set_pending(key, held)
-        self.changes[("pending", key)] = held
+        if held is None and key in self._fresh:
+            self.changes.pop(change, None)
+        else:
+            self.changes[change] = held
 
     def put_engagement(self, eng_id: str, record: EngagementRecord | None) -> None:
         self._set_engagement(eng_id, record)
@@ -267,6 +281,7 @@ class PartitionState:
 
     def take_changes(self) -> dict[tuple[str, str], bytes | None]:
         changes, self.changes = self.changes, {}
+        self._fresh.clear()
         return {
             key: value
             if value is None or isinstance(value, bytes)

@@ -66,6 +66,32 @@ def test_changelog_values_keep_the_earlier_json_format() -> None:
     )
 
 
+def test_a_pending_key_born_and_gone_between_takes_writes_nothing() -> None:
+    """A body before its message, both in one transaction, the message not a reply: the
+    hold and its release leave the log as it was, so no tombstone is written. A key with a
+    live record still gets its tombstone, and so does one held in an earlier transaction."""
+    state = PartitionState(0)
+    state.put_pending("i\x00root", Held(since_ms=5, body_at=3))
+    state.put_pending("i\x00root", None)
+    state.put_pending("i\x00never", None)
+    state.put_pending("i\x00held", Held(since_ms=5, body_at=4))
+    assert state.take_changes() == {("pending", "i\x00held"): b'{"body_at":4,"since_ms":5}'}
+
+    state.put_pending("i\x00held", None)  # live in the log: the release is written
+    state.put_pending("i\x00again", Held(since_ms=6, body_at=8))
+    state.put_pending("i\x00again", None)
+    state.put_pending("i\x00again", Held(since_ms=6, body_at=9))
+    assert state.take_changes() == {
+        ("pending", "i\x00held"): None,
+        ("pending", "i\x00again"): b'{"body_at":9,"since_ms":6}',
+    }
+    state.put_pending("i\x00again", None)
+    state.put_pending("i\x00again", Held(since_ms=7, body_at=10))
+    state.put_pending("i\x00again", None)  # was live when the batch began
+    assert state.take_changes() == {("pending", "i\x00again"): None}
+    assert state.pending == {}
+
+
 IDS = [f"m{i}@x" for i in range(6)]
 _replies = st.builds(
     lambda key, irt, refs: Reply("i", key, f"own-{key}@x", irt, refs, None, None, None, 0),
