@@ -577,7 +577,7 @@ async def _measure(
     print(json.dumps(figures))
 
 
-async def one_thread(messages: int, passes: int = 3) -> None:
+async def one_thread(messages: int, passes: int = 4) -> None:
     """``passes`` pairs of passes, the two workloads taking turns to go first; each side's
     figure is the median of its passes, after one uncounted warm-up pass of each, as large
     as the counted ones. One pass of 100,000 events is about 2.5 s on two cores shared with
