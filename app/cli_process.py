@@ -80,6 +80,14 @@ def thread(algorithm: str, file: Path) -> None:
     help="Batches under way at once: the next fetch waits until the oldest has committed.",
 )
 @click.option(
+    "--align-wait-ms",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="How long a partition's messages or bodies wait for the other topic when it has more "
+    "to read, so a message and its body are handled together; 0 never waits.",
+)
+@click.option(
     "--engine-processes",
     type=click.IntRange(min=0),
     default=None,
@@ -106,6 +114,7 @@ def process(
     max_records: int,
     transaction_ms: int,
     batches_in_flight: int,
+    align_wait_ms: int,
     engine_processes: int | None,
     pause_in_transaction: float,
     session_timeout_ms: int,
@@ -127,6 +136,7 @@ def process(
         max_records=max_records,
         transaction_ms=transaction_ms,
         batches_in_flight=batches_in_flight,
+        align_wait_ms=align_wait_ms,
         engine_processes=engine_processes,
         pause_in_transaction_s=pause_in_transaction,
         session_timeout_ms=session_timeout_ms,

@@ -73,6 +73,7 @@ from inboxstream.core.metrics import (
     observe_lag,
 )
 from inboxstream.core.settings import Settings
+from inboxstream.processors.alignment import cap, in_step
 from inboxstream.processors.engine_process import EnginePool, EngineProcess
 from inboxstream.processors.exceptions import EngineProcessDiedError, TopologyError
 from inboxstream.processors.jwz import Algorithm
@@ -111,6 +112,9 @@ class ProcessorConfig:
     # (four measured the same). Every share is computed ahead of its commit either way; an
     # abort drops what was computed after it and restores (``_after``).
     batches_in_flight: int = 3
+    # How long records may be held back for the other topic of their partition (messages
+    # and bodies in step, ``processors.alignment``); 0 never holds any.
+    align_wait_ms: int = 1000
     # False only for the benchmark's baseline: the same loop with at-least-once commits
     # (outputs flushed, then offsets committed; a crash in between duplicates output).
     exactly_once: bool = True
@@ -165,6 +169,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             gone = {tp.partition for tp in revoked}
             await self.processor._drain(gone)  # their open transactions finish first
             await self.processor.work.drop(gone)
+            self.processor._drop_held(gone)
             for p in gone:
                 producer = self.processor._producers.pop(p, None)
                 if producer is not None:
@@ -219,6 +224,14 @@ class StreamProcessor:
         self._active = 0
         self._busy_since = 0.0
         self._partition_of: dict[tuple[str, bytes | None], int] = {}
+        # Records fetched and held back for the next batch (``_in_step``): the consumer's
+        # position is past them and no commit covers them. Since when records have waited for
+        # each input partition that has more to read and brought nothing.
+        self._held: dict[TopicPartition, list[Record]] = {}
+        self._waiting_since: dict[TopicPartition, float] = {}
+        # the topic partitions that held records wait for (drawn first by the next fetch)
+        self._lagging: set[TopicPartition] = set()
+        self._capped = False  # the last batch held records it could have taken but for size
         # Rebalances that took partitions away: a batch gathered across one is stale
         # (``_process_batch``).
         self.revocations = 0
@@ -349,6 +362,8 @@ class StreamProcessor:
         assert self._consumer is not None
         await self._drain()  # positions count fetched records; done means committed
         async with self.lock:
+            if self._held:
+                return False
             assigned = list(self._consumer.assignment())
             if not assigned or any(tp.partition not in self.states for tp in assigned):
                 return False
@@ -359,13 +374,110 @@ class StreamProcessor:
             return True
 
     async def _fetch(self) -> dict[TopicPartition, list[Record]]:
+        """The next batch: the records held back from the last one (``_in_step``), then up
+        to ``max_records`` new ones. The topic partitions that held records wait for are
+        drawn first, from what the consumer has buffered: getmany would otherwise hand back
+        the other partitions' buffers first, in the order their fetches came.
+
+        New records are not cut by what is held: aiokafka sends the next fetch to a broker
+        only once every partition's buffer from it is drained (or a backoff has passed), so
+        draining whole buffers into the held records is what brings the lagging topic. The
+        transaction is cut to ``max_records`` after (``_in_step``), and a topic partition
+        with a batch's worth held is paused, so what is held stays bounded."""
+        consumer = self._consumer
+        assert consumer is not None
+        held, self._held = self._held, {}
+        budget = self.config.max_records
+        first: dict[TopicPartition, list[Record]] = {}
+        lagging = self._lagging & consumer.assignment()
+        if lagging:
+            first = await consumer.getmany(*lagging, timeout_ms=0, max_records=budget)
+            budget -= sum(len(records) for records in first.values())
+        batch = {}
+        if budget > 0:
+            batch = await collect_batch(
+                consumer,
+                max_records=budget,
+                max_ms=self.config.transaction_ms,
+                # records ready and cut only by the size (``cap``) go without waiting
+                first_timeout_ms=0 if first or self._capped else self.config.fetch_timeout_ms,
+            )
+        for tp, records in first.items():
+            batch[tp] = records + batch.get(tp, [])
+        for tp, records in held.items():
+            batch[tp] = records + batch.get(tp, [])
+        return batch
+
+    async def _in_step(
+        self, batch: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """``batch`` with each partition's messages and bodies in step: the records of one
+        topic later than the last of the other, while that other has more to read, are held
+        for the next batch (``processors.alignment``); a topic partition with nothing in
+        the batch is waited for ``align_wait_ms`` at most. Then cut to ``max_records``."""
+        consumer = self._consumer
+        assert consumer is not None
+        wait_s = self.config.align_wait_ms / 1000
+        self._lagging = set()
+        if wait_s <= 0:
+            return batch
+        now = time.monotonic()
+        messages, bodies = self.topics.messages, self.topics.bodies
+        assigned = consumer.assignment()
+        pairs = {TopicPartition(t, tp.partition) for tp in batch for t in (messages, bodies)}
+        pairs &= assigned
+        positions = {tp: await consumer.position(tp) for tp in pairs}
+        for tp in pairs:
+            if batch.get(tp):
+                self._waiting_since.pop(tp, None)  # it came: a wait for it starts afresh
+
+        def more_to_read(tp: TopicPartition) -> bool:
+            if tp not in pairs:
+                return False
+            # read_committed: the last stable offset; one offset past the position may be
+            # a transaction marker, not a record
+            end = consumer.last_stable_offset(tp) or consumer.highwater(tp)
+            if end is None or end <= positions[tp] + 1:
+                self._waiting_since.pop(tp, None)
+                return False
+            if batch.get(tp):
+                return True
+            return now - self._waiting_since.setdefault(tp, now) <= wait_s
+
+        ready, held = in_step(batch, messages, bodies, more_to_read)
+        partner = {messages: bodies, bodies: messages}
+        self._lagging = {TopicPartition(partner[tp.topic], tp.partition) for tp in held}
+        # the transaction stays within max_records, cut where the topics stay in step
+        waiting = sum(len(records) for records in held.values())
+        ready, held = cap(ready, held, self.config.max_records)
+        self._capped = sum(len(records) for records in held.values()) > waiting
+        self.stats.counts["records_held"] += sum(len(records) for records in held.values())
+        self._held = held
+        # A topic partition with a batch's worth held stops fetching (as Kafka Streams
+        # pauses a partition whose buffer is full) until the batches have taken them.
+        full = {tp for tp, records in held.items() if len(records) >= self.config.max_records}
+        full &= assigned
+        consumer.resume(*(consumer.paused() - full))
+        consumer.pause(*(full - consumer.paused()))
+        return ready
+
+    def _drop_held(self, partitions: set[int] | None = None) -> None:
+        """Forget the records held of ``partitions`` (all by default): their consumer
+        positions are being moved back to a commit, or they are gone."""
         assert self._consumer is not None
-        return await collect_batch(
-            self._consumer,
-            max_records=self.config.max_records,
-            max_ms=self.config.transaction_ms,
-            first_timeout_ms=self.config.fetch_timeout_ms,
+        for tp in list(self._held):
+            if partitions is None or tp.partition in partitions:
+                del self._held[tp]
+        self._consumer.resume(
+            *(
+                tp
+                for tp in self._consumer.paused()
+                if partitions is None or tp.partition in partitions
+            )
         )
+        for tp in list(self._waiting_since):
+            if partitions is None or tp.partition in partitions:
+                del self._waiting_since[tp]
 
     # --- one batch ------------------------------------------------------------------------
 
@@ -399,6 +511,7 @@ class StreamProcessor:
             for p in sorted(self._needs_rewind):
                 batch = {tp: recs for tp, recs in batch.items() if tp.partition != p}
             await self._rewind_pending()
+            batch = await self._in_step(batch)
             # The assignment may have changed while we waited for the lock.
             by_partition: dict[int, dict[TopicPartition, list[Record]]] = {}
             for tp, records in batch.items():
@@ -558,6 +671,7 @@ class StreamProcessor:
     async def _seek_to_committed(self, partitions: set[int] | None = None) -> None:
         """Positions of ``partitions`` (every assigned one by default) back to the commit."""
         assert self._consumer is not None
+        self._drop_held(partitions)
         for tp in self._consumer.assignment():
             if partitions is not None and tp.partition not in partitions:
                 continue
