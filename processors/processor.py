@@ -402,10 +402,9 @@ class StreamProcessor:
                 # records ready and cut only by the size (``cap``) go without waiting
                 first_timeout_ms=0 if first or self._capped else self.config.fetch_timeout_ms,
             )
-        for tp, records in first.items():
-            batch[tp] = records + batch.get(tp, [])
-        for tp, records in held.items():
-            batch[tp] = records + batch.get(tp, [])
+        for earlier in (first, held):  # held came before first, first before the rest
+            for tp, records in earlier.items():
+                batch[tp] = records + batch.get(tp, [])
         return batch
 
     async def _in_step(
@@ -450,8 +449,9 @@ class StreamProcessor:
         # the transaction stays within max_records, cut where the topics stay in step
         waiting = sum(len(records) for records in held.values())
         ready, held = cap(ready, held, self.config.max_records)
-        self._capped = sum(len(records) for records in held.values()) > waiting
-        self.stats.counts["records_held"] += sum(len(records) for records in held.values())
+        held_count = sum(len(records) for records in held.values())
+        self._capped = held_count > waiting
+        self.stats.counts["records_held"] += held_count
         self._held = held
         # A topic partition with a batch's worth held stops fetching (as Kafka Streams
         # pauses a partition whose buffer is full) until the batches have taken them.
