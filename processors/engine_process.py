@@ -44,6 +44,7 @@ from typing import Any
 
 from inboxstream.core.kafka import Failure
 from inboxstream.core.settings import KafkaSettings
+from inboxstream.processors.body_cache import BODY_CACHE_BYTES
 from inboxstream.processors.exceptions import EngineProcessDiedError, EngineProcessError
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.record_path import Consumed, Incoming, RecordPath, ShareOut
@@ -170,8 +171,10 @@ class EngineProcess:
         topics: ProcessorTopics,
         algorithm: Algorithm,
         counts: Counter[str],
+        body_cache_bytes: int = BODY_CACHE_BYTES,
     ) -> None:
-        self._init = (kafka, topics, algorithm, logging.getLogger().getEffectiveLevel())
+        level = logging.getLogger().getEffectiveLevel()
+        self._init = (kafka, topics, algorithm, level, body_cache_bytes)
         self.counts = counts
         self.partitions: set[int] = set()  # the partitions whose state the child holds
         self._proc: subprocess.Popen[bytes] | None = None
@@ -312,9 +315,14 @@ class EnginePool:
         topics: ProcessorTopics,
         algorithm: Algorithm,
         counts: Counter[str],
+        body_cache_bytes: int = BODY_CACHE_BYTES,
+        *,
         processes: int,
     ) -> None:
-        self.engines = [EngineProcess(kafka, topics, algorithm, counts) for _ in range(processes)]
+        self.engines = [
+            EngineProcess(kafka, topics, algorithm, counts, body_cache_bytes)
+            for _ in range(processes)
+        ]
 
     def _of(self, partition: int) -> EngineProcess:
         return self.engines[partition % len(self.engines)]
@@ -363,9 +371,9 @@ async def _serve(requests: asyncio.Queue[bytearray | None], replies: FrameWriter
         value: Any = None
         try:
             if op == "init":
-                kafka, topics, algorithm, level = args
+                kafka, topics, algorithm, level, body_cache_bytes = args
                 logging.basicConfig(level=level, stream=sys.stderr)
-                path = RecordPath(kafka, topics, algorithm)
+                path = RecordPath(kafka, topics, algorithm, body_cache_bytes=body_cache_bytes)
             elif path is None:
                 raise RuntimeError(f"{op} before init")
             elif op == "handle":

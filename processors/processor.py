@@ -74,6 +74,7 @@ from inboxstream.core.metrics import (
 )
 from inboxstream.core.settings import Settings
 from inboxstream.processors.alignment import cap, in_step
+from inboxstream.processors.body_cache import BODY_CACHE_BYTES
 from inboxstream.processors.engine_process import EnginePool, EngineProcess
 from inboxstream.processors.exceptions import EngineProcessDiedError, TopologyError
 from inboxstream.processors.jwz import Algorithm
@@ -133,6 +134,9 @@ class ProcessorConfig:
     # with the broker beside them, one engine process ran at 1.02-1.35x the driver's process
     # alone once shares crossed on threads (README); on one core it only adds the pickling.
     engine_processes: int | None = None
+    # Bytes of inbox.bodies records each record path keeps for engagements decided after the
+    # body went by (``processors.body_cache``); 0 reads every such body back from Kafka.
+    body_cache_bytes: int = BODY_CACHE_BYTES
 
     @property
     def engine_process_count(self) -> int:
@@ -199,13 +203,14 @@ class StreamProcessor:
         self.stats = ProcessorStats()
         self.work: RecordPath | EngineProcess | EnginePool
         work = (settings.kafka, self.topics, self.config.algorithm, self.stats.counts)
+        cache = self.config.body_cache_bytes
         engines = self.config.engine_process_count
         if engines > 1:
-            self.work = EnginePool(*work, processes=engines)
+            self.work = EnginePool(*work, cache, processes=engines)
         elif engines == 1:
-            self.work = EngineProcess(*work)
+            self.work = EngineProcess(*work, cache)
         else:
-            self.work = RecordPath(*work)
+            self.work = RecordPath(*work, cache)
         self.on_in_transaction: Callable[[int, int], Awaitable[None] | None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         # With exactly-once, one transactional producer per owned input partition

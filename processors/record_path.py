@@ -28,6 +28,7 @@ from inboxstream.core.batches import Headers, Outgoing
 from inboxstream.core.gc_tuning import SurvivorFreezer
 from inboxstream.core.kafka import Failure, make_consumer
 from inboxstream.core.settings import KafkaSettings
+from inboxstream.processors.body_cache import BODY_CACHE_BYTES, BodyCache
 from inboxstream.processors.engine import BodyRead, Emit, Engine, Step
 from inboxstream.processors.inputs import (
     BODY_FIELDS,
@@ -41,7 +42,7 @@ from inboxstream.processors.inputs import (
 )
 from inboxstream.processors.jwz import Algorithm
 from inboxstream.processors.records import Body
-from inboxstream.processors.state import PartitionState, restore
+from inboxstream.processors.state import PartitionState, message_key, restore
 from inboxstream.processors.topology import ProcessorTopics
 from inboxstream.schemas.models import (
     BodyEvent,
@@ -108,6 +109,7 @@ class RecordPath:
         topics: ProcessorTopics,
         algorithm: Algorithm = "rfc5256",
         counts: Counter[str] | None = None,
+        body_cache_bytes: int = BODY_CACHE_BYTES,
     ) -> None:
         self.kafka = kafka
         self.topics = topics
@@ -115,6 +117,8 @@ class RecordPath:
         self.states: dict[int, PartitionState] = {}
         self.engine = Engine(counts)
         self._freezer = SurvivorFreezer()
+        # the bodies whose offsets state holds, so a read back rarely goes to Kafka
+        self.bodies = BodyCache(body_cache_bytes)
         self._body_reader: AIOKafkaConsumer | None = None
         self._reader_lock = asyncio.Lock()
         # Shares are taken one at a time, in the order they were handed over (the driver
@@ -146,6 +150,7 @@ class RecordPath:
     async def drop(self, partitions: set[int]) -> None:
         for p in partitions:
             self.states.pop(p, None)
+        self.bodies.drop(partitions)
 
     async def close(self) -> None:
         if self._body_reader is not None:
@@ -212,6 +217,11 @@ class RecordPath:
                 if steps:  # its engagement reads it: from here, not from the topic
                     at_hand[rec.offset] = rec
                     outputs += steps
+                elif self.bodies.budget:
+                    held = state.pending.get(message_key(fields["inbox_id"], fields["event_id"]))
+                    if held is not None and held.body_at == rec.offset:
+                        # state kept its offset: an engagement may read it back later
+                        self.bodies.put(state.partition, rec.offset, rec.value, rec.headers)
             elif topic == self.topics.crm_by_inbox:
                 crm = serde_for(OutboundEvent).decode_fields(
                     rec.value, rec.headers, OUTBOUND_FIELDS
@@ -264,11 +274,20 @@ class RecordPath:
         reads = [step for step in outputs if isinstance(step, BodyRead)]
         if not reads:
             return outputs
-        bodies = {
-            r.offset: self._decode_body(at_hand[r.offset]) for r in reads if r.offset in at_hand
-        }
-        missing = [r.offset for r in reads if r.offset not in bodies]
+        bodies: dict[int, Body | None] = {}
+        missing: list[int] = []
+        for r in reads:
+            if r.offset in at_hand:
+                bodies[r.offset] = self._decode_body(at_hand[r.offset])
+            elif (kept := self.bodies.take(state.partition, r.offset)) is not None:
+                rec = Consumed(self.topics.bodies, state.partition, r.offset, *kept)
+                bodies[r.offset] = self._decode_body(rec)
+            else:
+                missing.append(r.offset)
+        if len(reads) > len(missing):
+            self.counts["bodies_read_memory"] += len(reads) - len(missing)
         if missing:
+            self.counts["bodies_read_kafka"] += len(missing)
             bodies.update(await self.fetch_bodies(state.partition, missing))
         return [
             self.engine.finish(state, step, bodies.get(step.offset))
