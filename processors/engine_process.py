@@ -42,17 +42,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from inboxstream.core.batches import Headers
 from inboxstream.core.kafka import Failure
 from inboxstream.core.settings import KafkaSettings
 from inboxstream.processors.body_cache import BODY_CACHE_BYTES
 from inboxstream.processors.exceptions import EngineProcessDiedError, EngineProcessError
 from inboxstream.processors.jwz import Algorithm
-from inboxstream.processors.record_path import Consumed, Incoming, RecordPath, ShareOut
+from inboxstream.processors.record_path import Incoming, RecordPath, Row, ShareOut
 from inboxstream.processors.topology import ProcessorTopics
 
 log = logging.getLogger(__name__)
 
 _FRAME = struct.Struct("<Q")
+#: Distinct header tuples ``EngineProcess.handle`` remembers before it starts afresh.
+MAX_HEADER_KINDS = 1024
 #: The pipe buffer asked for (the kernel caps it at fs.pipe-max-size, 1 MB by default).
 _PIPE_SIZE = 16 * 1024 * 1024
 
@@ -183,6 +186,7 @@ class EngineProcess:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count()
         self._died: EngineProcessDiedError | None = None
+        self._header_kinds: dict[Headers, Headers] = {}
 
     async def start(self) -> None:
         proc = subprocess.Popen(
@@ -221,9 +225,18 @@ class EngineProcess:
             await self._call("drop", partitions)
 
     async def handle(self, partition: int, records: Sequence[Incoming]) -> ShareOut:
-        # plain tuples: a named tuple pickles through its Python-level ``__getnewargs__`` and
-        # ``__new__`` (measured 4.2 µs a record both ways, against 1.2 plain)
-        rows = [(rec.topic, rec.partition, rec.offset, rec.value, rec.headers) for rec in records]
+        # ``Row`` tuples, each record's headers the one tuple of their kind: a topic's records
+        # carry the same few headers, and the pickle then writes them once a share, not as
+        # a fresh list of tuples a record (0.45 us each way a record, measured, against 0.1),
+        # and the decoder in the child knows them again by identity
+        kinds = self._header_kinds
+        if len(kinds) > MAX_HEADER_KINDS:
+            kinds.clear()  # records with ever new headers: keep the table small
+        rows: list[Row] = []
+        for rec in records:
+            fresh = tuple(rec.headers)
+            headers = kinds.setdefault(fresh, fresh)
+            rows.append((rec.topic, rec.partition, rec.offset, rec.value, headers))
         out: ShareOut = await self._call("handle", partition, rows)
         return out
 
@@ -378,7 +391,7 @@ async def _serve(requests: asyncio.Queue[bytearray | None], replies: FrameWriter
                 raise RuntimeError(f"{op} before init")
             elif op == "handle":
                 partition, rows = args
-                value = await path.handle(partition, [Consumed._make(row) for row in rows])
+                value = await path.handle_rows(partition, rows)
             elif op == "restore":
                 await path.restore(*args)
                 value = path.partitions

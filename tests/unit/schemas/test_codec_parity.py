@@ -174,3 +174,23 @@ def test_the_projection_shortcut_decides_as_the_full_path() -> None:
         serde.decode_fields(b"\x00\x00", framed_headers, MESSAGE_FIELDS)
     with pytest.raises(DecodeError, match="corrupt"):
         serde.decode_fields(framed[:40], framed_headers, MESSAGE_FIELDS)
+
+
+def test_headers_as_one_tuple_read_what_fresh_lists_read() -> None:
+    """The engine process is sent one tuple per kind of headers, and ``decode_fields``
+    remembers the last one by identity: alternating fields, writer versions and kinds of
+    headers must each still read as a fresh list of the same headers does."""
+    serde = serde_for(MessageEvent)
+    v1 = AvroSerde(MessageEvent, writer_version=1)
+    event = next(e for e in SAMPLES if isinstance(e, MessageEvent))
+    new = (serde.encode(event), tuple(serde.headers(event.event_type)))
+    old_record = {k: v for k, v in event.model_dump(by_alias=True).items() if k in _v1_fields(v1)}
+    old = (v1.encode_record(old_record), tuple(v1.headers()))
+    few = ("event_id", "inbox_id")
+    for value, headers in [new, new, old, new, old, old, new] * 2:
+        for fields in (MESSAGE_FIELDS, few, MESSAGE_FIELDS):
+            got = serde.decode_fields(value, headers, fields)
+            assert got == serde.decode_fields(value, list(headers), fields)
+            assert set(got) == set(fields)
+        if headers is old[1]:
+            assert serde.decode_fields(value, headers, MESSAGE_FIELDS)["automated"] is None
