@@ -349,15 +349,19 @@ class AvroSerde(Generic[E]):
         fastavro's resolver, never built; old writer versions resolve as in ``decode_record``.
         The schema guarantees the types, so nothing is validated twice."""
         fast: tuple[Any, int] | None = None
-        if value is not None:
-            last = self._last_projection
-            if last is not None and last[0] is headers and last[1] is fields:
-                fast = last[2]
-            elif (fast := self._projection(headers, fields)) is not None and type(headers) is tuple:
+        last = self._last_projection
+        if value is None:
+            pass  # the full path below says why a tombstone is refused
+        elif last is not None and last[0] is headers and last[1] is fields:
+            fast = last[2]
+        else:
+            fast = self._projection(headers, fields)
+            if fast is not None and type(headers) is tuple:
                 # immutable, so the same object has the same headers: the stream processor's
                 # engine process is sent one tuple per kind of headers (0.9 us a record saved)
                 self._last_projection = (headers, fields, fast)
-        if value is not None and fast is not None:
+        if fast is not None:
+            assert value is not None
             native, start = fast
             if len(value) >= start and (not start or value[:1] == MAGIC):
                 try:
