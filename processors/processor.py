@@ -167,9 +167,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.processor.lock:
-            if revoked:
-                # what the loop is gathering now was fetched for the old assignment
-                self.processor.revocations += 1
             gone = {tp.partition for tp in revoked}
             await self.processor._drain(gone)  # their open transactions finish first
             await self.processor.work.drop(gone)
@@ -179,6 +176,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 if producer is not None:
                     await producer.stop()
             if gone:
+                # What the loop is gathering now was fetched for the old assignment. Counted
+                # last: the loop fetches while the drain waits (a fetch needs no lock) and
+                # takes the held records with it, so a batch begun before this line may hold
+                # records the drop above never saw (a woken zombie processed its own, held
+                # from before it froze, under the new assignment: an offset went back).
+                self.processor.revocations += 1
                 log.info("%s: partitions %s revoked", self.processor.name, sorted(gone))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

@@ -15,7 +15,12 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from inboxstream.core.kafka import make_consumer
 from inboxstream.core.settings import Settings
-from inboxstream.processors.processor import ProcessorConfig, StreamProcessor, run_processor
+from inboxstream.processors.processor import (
+    ProcessorConfig,
+    StreamProcessor,
+    _Rebalance,
+    run_processor,
+)
 from inboxstream.processors.topology import ProcessorTopics
 from tests.helpers.pipeline import load_inputs, outputs, read_records
 
@@ -71,4 +76,63 @@ async def test_a_batch_gathered_across_a_rebalance_is_dropped(
     crm = await read_records(settings, topics.crm_outbound)
     # every CRM record routed to its inbox's partition once
     assert routed and Counter(r.value for r in routed) == Counter(r.value for r in crm)
+    assert processor.stats.counts["stale_batches_dropped"] == 1
+
+
+async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
+    settings: Settings, unique: str
+) -> None:
+    """The revocation waits for the transactions under way before it forgets the records
+    held for the next batch, and the loop fetches meanwhile (it needs no lock to): a batch
+    begun while a revocation is under way is gathered across it. (A zombie did this: woken,
+    it fetched while its revocation waited for its fenced transaction, got the same
+    partitions back, and processed the records it had held before it froze, committing an
+    offset below the survivor's.)"""
+    await load_inputs(settings, unique, inboxes=2)
+    reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=40)
+    await run_processor(settings, reference, until_end=True)
+    expected = await outputs(settings, "ref")
+
+    group = f"held-{unique}"
+    processor = StreamProcessor(settings, ProcessorConfig(group_id=group, max_records=10_000))
+    await processor.start()
+    consumer = processor._consumer
+    assert consumer is not None
+    deadline = time.monotonic() + 60
+    try:
+        held = await processor._fetch()
+        while not held:  # joining the group, then the first records
+            assert time.monotonic() < deadline, "no records came"
+            held = await processor._fetch()
+        # what the last batch held back: fetched (the position is past it), not committed
+        processor._held = held
+        # a transaction under way, which the revocation waits for
+        gate = asyncio.Event()
+        processor._inflight[next(iter(held)).partition] = asyncio.ensure_future(gate.wait())
+
+        # the group rebalances and gives this sole member the same partitions back (as when
+        # an expelled member rejoins)
+        consumer.subscribe(list(processor.topics.inputs), listener=_Rebalance(processor))
+        while not processor.lock.locked():  # the revocation is waiting for the gate
+            assert time.monotonic() < deadline, "the revocation never started"
+            await asyncio.sleep(0.05)
+        # the loop goes on meanwhile: the next batch begins (its fetch waits for the new
+        # assignment, which waits for the revocation)
+        revocations = processor.revocations
+        fetching = asyncio.ensure_future(processor._fetch())
+        await asyncio.sleep(0.5)
+        gate.set()
+        batch = await fetching
+        await processor._process_batch(batch, revocations)
+        await processor.run(until_end=True)
+    finally:
+        await processor.stop()
+
+    assert await outputs(settings, "") == expected
+    topics = ProcessorTopics.build(settings.topics)
+    routed = await read_records(settings, topics.crm_by_inbox)
+    crm = await read_records(settings, topics.crm_outbound)
+    assert routed and Counter(r.value for r in routed) == Counter(r.value for r in crm)
+    # each message was processed once: the held ones came again from the committed offsets
+    assert processor.stats.counts["messages_duplicate"] == 0
     assert processor.stats.counts["stale_batches_dropped"] == 1

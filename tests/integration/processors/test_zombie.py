@@ -101,4 +101,7 @@ async def test_frozen_instance_is_fenced_and_commits_nothing(
     # producer), rejoined the group as a new member and found nothing left to do
     assert final_stats(zombie_err).get("fenced", 0) >= 1, zombie_err[-3000:]
     assert "aborted; restoring" not in zombie_err, zombie_err[-3000:]
+    # and it processed nothing again: the records it held from before it froze were not
+    # processed under its new assignment (they were, once, committing an offset below B's)
+    assert final_stats(zombie_err).get("messages_duplicate", 0) == 0, zombie_err[-3000:]
     assert await group_offsets(settings, group_id) == offsets_after_b  # no offset from A
