@@ -104,6 +104,10 @@ async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
         while not held:  # joining the group, then the first records
             assert time.monotonic() < deadline, "no records came"
             held = await processor._fetch()
+        # the first assignment's restore done (it holds the lock the revocation will hold)
+        while not processor.assigned_once or processor.lock.locked():
+            assert time.monotonic() < deadline, "the first assignment never finished"
+            await asyncio.sleep(0.05)
         # what the last batch held back: fetched (the position is past it), not committed
         processor._held = held
         # a transaction under way, which the revocation waits for
@@ -122,9 +126,9 @@ async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
         fetching = asyncio.ensure_future(processor._fetch())
         await asyncio.sleep(0.5)
         gate.set()
-        batch = await fetching
+        batch = await asyncio.wait_for(fetching, 60)  # once the partitions are back
         await processor._process_batch(batch, revocations)
-        await processor.run(until_end=True)
+        await asyncio.wait_for(processor.run(until_end=True), 120)
     finally:
         await processor.stop()
 
