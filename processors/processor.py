@@ -265,6 +265,7 @@ class StreamProcessor:
         return None
 
     async def start(self) -> None:
+        _FencedLeftovers.install(asyncio.get_running_loop())
         await ensure_topics(self.settings.kafka, self.settings.topics, list(self.topics.specs))
         await self.work.start()
         if not self.config.exactly_once:
@@ -784,6 +785,36 @@ class _Txn:
 
     def __post_init__(self) -> None:
         self.sender = BatchSender(self.producer, self.partitions)
+
+
+class _FencedLeftovers:
+    """The loop's exception handler, passing on all but one thing: a future that failed
+    with ProducerFenced and that nobody awaited. A fenced producer fails every send and
+    batch of its transaction with a copy of the error (each batch's drain waiter too, inside
+    aiokafka); the transaction's own error is handled (``_process_transaction``) and logged
+    once, as a warning. Without this, asyncio logged each copy as an ERROR, traceback and
+    all ("Future exception was never retrieved"): a dozen for one woken zombie. Left on
+    the loop: the copies are collected late, some after the processor stopped."""
+
+    def __init__(self, previous: Callable[..., object] | None) -> None:
+        self.previous = previous
+        self.taken = 0
+
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> None:
+        if not isinstance(loop.get_exception_handler(), cls):
+            loop.set_exception_handler(cls(loop.get_exception_handler()))
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if isinstance(context.get("exception"), ProducerFenced) and "never retrieved" in str(
+            context.get("message", "")
+        ):
+            self.taken += 1
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
 
 async def _settle(tasks: list[asyncio.Task[None]]) -> None:
