@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import Counter
 
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from inboxstream.core.kafka import make_consumer
@@ -24,14 +25,13 @@ from inboxstream.processors.processor import (
 from inboxstream.processors.topology import ProcessorTopics
 from tests.helpers.pipeline import load_inputs, outputs, read_records
 
+Outputs = tuple[Counter[str], Counter[str]]
+
 
 async def test_a_batch_gathered_across_a_rebalance_is_dropped(
     settings: Settings, unique: str
 ) -> None:
-    await load_inputs(settings, unique, inboxes=2)
-    reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=40)
-    await run_processor(settings, reference, until_end=True)
-    expected = await outputs(settings, "ref")
+    expected = await _inputs_and_reference(settings, unique)
 
     group = f"stale-{unique}"
     processor = StreamProcessor(settings, ProcessorConfig(group_id=group, max_records=10_000))
@@ -40,10 +40,7 @@ async def test_a_batch_gathered_across_a_rebalance_is_dropped(
     try:
         revocations = processor.revocations
         deadline = time.monotonic() + 60
-        batch = await processor._fetch()
-        while not batch:  # joining the group, then the first records
-            assert time.monotonic() < deadline, "no records came"
-            batch = await processor._fetch()
+        batch = await _first_batch(processor, deadline)
         everything = set(processor._consumer.assignment())
 
         # a second member joins (the partitions are split) and leaves (they come back)
@@ -70,13 +67,7 @@ async def test_a_batch_gathered_across_a_rebalance_is_dropped(
     finally:
         await processor.stop()
 
-    assert await outputs(settings, "") == expected
-    topics = ProcessorTopics.build(settings.topics)
-    routed = await read_records(settings, topics.crm_by_inbox)
-    crm = await read_records(settings, topics.crm_outbound)
-    # every CRM record routed to its inbox's partition once
-    assert routed and Counter(r.value for r in routed) == Counter(r.value for r in crm)
-    assert processor.stats.counts["stale_batches_dropped"] == 1
+    await _assert_each_once(settings, processor, expected)
 
 
 async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
@@ -88,10 +79,7 @@ async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
     it fetched while its revocation waited for its fenced transaction, got the same
     partitions back, and processed the records it had held before it froze, committing an
     offset below the survivor's.)"""
-    await load_inputs(settings, unique, inboxes=2)
-    reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=40)
-    await run_processor(settings, reference, until_end=True)
-    expected = await outputs(settings, "ref")
+    expected = await _inputs_and_reference(settings, unique)
 
     group = f"held-{unique}"
     processor = StreamProcessor(settings, ProcessorConfig(group_id=group, max_records=10_000))
@@ -100,10 +88,7 @@ async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
     assert consumer is not None
     deadline = time.monotonic() + 60
     try:
-        held = await processor._fetch()
-        while not held:  # joining the group, then the first records
-            assert time.monotonic() < deadline, "no records came"
-            held = await processor._fetch()
+        held = await _first_batch(processor, deadline)
         # the first assignment's restore done (it holds the lock the revocation will hold)
         while not processor.assigned_once or processor.lock.locked():
             assert time.monotonic() < deadline, "the first assignment never finished"
@@ -112,7 +97,11 @@ async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
         processor._held = held
         # a transaction under way, which the revocation waits for
         gate = asyncio.Event()
-        processor._inflight[next(iter(held)).partition] = asyncio.ensure_future(gate.wait())
+
+        async def transaction() -> None:
+            await gate.wait()
+
+        processor._inflight[next(iter(held)).partition] = asyncio.ensure_future(transaction())
 
         # the group rebalances and gives this sole member the same partitions back (as when
         # an expelled member rejoins)
@@ -132,11 +121,37 @@ async def test_records_held_when_a_revocation_starts_are_not_processed_after_it(
     finally:
         await processor.stop()
 
+    await _assert_each_once(settings, processor, expected)
+
+
+async def _inputs_and_reference(settings: Settings, unique: str) -> Outputs:
+    """Two inboxes' inputs, and what an undisturbed run makes of them."""
+    await load_inputs(settings, unique, inboxes=2)
+    reference = ProcessorConfig(group_id=f"ref-{unique}", version="ref", max_records=40)
+    await run_processor(settings, reference, until_end=True)
+    return await outputs(settings, "ref")
+
+
+async def _first_batch(
+    processor: StreamProcessor, deadline: float
+) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    batch = await processor._fetch()
+    while not batch:  # joining the group, then the first records
+        assert time.monotonic() < deadline, "no records came"
+        batch = await processor._fetch()
+    return batch
+
+
+async def _assert_each_once(
+    settings: Settings, processor: StreamProcessor, expected: Outputs
+) -> None:
+    """The outputs an undisturbed run gave, each input processed once, one batch dropped."""
     assert await outputs(settings, "") == expected
     topics = ProcessorTopics.build(settings.topics)
     routed = await read_records(settings, topics.crm_by_inbox)
     crm = await read_records(settings, topics.crm_outbound)
+    # every CRM record routed to its inbox's partition once
     assert routed and Counter(r.value for r in routed) == Counter(r.value for r in crm)
-    # each message was processed once: the held ones came again from the committed offsets
+    # each message processed once: what was dropped came again from the committed offsets
     assert processor.stats.counts["messages_duplicate"] == 0
     assert processor.stats.counts["stale_batches_dropped"] == 1
