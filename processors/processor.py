@@ -168,6 +168,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.processor.lock:
             gone = {tp.partition for tp in revoked}
+            if not gone:
+                return
             try:
                 await self.processor._drain(gone)  # their open transactions finish first
                 await self.processor.work.drop(gone)
@@ -177,16 +179,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                     if producer is not None:
                         await producer.stop()
             finally:
-                if gone:
-                    # What the loop is gathering now was fetched for the old assignment.
-                    # Counted last (and even when the above failed): the loop fetches while
-                    # the drain waits (a fetch needs no lock) and takes the held records
-                    # with it, so a batch begun before this line may hold records the drop
-                    # above never saw (a woken zombie processed its own, held from before
-                    # it froze, under the new assignment: an offset went back).
-                    self.processor.revocations += 1
-            if gone:
-                log.info("%s: partitions %s revoked", self.processor.name, sorted(gone))
+                # What the loop is gathering now was fetched for the old assignment. Counted
+                # last (and even when the above failed): the loop fetches while the drain
+                # waits (a fetch needs no lock) and takes the held records with it, so a
+                # batch begun before this line may hold records the drop above never saw (a
+                # woken zombie processed its own, held from before it froze, under the new
+                # assignment: an offset went back).
+                self.processor.revocations += 1
+            log.info("%s: partitions %s revoked", self.processor.name, sorted(gone))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.processor.lock:

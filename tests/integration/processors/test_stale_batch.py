@@ -11,13 +11,14 @@ import asyncio
 import time
 from collections import Counter
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from inboxstream.core.kafka import make_consumer
 from inboxstream.core.settings import Settings
 from inboxstream.processors.processor import (
     ProcessorConfig,
+    Record,
     StreamProcessor,
     _Rebalance,
     run_processor,
@@ -134,7 +135,7 @@ async def _inputs_and_reference(settings: Settings, unique: str) -> Outputs:
 
 async def _first_batch(
     processor: StreamProcessor, deadline: float
-) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+) -> dict[TopicPartition, list[Record]]:
     batch = await processor._fetch()
     while not batch:  # joining the group, then the first records
         assert time.monotonic() < deadline, "no records came"
