@@ -293,3 +293,64 @@ def test_the_lazy_lookups_equal_lookups_built_from_the_entries_left(
     fresh._index_pending()
     for name in ("_by_mid", "_by_ref", "_by_base"):
         assert getattr(index, name) == getattr(fresh, name), name
+
+
+def _chain(n: int) -> list[MessageEntry]:
+    """A conversation whose every message replies to the one before, References the whole
+    path (ids built apart, as each decoded event carries its own copies)."""
+    return [
+        MessageEntry(
+            i,
+            f"e{i}",
+            "".join(["m", str(i), "@x"]),
+            ["".join(["m", str(j), "@x"]) for j in range(i)],
+            ["".join(["m", str(i - 1), "@x"])] if i else [],
+            "Re: plan" if i else "plan",
+            None,
+            i,
+        )
+        for i in range(n)
+    ]
+
+
+def _holds_ids_once(entries: list[MessageEntry]) -> None:
+    by_mid = {e.message_id: e.message_id for e in entries}
+    for e in entries:
+        assert e.references == [f"m{j}@x" for j in range(int(e.event_id[1:]))]
+        for ref in e.references:
+            assert ref is by_mid[ref], (e.event_id, ref)
+        for ref in e.in_reply_to:
+            assert ref is by_mid[ref], (e.event_id, ref)
+
+
+def test_a_reply_keeps_the_ids_its_ancestors_hold_not_copies() -> None:
+    """Memory: a reply in a long conversation refers to up to 20 messages the index already
+    holds; it keeps their strings, not the copies its event decoded, on every path (the
+    shortcut, the general path, a restore's rebuild), and its lists keep their contents."""
+    for shortcuts in (True, False):
+        index = InboxThreads("inbox", shortcuts=shortcuts)
+        entries = _chain(12)
+        for e in entries:
+            index.add(e)
+        _holds_ids_once(entries)
+    restored = InboxThreads("inbox")
+    loaded = copies(entries)
+    for e in loaded:
+        restored.load(e)
+    restored.add(_chain(13)[12])  # the next message rebuilds the table from the entries
+    _holds_ids_once(loaded)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_entries())
+def test_threading_leaves_each_entry_s_ids_as_they_came(entries: list[MessageEntry]) -> None:
+    """Sharing the table's strings never changes what an entry says (its changelog record):
+    duplicate, empty and unknown ids, and In-Reply-To without References, included."""
+    for algorithm in ALGORITHMS:
+        mine = copies(entries)
+        index = InboxThreads("inbox", algorithm)
+        for e in mine:
+            index.add(e)
+        assert [(e.references, e.in_reply_to) for e in mine] == [
+            (e.references, e.in_reply_to) for e in entries
+        ]
