@@ -41,7 +41,11 @@ conversation (one base subject, each replying to a random earlier message) and N
 N/2 two-message threads, same run, exactly once, ``--passes K`` times each (default 4, in the
 order A B, B A, ..., after one uncounted warm-up pass of each at full size; each figure is the
 median of its side's passes); last line
-``{"one_thread_events_s", "small_threads_events_s", "ratio", "passes", "pass_ratios"}``.
+``{"one_thread_events_s", "small_threads_events_s", "ratio", "passes", "pass_ratios",
+"references", "message_bytes"}``. ``--references K`` keeps the last K ids of a reply's
+References (default 20, as the producer caps them): the one thread's replies carry 20 where
+the small threads' carry one, so its inbox.messages values are 2.3 times as large
+(``message_bytes``); with ``--references 1`` the two workloads differ in thread size only.
 """
 
 from __future__ import annotations
@@ -144,19 +148,32 @@ async def publish_workload(settings: Settings, messages: int) -> int:
     return sent
 
 
-async def _send(producer: AIOKafkaProducer, items: list[tuple[str, Event]]) -> int:
-    """Each event to its topic, keyed by its inbox (CRM records without one by "crm")."""
+async def _send(
+    producer: AIOKafkaProducer, items: list[tuple[str, Event]], sizes: Counter[str] | None = None
+) -> int:
+    """Each event to its topic, keyed by its inbox (CRM records without one by "crm");
+    ``sizes`` adds up the bytes of the values sent, by topic."""
     for topic, event in items:
         serde = serde_for(type(event))
         key = getattr(event, "inbox_id", None) or "crm"
-        await producer.send(topic, serde.encode(event), key=key.encode(), headers=serde.headers())
+        value = serde.encode(event)
+        if sizes is not None:
+            sizes[topic] += len(value)
+        await producer.send(topic, value, key=key.encode(), headers=serde.headers())
     return len(items)
 
 
-def one_thread_mail(messages: int, *, one: bool) -> list[tuple[str, bytes]]:
+#: How many ids a reply's References keeps in the thread-size workload (its parent's chain
+#: plus the parent, the last ones): 20, as the producer caps them (``mail.limits``).
+ONE_THREAD_REFERENCES = 20
+
+
+def one_thread_mail(
+    messages: int, *, one: bool, references: int = ONE_THREAD_REFERENCES
+) -> list[tuple[str, bytes]]:
     """The thread-size workload as raw mail of one inbox, in order: one conversation, each
     message replying to a random earlier one (References its parent's chain plus the parent,
-    the last 20), or N/2 two-message threads with subjects of their own."""
+    the last ``references``), or N/2 two-message threads with subjects of their own."""
     rng = random.Random(5)
     inbox = ONE_THREAD_INBOX
     mids: list[str] = []
@@ -170,38 +187,44 @@ def one_thread_mail(messages: int, *, one: bool) -> list[tuple[str, bytes]]:
         else:
             parent = mids[-1] if n % 2 else None
             subject = f"Re: Topic {n // 2}" if parent else f"Topic {n // 2}"
-        chain = [*refs[parent], parent][-20:] if parent else []
+        chain = [*refs[parent], parent][-references:] if parent else []
         refs[mid] = chain
         mids.append(mid)
         mail.append((mid, raw_mail(mid, parent, chain, subject, n)))
     return mail
 
 
-def one_thread_events(messages: int, *, one: bool) -> list[tuple[str, Event]]:
+def one_thread_events(
+    messages: int, *, one: bool, references: int = ONE_THREAD_REFERENCES
+) -> list[tuple[str, Event]]:
     """``one_thread_mail`` parsed as the producer parses it: (topic name suffix, event)
     pairs, a message then its body."""
     events: list[tuple[str, Event]] = []
-    for n, (_, raw) in enumerate(one_thread_mail(messages, one=one)):
+    for n, (_, raw) in enumerate(one_thread_mail(messages, one=one, references=references)):
         fetched = FetchedMessage(ONE_THREAD_INBOX, "INBOX", "inbox", 1, n + 1, raw)
         message, body = parse_message(fetched, now=T0 + timedelta(seconds=n))
         events += [("messages", message), ("bodies", body)]
     return events
 
 
-async def publish_one_thread(settings: Settings, messages: int, *, one: bool) -> int:
-    """``one_thread_events`` published to the workload's topics."""
+async def publish_one_thread(
+    settings: Settings, messages: int, *, one: bool, references: int = ONE_THREAD_REFERENCES
+) -> tuple[int, int]:
+    """``one_thread_events`` published to the workload's topics: (records, bytes of the
+    inbox.messages values)."""
     await ensure_topics(settings.kafka, settings.topics)
     producer = make_producer(settings.kafka)
     await producer.start()
     topic = {"messages": settings.topics.messages.name, "bodies": settings.topics.bodies.name}
     sent = 0
+    sizes: Counter[str] = Counter()
     try:
-        for kind, event in one_thread_events(messages, one=one):
-            sent += await _send(producer, [(topic[kind], event)])
+        for kind, event in one_thread_events(messages, one=one, references=references):
+            sent += await _send(producer, [(topic[kind], event)], sizes)
         await producer.flush()
     finally:
         await producer.stop()
-    return sent
+    return sent, sizes[topic["messages"]]
 
 
 async def bare_transactional(
@@ -621,7 +644,9 @@ async def _measure(
     print(json.dumps(figures))
 
 
-async def one_thread(messages: int, passes: int = 4) -> None:
+async def one_thread(
+    messages: int, passes: int = 4, references: int = ONE_THREAD_REFERENCES
+) -> None:
     """``passes`` pairs of passes, the two workloads taking turns to go first; each side's
     figure is the median of its passes, after one uncounted warm-up pass of each, as large
     as the counted ones. One pass of 100,000 events is about 2.5 s on two cores shared with
@@ -633,15 +658,21 @@ async def one_thread(messages: int, passes: int = 4) -> None:
     passes sit at the same mean position in the run, so a broker still speeding up (its JIT
     compiling, seen for minutes after a start: every pass faster than the one before) or a
     box slowing down weighs on both alike. With three, the one thread went first in two of
-    the three pairs and paid for most of the warming."""
+    the three pairs and paid for most of the warming.
+
+    ``references`` caps each reply's References (default 20, as the producer does): with 1,
+    the one thread's inputs are as small as the small threads' and what is left of the
+    ratio is the thread's size alone."""
     rates: dict[str, list[float]] = {"one_thread": [], "small_threads": []}
+    message_bytes: dict[str, float] = {}
     pairs: list[float] = []
     order = [("one_thread", True), ("small_threads", False)]
 
     async def one_pass(label: str, one: bool, n: int, name: str) -> float:
         where = _where(uuid.uuid4().hex[:8])
         try:
-            await publish_one_thread(where.settings(), n, one=one)
+            _, size = await publish_one_thread(where.settings(), n, one=one, references=references)
+            message_bytes[label] = size / n
             result = await run(where, f"eos-{where.unique}", "eos", exactly_once=True)
         finally:
             await drop_topics(where)
@@ -666,6 +697,11 @@ async def one_thread(messages: int, passes: int = 4) -> None:
     )
     print(f"ratio one thread / small threads: {ratio:.2f} (target >= 0.8)")
     print(
+        f"inbox.messages values: one thread {message_bytes['one_thread']:,.0f} bytes a message, "
+        f"small threads {message_bytes['small_threads']:,.0f} (References of at most "
+        f"{references} ids)"
+    )
+    print(
         json.dumps(
             {
                 "one_thread_events_s": round(one_rate),
@@ -673,6 +709,8 @@ async def one_thread(messages: int, passes: int = 4) -> None:
                 "ratio": round(ratio, 3),
                 "passes": passes,
                 "pass_ratios": [round(r, 3) for r in pairs],
+                "references": references,
+                "message_bytes": {k: round(v) for k, v in message_bytes.items()},
             }
         )
     )
@@ -682,6 +720,14 @@ def _cli(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench.processor", description=__doc__.split("\n")[0])
     parser.add_argument("messages", nargs="?", type=int, default=5000)
     parser.add_argument("--one-thread", type=int, metavar="N", help="the thread-size benchmark")
+    parser.add_argument(
+        "--references",
+        type=int,
+        default=ONE_THREAD_REFERENCES,
+        metavar="K",
+        help="with --one-thread: ids in a reply's References, its parent's chain plus the "
+        f"parent, the last K (default {ONE_THREAD_REFERENCES}, as the producer caps them)",
+    )
     parser.add_argument(
         "--instances",
         type=int,
@@ -712,7 +758,7 @@ def _cli(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     if args.one_thread:
-        asyncio.run(one_thread(args.one_thread, max(1, args.passes)))
+        asyncio.run(one_thread(args.one_thread, max(1, args.passes), max(1, args.references)))
     else:
         asyncio.run(
             main(
