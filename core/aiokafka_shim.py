@@ -45,8 +45,8 @@ def use_fast_loop_lookup() -> None:
 #: for it and uses 3, Kafka's default. On our own records level 1 compresses 1.4-1.9 times as
 #: fast at the same ratio (measured on the events of bench/big_mailbox.py: bodies 272 against
 #: 199 MB/s, 4.00x and 3.99x; message events 484 against 333 MB/s, 6.90x and 7.06x; the
-#: processor's changelogs and outputs 405-610 against 211-427 MB/s, 5.3-14.7x either way),
-#: and compressing was an eighth of the backfill's event loop and of the processor's driver.
+#: processor's changelogs and outputs 405-610 against 211-427 MB/s, 5.3-14.7x either way);
+#: compressing was 12-14% of the processor's driver CPU (perf, bench/processor.py --one-thread).
 ZSTD_LEVEL = 1
 
 
