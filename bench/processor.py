@@ -209,22 +209,21 @@ def one_thread_events(
 
 async def publish_one_thread(
     settings: Settings, messages: int, *, one: bool, references: int = ONE_THREAD_REFERENCES
-) -> tuple[int, int]:
-    """``one_thread_events`` published to the workload's topics: (records, bytes of the
-    inbox.messages values)."""
+) -> int:
+    """``one_thread_events`` published to the workload's topics; the bytes of the
+    inbox.messages values."""
     await ensure_topics(settings.kafka, settings.topics)
     producer = make_producer(settings.kafka)
     await producer.start()
     topic = {"messages": settings.topics.messages.name, "bodies": settings.topics.bodies.name}
-    sent = 0
     sizes: Counter[str] = Counter()
     try:
         for kind, event in one_thread_events(messages, one=one, references=references):
-            sent += await _send(producer, [(topic[kind], event)], sizes)
+            await _send(producer, [(topic[kind], event)], sizes)
         await producer.flush()
     finally:
         await producer.stop()
-    return sent, sizes[topic["messages"]]
+    return sizes[topic["messages"]]
 
 
 async def bare_transactional(
@@ -671,7 +670,7 @@ async def one_thread(
     async def one_pass(label: str, one: bool, n: int, name: str) -> float:
         where = _where(uuid.uuid4().hex[:8])
         try:
-            _, size = await publish_one_thread(where.settings(), n, one=one, references=references)
+            size = await publish_one_thread(where.settings(), n, one=one, references=references)
             message_bytes[label] = size / n
             result = await run(where, f"eos-{where.unique}", "eos", exactly_once=True)
         finally:

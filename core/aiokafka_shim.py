@@ -58,8 +58,10 @@ def use_zstd_level(level: int = ZSTD_LEVEL) -> None:
     import cramjam
     from aiokafka.record import default_records
 
-    def zstd_encode(payload: bytes, level: int | None = None, _default: int = level) -> bytes:
-        return bytes(cramjam.zstd.compress(payload, level=_default if level is None else level))
+    chosen = level
+
+    def zstd_encode(payload: bytes, level: int | None = None) -> bytes:
+        return bytes(cramjam.zstd.compress(payload, level=chosen if level is None else level))
 
     modules: list[object] = [default_records]
     try:
