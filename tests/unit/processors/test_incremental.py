@@ -12,6 +12,7 @@ moves links), subjects that merge and split threads, equal dates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
@@ -34,7 +35,7 @@ def hostile_entries(draw: st.DrawFn) -> list[MessageEntry]:
     out = []
     for i in range(n):
         mid = draw(st.sampled_from([pool[i], pool[i], pool[i], "", draw(st.sampled_from(pool))]))
-        refs = draw(st.lists(st.sampled_from(pool), max_size=5))
+        refs = draw(st.lists(st.sampled_from([*pool, ""]), max_size=5))  # repeats, empties
         irt = draw(st.lists(st.sampled_from(pool), max_size=2))
         date = draw(st.one_of(st.none(), st.integers(0, 5)))
         out.append(
@@ -173,6 +174,45 @@ def test_a_chain_of_replies_takes_the_shortcuts() -> None:
     ]
     for algorithm in ALGORITHMS:
         assert same_with_and_without_the_shortcuts(entries, algorithm) == (1, 5)
+
+
+def chain(n: int, refs_of: Callable[[int], list[str]]) -> list[MessageEntry]:
+    """``n`` messages, each replying to the one before, with the References ``refs_of`` gives."""
+    return [
+        MessageEntry(
+            seq=i,
+            event_id=f"ev{i}",
+            message_id=f"m{i}@t",
+            references=refs_of(i),
+            in_reply_to=[f"m{i - 1}@t"] if i else [],
+            subject="Re: plan" if i else "plan",
+            date_ms=None,
+            observed_ms=1_000 + i,
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_reply_whose_references_repeat_or_skip_takes_the_shortcut_by_its_ids() -> None:
+    # The walk up the parent pointers takes the message's References as they came only when it
+    # meets every one of them; a repeated or empty id, or more ids than the cap, goes through
+    # ``reference_ids`` first, and a reply still joins by the shortcut.
+    def path(i: int) -> list[str]:
+        return [f"m{j}@t" for j in range(i)]
+
+    odd = {
+        "a repeated id": lambda i: [*path(i), f"m{i - 1}@t"] if i > 1 else path(i),
+        "an empty id": lambda i: ["", *path(i)] if i else [],
+        "an id twice in the path": lambda i: ["m0@t", *path(i)] if i > 1 else path(i),
+        "more ids than the cap": path,  # 40 messages: up to 39 references, capped at 20
+    }
+    for why, refs_of in odd.items():
+        n = 40 if why == "more ids than the cap" else 8
+        for algorithm in ALGORITHMS:
+            assert same_with_and_without_the_shortcuts(chain(n, refs_of), algorithm) == (
+                1,
+                n - 1,
+            ), why
 
 
 @settings(max_examples=300, deadline=None)
