@@ -400,18 +400,18 @@ class InboxThreads:
         # The trees the message can touch, and their groups, before the step.
         mid = entry.message_id or ""
         given = entry.references
+        ref_ids: list[str] | None = None
         if mid and self.shortcuts and mid not in self._table:  # a new Message-ID: they may apply
             # The commonest message, a reply under its parent's path, needs no deduplication:
             # a walk up the parent pointers that meets every reference in turn proves them
             # distinct and non-empty (the table's ids are), so ``reference_ids`` would return
             # them as they are. Its set was the only thing on this path to hash the message's
-            # freshly decoded ids: ~1 µs a message of a long conversation (20 references).
+            # freshly decoded ids: 0.7-1.1 µs a message of a long conversation (11 ids).
             parent, top = (
                 self._up_the_path(given) if 0 < len(given) <= MAX_REFERENCES else (None, None)
             )
             if parent is not None and top is not None:
                 shortcut = self._join_leaf(entry, mid, parent, _root(top), given)
-                ref_ids = reference_ids(given, entry.in_reply_to) if shortcut is None else given
             else:
                 ref_ids = reference_ids(given, entry.in_reply_to)
                 shortcut = (
@@ -421,7 +421,7 @@ class InboxThreads:
                 )
             if shortcut is not None:
                 return shortcut
-        else:
+        if ref_ids is None:
             ref_ids = reference_ids(given, entry.in_reply_to)
         own = self._table.get(mid) if mid else None
         reach = [own] if own is not None and own.entry is None else []  # a duplicate id: unique
