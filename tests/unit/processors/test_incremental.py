@@ -158,25 +158,13 @@ def test_the_shortcuts_give_what_the_general_path_gives(
         same_with_and_without_the_shortcuts(entries, algorithm)
 
 
-def test_a_chain_of_replies_takes_the_shortcuts() -> None:
-    entries = [
-        MessageEntry(
-            seq=i,
-            event_id=f"ev{i}",
-            message_id=f"m{i}@t",
-            references=[f"m{j}@t" for j in range(i)],
-            in_reply_to=[f"m{i - 1}@t"] if i else [],
-            subject="Re: plan" if i else "plan",
-            date_ms=None,
-            observed_ms=1_000 + i,
-        )
-        for i in range(6)
-    ]
-    for algorithm in ALGORITHMS:
-        assert same_with_and_without_the_shortcuts(entries, algorithm) == (1, 5)
+def path(i: int) -> list[str]:
+    """The References of message ``i`` of ``chain``: every message before it (ids built apart,
+    as each decoded event carries its own copies)."""
+    return [f"m{j}@t" for j in range(i)]
 
 
-def chain(n: int, refs_of: Callable[[int], list[str]]) -> list[MessageEntry]:
+def chain(n: int, refs_of: Callable[[int], list[str]] = path) -> list[MessageEntry]:
     """``n`` messages, each replying to the one before, with the References ``refs_of`` gives."""
     return [
         MessageEntry(
@@ -193,13 +181,15 @@ def chain(n: int, refs_of: Callable[[int], list[str]]) -> list[MessageEntry]:
     ]
 
 
+def test_a_chain_of_replies_takes_the_shortcuts() -> None:
+    for algorithm in ALGORITHMS:
+        assert same_with_and_without_the_shortcuts(chain(6), algorithm) == (1, 5)
+
+
 def test_a_reply_whose_references_repeat_or_skip_takes_the_shortcut_by_its_ids() -> None:
     # The walk up the parent pointers takes the message's References as they came only when it
     # meets every one of them; a repeated or empty id, or more ids than the cap, goes through
     # ``reference_ids`` first, and a reply still joins by the shortcut.
-    def path(i: int) -> list[str]:
-        return [f"m{j}@t" for j in range(i)]
-
     odd = {
         "a repeated id": lambda i: [*path(i), f"m{i - 1}@t"] if i > 1 else path(i),
         "an empty id": lambda i: ["", *path(i)] if i else [],
@@ -335,28 +325,10 @@ def test_the_lazy_lookups_equal_lookups_built_from_the_entries_left(
         assert getattr(index, name) == getattr(fresh, name), name
 
 
-def _chain(n: int) -> list[MessageEntry]:
-    """A conversation whose every message replies to the one before, References the whole
-    path (ids built apart, as each decoded event carries its own copies)."""
-    return [
-        MessageEntry(
-            i,
-            f"e{i}",
-            "".join(["m", str(i), "@x"]),
-            ["".join(["m", str(j), "@x"]) for j in range(i)],
-            ["".join(["m", str(i - 1), "@x"])] if i else [],
-            "Re: plan" if i else "plan",
-            None,
-            i,
-        )
-        for i in range(n)
-    ]
-
-
 def _holds_ids_once(entries: list[MessageEntry]) -> None:
     by_mid = {e.message_id: e.message_id for e in entries}
     for e in entries:
-        assert e.references == [f"m{j}@x" for j in range(int(e.event_id[1:]))]
+        assert e.references == path(int(e.event_id[2:]))
         for ref in e.references:
             assert ref is by_mid[ref], (e.event_id, ref)
         for ref in e.in_reply_to:
@@ -369,7 +341,7 @@ def test_a_reply_keeps_the_ids_its_ancestors_hold_not_copies() -> None:
     shortcut, the general path, a restore's rebuild), and its lists keep their contents."""
     for shortcuts in (True, False):
         index = InboxThreads("inbox", shortcuts=shortcuts)
-        entries = _chain(12)
+        entries = chain(12)
         for e in entries:
             index.add(e)
         _holds_ids_once(entries)
@@ -377,7 +349,7 @@ def test_a_reply_keeps_the_ids_its_ancestors_hold_not_copies() -> None:
     loaded = copies(entries)
     for e in loaded:
         restored.load(e)
-    restored.add(_chain(13)[12])  # the next message rebuilds the table from the entries
+    restored.add(chain(13)[12])  # the next message rebuilds the table from the entries
     _holds_ids_once(loaded)
 
 
