@@ -321,7 +321,9 @@ def _part_headers(raw: bytes, start: int, end: int) -> tuple[list[tuple[str, str
     """A part's header fields and where its body begins (after the blank line; none: the
     part is all headers and its body is empty). ``None`` when the block is not plain."""
     if raw.startswith(b"\r\n", start):
-        return [], start + 2
+        # no headers; the body after the blank line, empty where that CRLF is the next
+        # delimiter's (never past ``end``: a reversed range, sliced compiled, raises)
+        return [], min(start + 2, end)
     blank = raw.find(b"\r\n\r\n", start, end)
     block = raw[start:end] if blank < 0 else raw[start : blank + 2]
     fields = split_header_lines(block)
@@ -343,6 +345,12 @@ def _child_spans(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[
     while at >= 0:
         after = at + len(marker)
         if part_start >= 0:
+            if at < part_start:
+                # Two delimiters sharing one CRLF ("--b\r\n--b"): the stdlib reads no part
+                # where this would read an empty one, so it reads the message. (The reversed
+                # span, sliced compiled, was not b"" as in Python: mypyc passes the negative
+                # length on and PyBytes_FromStringAndSize raises SystemError.)
+                return None
             spans.append((part_start, at))
         if raw.startswith(b"--", after):
             return spans
