@@ -37,6 +37,15 @@ def auth_failures(user: str) -> int:
     )
 
 
+async def logged_auth_failures(user: str, before: int, wait_s: float = 5.0) -> int:
+    """``auth_failures`` since ``before``, once Dovecot's log process has written at least
+    one: the producer hears the refusal before that line reaches the file (a CI run read 0)."""
+    deadline = time.monotonic() + wait_s
+    while (failures := auth_failures(user) - before) < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return failures
+
+
 async def test_wrong_password_disconnects_once_then_new_password_reconnects(
     settings: Settings, mail_user: MailUser, tmp_path: Path
 ) -> None:
@@ -226,7 +235,7 @@ async def test_revoked_access_while_running_stops_the_inbox_without_a_storm(
         assert stopped.retriable is False
         worker = service.workers[mail_user.name]
         assert worker.task.done() and worker.worker.stopped is not None
-        failures = auth_failures(mail_user.name) - before
+        failures = await logged_auth_failures(mail_user.name, before)
         assert 1 <= failures <= 3  # at most one per connection that was open
         await asyncio.sleep(10 * s.producer.backoff_max_s)
         assert auth_failures(mail_user.name) - before == failures  # and then silence
