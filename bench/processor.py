@@ -42,10 +42,14 @@ N/2 two-message threads, same run, exactly once, ``--passes K`` times each (defa
 order A B, B A, ..., after one uncounted warm-up pass of each at full size; each figure is the
 median of its side's passes); last line
 ``{"one_thread_events_s", "small_threads_events_s", "ratio", "passes", "pass_ratios",
-"references", "message_bytes"}``. ``--references K`` keeps the last K ids of a reply's
-References (default 20, as the producer caps them): the one thread's replies carry 20 where
-the small threads' carry one, so its inbox.messages values are 2.3 times as large
-(``message_bytes``); with ``--references 1`` the two workloads differ in thread size only.
+"references", "message_bytes", "bare_one_thread_events_s", "bare_small_threads_events_s",
+"bare_ratio"}``. After each pass the bare loop (above) runs over the same topics and sends,
+in transactions of the same size, the records the processor sent (read back from its outputs
+and changelogs): its ratio is the floor the two workloads' bytes set, the Kafka client's and
+the broker's cost with no processing. ``--references K`` keeps the last K
+ids of a reply's References (default 20, as the producer caps them): the one thread's replies
+carry 20 where the small threads' carry one, so its inbox.messages values are 2.3 times as
+large (``message_bytes``); with ``--references 1`` the two workloads differ in thread size only.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import itertools
 import json
 import multiprocessing
 import random
@@ -61,7 +66,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,8 +75,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from inboxstream.core.batches import BatchSender, Outgoing
 from inboxstream.core.gc_tuning import tune_for_streaming
-from inboxstream.core.kafka import client_options, ensure_topics, make_consumer, make_producer
+from inboxstream.core.kafka import (
+    assign_paused,
+    client_options,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    read_to_end,
+)
 from inboxstream.core.settings import KafkaSettings, Settings, TopicSettings, load_settings
 from inboxstream.infra import kafka, schema_registry
 from inboxstream.processors.processor import (
@@ -232,11 +245,15 @@ async def bare_transactional(
     group: str,
     ready: Callable[[AIOKafkaConsumer], Awaitable[None]] | None = None,
     finished: Callable[[], Awaitable[None]] | None = None,
+    sent: Sequence[tuple[bytes | None, bytes | None]] | None = None,
 ) -> Run:
     """The floor under exactly once: the processor's consume-transform-produce loop with the
     transform taken out. Same inputs, batches of the processor's size topped up the same way,
     one transactional producer per input partition, as many output records per input record as
-    the processor sent (values copied from the inputs), offsets in the same transaction."""
+    the processor sent, offsets in the same transaction. The outputs are copies of the inputs,
+    each through ``producer.send``; or, given ``sent`` (key, value), the processor's own
+    records in turn, through the processor's own sender (``BatchSender``): the floor of the
+    processor's Kafka work on those bytes."""
     topics = ProcessorTopics.build(settings.topics, "bare")
     out_topic = topics.threads
     await ensure_topics(settings.kafka, settings.topics, list(topics.specs))
@@ -253,6 +270,7 @@ async def bare_transactional(
     config = ProcessorConfig()
     stats = Run()
     owed = 0.0
+    outputs = itertools.cycle(sent) if sent else None
     idle_since = time.monotonic()
     lock = asyncio.Lock()
 
@@ -276,19 +294,26 @@ async def bare_transactional(
         """What the processor does per partition, minus the processing."""
         nonlocal owed
         producer = await producer_of(p)
-        sent = 0
+        taken = 0
         async with producer.transaction():
             offsets = {}
+            outgoing: list[Outgoing] = []
             for tp, recs in share.items():
                 for rec in recs:
                     owed += outputs_per_input
                     while owed >= 1:
                         owed -= 1
-                        await producer.send(out_topic, rec.value, key=rec.key, partition=p)
+                        if outputs is None:
+                            await producer.send(out_topic, rec.value, key=rec.key, partition=p)
+                        else:
+                            key, value = next(outputs)
+                            outgoing.append((out_topic, p, key, value, []))
                     offsets[tp] = rec.offset + 1
-                    sent += 1
+                    taken += 1
+            if outgoing:
+                await BatchSender(producer).send_all(outgoing)
             await producer.send_offsets_to_transaction(offsets, group)
-        return sent
+        return taken
 
     try:
         while time.monotonic() - idle_since < IDLE_S:
@@ -309,6 +334,7 @@ async def bare_transactional(
             # side by side, as the processor runs its partitions' transactions
             done = await asyncio.gather(*(transaction(p, s) for p, s in by_partition.items()))
             stats.records += sum(done)
+            stats.batches += 1
             stats.last_batch_at = time.perf_counter()
             stats.busy_s += stats.last_batch_at - started
         if finished is not None:  # before leaving the group (several instances)
@@ -482,11 +508,40 @@ async def run(
     return _run_of(await run_processor(where.settings(), config, idle_exit_s=IDLE_S))
 
 
-async def bare(where: Where, outputs_per_input: float, group: str, instances: int) -> Run:
+async def bare(
+    where: Where,
+    outputs_per_input: float,
+    group: str,
+    instances: int,
+    sent: Sequence[tuple[bytes | None, bytes | None]] | None = None,
+) -> Run:
     if instances > 1:
         args = (outputs_per_input, group)
         return await asyncio.to_thread(run_instances, "bare", where, args, instances)
-    return await bare_transactional(where.settings(), outputs_per_input, group)
+    return await bare_transactional(where.settings(), outputs_per_input, group, sent=sent)
+
+
+async def processor_records(
+    settings: Settings, version: str
+) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record a processor run of ``version`` sent and committed (outputs and changelog
+    writes), as (key, value), topic by topic: the bare loop's outputs for a floor whose bytes
+    are the processor's own, as large and as compressible."""
+    topics = ProcessorTopics.build(settings.topics, version)
+    names = [topics.threads, topics.engagements, *topics.changelogs.values()]
+    consumer = make_consumer(settings.kafka, group_id=None)
+    await consumer.start()
+    records: list[tuple[bytes | None, bytes | None]] = []
+    try:
+        # every topic of a run has the workload's partition count (``_where``)
+        tps = [TopicPartition(n, p) for n in names for p in range(settings.topics.partitions)]
+        assign_paused(consumer, tps)
+        await consumer.seek_to_beginning(*tps)
+        async for batch in read_to_end(consumer, tps):
+            records += [(rec.key, rec.value) for rec in batch]
+    finally:
+        await consumer.stop()
+    return records
 
 
 def report(name: str, run: Run) -> float:
@@ -663,19 +718,26 @@ async def one_thread(
     the one thread's inputs are as small as the small threads' and what is left of the
     ratio is the thread's size alone."""
     rates: dict[str, list[float]] = {"one_thread": [], "small_threads": []}
+    floors: dict[str, list[float]] = {"one_thread": [], "small_threads": []}
     message_bytes: dict[str, float] = {}
     pairs: list[float] = []
     order = [("one_thread", True), ("small_threads", False)]
 
-    async def one_pass(label: str, one: bool, n: int, name: str) -> float:
+    async def one_pass(label: str, one: bool, n: int, name: str) -> tuple[float, float]:
+        """The processor's rate over one fresh workload, then the bare loop's over the same
+        topics (its own group and outputs, as many records out as the processor sent)."""
         where = _where(uuid.uuid4().hex[:8])
+        title = f"{name}, {label.replace('_', ' ')} ({n} messages)"
         try:
             size = await publish_one_thread(where.settings(), n, one=one, references=references)
             message_bytes[label] = size / n
             result = await run(where, f"eos-{where.unique}", "eos", exactly_once=True)
+            sent = await processor_records(where.settings(), "eos")
+            per_input = len(sent) / result.records if result.records else 0.0
+            floor = await bare(where, per_input, f"bare-{where.unique}", 1, sent)
         finally:
             await drop_topics(where)
-        return report(f"{name}, {label.replace('_', ' ')} ({n} messages)", result)
+        return report(title, result), report(f"{title}, bare loop", floor)
 
     # Not counted: a broker started minutes ago ran the first pass 25-30% slower than the
     # next ones (its JIT still compiling the produce and transaction paths). A warm-up of
@@ -684,17 +746,29 @@ async def one_thread(
         await one_pass(label, one, messages, "warm-up, not counted")
     for n in range(passes):
         for label, one in order if n % 2 == 0 else order[::-1]:
-            rates[label].append(await one_pass(label, one, messages, f"pass {n + 1}"))
+            rate, floor = await one_pass(label, one, messages, f"pass {n + 1}")
+            rates[label].append(rate)
+            floors[label].append(floor)
         small = rates["small_threads"][-1]
         pairs.append(rates["one_thread"][-1] / small if small else 0.0)
     one_rate = statistics.median(rates["one_thread"])
     small_rate = statistics.median(rates["small_threads"])
     ratio = one_rate / small_rate if small_rate else 0.0
+    bare_one = statistics.median(floors["one_thread"])
+    bare_small = statistics.median(floors["small_threads"])
+    bare_ratio = bare_one / bare_small if bare_small else 0.0
     print(
         f"median of {passes} passes: one thread {one_rate:,.0f}, small threads "
         f"{small_rate:,.0f} events/s; each pass's ratio " + ", ".join(f"{r:.2f}" for r in pairs)
     )
     print(f"ratio one thread / small threads: {ratio:.2f} (target >= 0.8)")
+    # The floor: the bare loop moves the same inputs and as many outputs with no processing,
+    # so its ratio is what the two workloads' bytes alone cost the Kafka client and broker.
+    print(
+        f"bare loop over the same topics: one thread {bare_one:,.0f}, small threads "
+        f"{bare_small:,.0f} events/s; ratio {bare_ratio:.2f} (the floor the bytes set); the "
+        f"processor's ratio is {ratio / bare_ratio if bare_ratio else 0.0:.2f} of it"
+    )
     print(
         f"inbox.messages values: one thread {message_bytes['one_thread']:,.0f} bytes a message, "
         f"small threads {message_bytes['small_threads']:,.0f} (References of at most "
@@ -710,6 +784,9 @@ async def one_thread(
                 "pass_ratios": [round(r, 3) for r in pairs],
                 "references": references,
                 "message_bytes": {k: round(v) for k, v in message_bytes.items()},
+                "bare_one_thread_events_s": round(bare_one),
+                "bare_small_threads_events_s": round(bare_small),
+                "bare_ratio": round(bare_ratio, 3),
             }
         )
     )
