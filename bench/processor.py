@@ -46,10 +46,12 @@ median of its side's passes); last line
 "bare_ratio"}``. After each pass the bare loop (above) runs over the same topics and sends,
 in transactions of the same size, the records the processor sent (read back from its outputs
 and changelogs): its ratio is the floor the two workloads' bytes set, the Kafka client's and
-the broker's cost with no processing. ``--references K`` keeps the last K
-ids of a reply's References (default 20, as the producer caps them): the one thread's replies
-carry 20 where the small threads' carry one, so its inbox.messages values are 2.3 times as
-large (``message_bytes``); with ``--references 1`` the two workloads differ in thread size only.
+the broker's cost with no processing.
+
+``--references K`` keeps the last K ids of a reply's References (default 20, as the producer
+caps them): the one thread's replies carry 20 where the small threads' carry one, so its
+inbox.messages values are 2.3 times as large (``message_bytes``); with ``--references 1`` the
+two workloads differ in thread size only.
 """
 
 from __future__ import annotations
