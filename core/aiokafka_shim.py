@@ -1,10 +1,12 @@
 """The only place that reaches into aiokafka's private attributes, each for a reason aiokafka
 gives no public call for. Pinned to aiokafka 0.14 (pyproject.toml); an upgrade checks here.
-Importing it (core/kafka.py does) also swaps in a faster event-loop lookup and a cheaper zstd
-level (see below).
+Importing it (core/kafka.py does) also swaps in a faster event-loop lookup, a cheaper zstd
+level and a quicker retry of a transactional produce the broker could not verify (see below).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -75,5 +77,52 @@ def use_zstd_level(level: int = ZSTD_LEVEL) -> None:
             setattr(module, "zstd_encode", zstd_encode)  # noqa: B010 (a module global)
 
 
+#: How long a transactional producer waits before it sends again a batch the broker refused
+#: with NOT_ENOUGH_REPLICAS, the first ``QUICK_RETRIES`` times: what aiokafka itself waits
+#: after CONCURRENT_TRANSACTIONS on AddPartitionsToTxn (its ``BACKOFF_OVERRIDE``, KAFKA-5477).
+QUICK_RETRY_S = 0.02
+QUICK_RETRIES = 3
+_NOT_ENOUGH_REPLICAS = 19
+
+
+def use_quick_verification_retry() -> None:
+    """A transactional produce that Kafka's transaction verification (KIP-890, on by default
+    since 3.6) could not verify comes back NOT_ENOUGH_REPLICAS: the broker's ReplicaManager
+    turns the coordinator's CONCURRENT_TRANSACTIONS (a change to the same transaction being
+    logged, such as another partition joining it) into that error, because older clients
+    retry it. aiokafka retries after ``retry_backoff_ms``, 100 ms, and the processor's
+    partition waits that long inside its transaction: 0-2 times a 2-second pass of
+    bench/processor.py, about 5% of the pass each time. Its response carries no message that
+    tells this from an ISR that really shrank, so only the first ``QUICK_RETRIES`` sends of a
+    batch wait ``QUICK_RETRY_S``; a refusal that lasts goes back to the usual backoff, and
+    producers without a transaction keep it throughout. Idempotent."""
+    from aiokafka.producer import sender
+
+    handler = sender.SendProduceReqHandler
+    if getattr(handler, "_inboxstream_quick_retry", False):
+        return
+    original = handler.handle_response
+
+    def handle_response(self: Any, response: Any) -> None:
+        original(self, response)
+        if self._to_reenqueue and self._sender._txn_manager is not None:
+            # (partition, error code) lead every partition entry of every response version
+            errors = {
+                (topic, entry[0]): entry[1]
+                for topic, entries in response.topics
+                for entry in entries
+            }
+            if all(
+                errors.get((batch.tp.topic, batch.tp.partition)) == _NOT_ENOUGH_REPLICAS
+                and batch.retry_count <= QUICK_RETRIES
+                for batch in self._to_reenqueue
+            ):
+                self._default_backoff = QUICK_RETRY_S  # this handler's wait only
+
+    handler.handle_response = handle_response
+    handler._inboxstream_quick_retry = True
+
+
 use_fast_loop_lookup()
 use_zstd_level()
+use_quick_verification_retry()
