@@ -105,7 +105,8 @@ def use_quick_verification_retry() -> None:
 
     def handle_response(self: Any, response: Any) -> None:
         original(self, response)
-        if self._to_reenqueue and self._sender._txn_manager is not None:
+        txn = self._sender._txn_manager  # an idempotent producer has one too, without an id
+        if self._to_reenqueue and txn is not None and txn.transactional_id is not None:
             # (partition, error code) lead every partition entry of every response version
             errors = {
                 (topic, entry[0]): entry[1]

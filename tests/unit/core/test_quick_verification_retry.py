@@ -43,7 +43,8 @@ def _backoff(
     sender = SimpleNamespace(
         _retry_backoff=DEFAULT_S,
         client=SimpleNamespace(force_metadata_update=lambda: None),
-        _txn_manager=object() if transactional else None,
+        # an idempotent producer has a transaction manager too, without a transactional id
+        _txn_manager=SimpleNamespace(transactional_id="processor-p0" if transactional else None),
     )
     batches = {tp: Batch(tp, sends) for tp in errors}
     handler = SendProduceReqHandler(sender, batches)
@@ -79,7 +80,7 @@ def test_a_refusal_that_lasts_goes_back_to_the_usual_backoff() -> None:
     assert _backoff({A: NOT_ENOUGH_REPLICAS}, sends=aiokafka_shim.QUICK_RETRIES + 1) == DEFAULT_S
 
 
-def test_a_producer_without_a_transaction_keeps_the_usual_backoff() -> None:
+def test_an_idempotent_producer_without_a_transaction_keeps_the_usual_backoff() -> None:
     assert _backoff({A: NOT_ENOUGH_REPLICAS}, transactional=False) == DEFAULT_S
 
 
