@@ -735,7 +735,7 @@ async def one_thread(
             message_bytes[label] = size / n
             result = await run(where, f"eos-{where.unique}", "eos", exactly_once=True)
             sent = await processor_records(where.settings(), "eos")
-            per_input = len(sent) / result.records if result.records else 0.0
+            per_input = result.records_out / max(result.records, 1)  # as the main mode's
             floor = await bare(where, per_input, f"bare-{where.unique}", 1, sent)
         finally:
             await drop_topics(where)
